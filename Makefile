@@ -1,0 +1,25 @@
+# `make demo` and `make test` each create .venv when missing, install MedSynth into it, and run.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum setup.py | cut -d' ' -f1)
+
+.PHONY: install demo test clean
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch is pinned in the same pip command as everything else: an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -m pip install --progress-bar off torch==2.13.0 -e ".[test]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/medsynth demo --out demo_output
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

@@ -1,0 +1,282 @@
+"""The ``medsynth`` command line: studies, train, synthesize, evaluate, models, demo-data, demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .contrasts import canonical_contrast
+from .folds import Folds
+from .imageio import ImageError, read_image, write_image
+from .metrics import summarise
+from .models import TrainSettings, families
+from .studies import StudyError, find_studies
+from . import pipeline, weights
+
+
+def _contrast_list(text: str) -> list[str]:
+    return [canonical_contrast(part) for part in text.split(",") if part.strip()]
+
+
+def _hparam(text: str) -> tuple[str, object]:
+    key, _, value = text.partition("=")
+    if not key or not _:
+        raise argparse.ArgumentTypeError(f"--hparam wants KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def cmd_studies(args) -> int:
+    rows = [s.describe() for s in find_studies(args.dir)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'study':50s} {'contrasts':26s} {'masks':12s} {'shape':16s} {'spacing (mm)':22s} orient")
+    for r in rows:
+        masks = ",".join(m for m, present in (("brain", r["brain_mask"]), ("lesion", r["lesion_mask"])) if present)
+        print(f"{r['id']:50s} {'+'.join(r['contrasts']):26s} {masks or '-':12s} {'x'.join(map(str, r['shape'])):16s} "
+              f"{'x'.join(f'{s:g}' for s in r['spacing']):22s} {r['orientation']}")
+    print(f"{len(rows)} studies")
+    return 0
+
+
+def _training_split(args, studies):
+    """(train, validation, test) studies for --fold / --all-folds / everything."""
+    if args.fold or args.all_folds:
+        folds = Folds.load(args.folds)
+        if args.fold:
+            train, test = folds.split(studies, args.fold)
+        else:
+            listed = {i for ids in folds.folds.values() for i in ids}
+            train, test = [s for s in studies if s.id in listed], []
+    else:
+        train, test = list(studies), []
+    return train, test
+
+
+def cmd_train(args) -> int:
+    inputs, targets = _contrast_list(args.inputs), _contrast_list(args.target)
+    studies = [s for s in find_studies(args.studies) if s.has([*inputs, *targets])]
+    train, _ = _training_split(args, studies)
+    n_val = int(round(len(train) * args.val_fraction)) if args.val_fraction > 0 else 0
+    validation, train = train[:n_val] if n_val else [], train[n_val:]
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                             device=args.device, seed=args.seed, progress=not args.quiet)
+    print(f"training {args.model} {'+'.join(inputs)}->{'+'.join(targets)} on {len(train)} studies "
+          f"({len(validation)} for validation)", file=sys.stderr)
+    checkpoint = pipeline.train(args.model, inputs, targets, train, validation, hparams=dict(args.hparam),
+                                settings=settings, normalisation=args.normalisation)
+    if args.fold:
+        checkpoint.training["fold"] = str(args.fold)
+    path = save_checkpoint(checkpoint, args.out)
+    print(json.dumps({"checkpoint": str(path), **checkpoint.training}, indent=2, default=str))
+    return 0
+
+
+def _checkpoint_for(args, inputs, target):
+    if args.weights:
+        return Path(args.weights), load_checkpoint(args.weights)
+    return weights.find(args.model, target, inputs)
+
+
+def cmd_synthesize(args) -> int:
+    pairs = []
+    for item in args.input:
+        name, _, path = item.partition("=")
+        if not path:
+            raise ValueError(f"--input wants CONTRAST=FILE, got {item!r}")
+        pairs.append((canonical_contrast(name), path))
+    inputs = [c for c, _ in pairs]
+    target = canonical_contrast(args.target) if args.target else None
+    if args.weights:
+        path, checkpoint = Path(args.weights), load_checkpoint(args.weights)
+    else:
+        if not target:
+            raise ValueError("--model needs --target")
+        path, checkpoint = weights.find(args.model, target, inputs)
+    target = target or checkpoint.targets[0]
+    started = time.time()
+    images = {c: read_image(p) for c, p in pairs}
+    image = pipeline.synthesize(
+        checkpoint, images, target,
+        brain_mask=read_image(args.brain_mask) if args.brain_mask else None,
+        intensity=args.intensity,
+    )
+    used = checkpoint.build().usable_inputs(inputs)
+    write_image(image, args.out, pipeline.provenance_for(checkpoint, used, target))
+    print(f"wrote {args.out} (SYNTHETIC {target} by {checkpoint.family} from {'+'.join(used)}, "
+          f"weights {path}, {time.time() - started:.1f} s)")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    target = canonical_contrast(args.target)
+    inputs = _contrast_list(args.inputs)
+    studies = find_studies(args.studies)
+    folds = Folds.load(args.folds)
+    result: dict = {"target": target, "inputs": inputs}
+    if args.cv:
+        rows = []
+        for fold in folds.folds:
+            train, test = folds.split([s for s in studies if s.has([*inputs, target])], fold)
+            checkpoint = pipeline.train(args.model, inputs, [target], train, hparams=dict(args.hparam),
+                                        settings=TrainSettings(progress=not args.quiet))
+            rows += [{**r, "fold": fold} for r in pipeline.evaluate(checkpoint, test, target, inputs,
+                                                                     progress=not args.quiet)]
+        result["weights"] = f"{args.model} trained per fold (cross-validation)"
+    else:
+        path, checkpoint = _checkpoint_for(args, inputs, target)
+        selected = folds.split(studies, args.fold)[1] if args.fold else studies
+        rows = pipeline.evaluate(checkpoint, selected, target, inputs, progress=not args.quiet)
+        result["weights"] = str(path)
+        trained_on = set(checkpoint.training.get("subjects", []))
+        overlap = sorted(trained_on & {r["id"] for r in rows})
+        if overlap:
+            result["warning"] = (f"{len(overlap)} evaluated subjects were in this checkpoint's training set; "
+                                 "these are not held-out numbers (use --cv for cross-validation)")
+            print(f"warning: {result['warning']}", file=sys.stderr)
+    if not rows:
+        raise ValueError(f"no study under {args.studies} has {'+'.join(inputs)} and {target}")
+    for row in rows:
+        row["cohort"] = folds.cohort(row["id"])
+    result["subjects"] = rows
+    result["summary"] = {"pooled": summarise(rows)}
+    for cohort in sorted({r["cohort"] for r in rows}):
+        result["summary"][cohort] = summarise([r for r in rows if r["cohort"] == cohort])
+    text = json.dumps(result, indent=2)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+    for cohort, metrics in result["summary"].items():
+        line = ", ".join(f"{m} {metrics[m]['mean']:.3f}±{metrics[m]['sd']:.3f}" for m in ("psnr", "ssim", "mae")
+                         if m in metrics)
+        print(f"{cohort:8s} n={metrics['psnr']['n']:2d}  {line}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    rows = [{"path": str(p), **c.summary()} for p, c in weights.installed()]
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    for r in rows:
+        val = r["training"].get("validation", {})
+        scores = "; ".join(f"{t}: PSNR {m.get('psnr', float('nan')):.2f} SSIM {m.get('ssim', float('nan')):.3f}"
+                           for t, m in val.items())
+        print(f"{r['family']:11s} {'+'.join(r['inputs']) + '->' + '+'.join(r['targets']):22s} {r['path']}"
+              f"{'  validation ' + scores if scores else ''}")
+    print(f"{len(rows)} checkpoints; families: {', '.join(families())}")
+    return 0
+
+
+def cmd_demo_data(args) -> int:
+    from .simulation import simulate_cohort
+
+    paths = simulate_cohort(args.out, n_subjects=args.subjects, seed=args.seed, spacing=args.spacing)
+    print(f"wrote {len(paths)} simulated studies to {args.out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medsynth", description="MRI contrast synthesis")
+    parser.add_argument("--version", action="version", version=f"medsynth {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("studies", help="list the studies found in a folder")
+    p.add_argument("dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_studies)
+
+    def training_options(p):
+        p.add_argument("--hparam", action="append", type=_hparam, default=[], metavar="KEY=VALUE",
+                       help="family hyperparameter (JSON value), repeatable")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--folds", help="folds file (default: the EVALUATION.md folds)")
+
+    p = sub.add_parser("train", help="train a model family and write a checkpoint")
+    p.add_argument("--model", required=True, choices=families())
+    p.add_argument("--inputs", required=True, help="comma-separated input contrasts, e.g. T1,T2")
+    p.add_argument("--target", required=True, help="target contrast(s), comma-separated")
+    p.add_argument("--studies", required=True)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--fold", help="train on the other folds of this test fold")
+    group.add_argument("--all-folds", action="store_true", help="train on every subject listed in the folds")
+    p.add_argument("--val-fraction", type=float, default=0.0, help="share of training studies held out")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--normalisation", default="mean", choices=("mean", "percentile", "zscore"))
+    p.add_argument("--out", required=True)
+    training_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("synthesize", help="synthesise a contrast from input images")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", help="checkpoint file")
+    src.add_argument("--model", help="family: use its installed checkpoint for these inputs and target")
+    p.add_argument("--input", action="append", required=True, metavar="CONTRAST=FILE")
+    p.add_argument("--target")
+    p.add_argument("--brain-mask")
+    p.add_argument("--intensity", default="scaled", choices=("scaled", "normalised"))
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_synthesize)
+
+    p = sub.add_parser("evaluate", help="score a model on studies with the EVALUATION.md metrics")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights")
+    src.add_argument("--model", help="family: its installed checkpoint, or with --cv trained per fold")
+    p.add_argument("--inputs", required=True)
+    p.add_argument("--target", required=True)
+    p.add_argument("--studies", required=True)
+    p.add_argument("--fold", help="evaluate on this fold's test subjects")
+    p.add_argument("--cv", action="store_true", help="train --model on two folds, test on the third, for each fold")
+    p.add_argument("--json", help="write per-subject and summary metrics here")
+    training_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("models", help="list installed checkpoints")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("demo-data", help="write the simulated multi-contrast demo cohort")
+    p.add_argument("--out", required=True)
+    p.add_argument("--subjects", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm")
+    p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser("demo", help="synthesise FLAIR for a demo study end to end")
+    p.add_argument("--out", default="demo_output")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "cv", False) and not args.model:
+        print("medsynth: error: --cv needs --model", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except (ImageError, StudyError, CheckpointError, ValueError) as err:
+        print(f"medsynth: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Reading and writing volumes: NIfTI, NRRD, MHA/MHD and DICOM series folders, through SimpleITK.
+
+Every reader error names the file and the problem. Writers are atomic (temporary file, fsync, rename), mark the
+image as synthetic in its header and refuse to replace a file that is not itself a synthetic image.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from .contrasts import has_image_extension
+
+SYNTHETIC_TAG = "SYNTHETIC"
+WRITE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")
+
+
+class ImageError(ValueError):
+    """An input image that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What a synthetic image was made from; written into every output header."""
+
+    model: str
+    inputs: tuple[str, ...]
+    target: str
+    library_version: str
+
+    @property
+    def description(self) -> str:
+        return f"{SYNTHETIC_TAG} {self.target} by {self.model} from {'+'.join(self.inputs)}"
+
+
+def _is_dicom_file(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def is_dicom_folder(path: Path) -> bool:
+    """A folder whose files are DICOM (checked on the first few, by the DICM preamble)."""
+    if not path.is_dir():
+        return False
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))[:3]
+    return bool(files) and all(_is_dicom_file(p) for p in files)
+
+
+def dicom_series_description(path: Path) -> str:
+    """SeriesDescription of the first file of a DICOM series folder ('' when absent)."""
+    import pydicom
+
+    first = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))[0]
+    return str(pydicom.dcmread(first, stop_before_pixels=True).get("SeriesDescription", ""))
+
+
+def is_image_path(path: Path) -> bool:
+    return (path.is_file() and has_image_extension(path.name)) or is_dicom_folder(path)
+
+
+def _reader_for(path: Path) -> sitk.ImageFileReader | sitk.ImageSeriesReader:
+    if path.is_dir():
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+        if not series:
+            raise ImageError(f"{path}: folder holds no DICOM series")
+        if len(series) > 1:
+            raise ImageError(f"{path}: folder holds {len(series)} DICOM series; give one series per folder")
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
+        reader.MetaDataDictionaryArrayUpdateOn()
+        return reader
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    return reader
+
+
+def read_header(path: str | Path) -> dict:
+    """Geometry of an image without loading its voxels: size, spacing, origin, direction, orientation code."""
+    path = Path(path)
+    reader = _reader_for(path)
+    try:
+        if isinstance(reader, sitk.ImageSeriesReader):
+            image = reader.Execute()
+            size, spacing, origin, direction = image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+        else:
+            reader.ReadImageInformation()
+            size, spacing = reader.GetSize(), reader.GetSpacing()
+            origin, direction = reader.GetOrigin(), reader.GetDirection()
+    except RuntimeError as err:
+        raise ImageError(f"{path}: not a readable image ({_first_line(err)})") from None
+    dim = len(size)
+    orientation = (
+        sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(direction) if dim == 3 else "n/a"
+    )
+    return {"size": tuple(size), "spacing": tuple(spacing), "origin": tuple(origin), "direction": tuple(direction),
+            "orientation": orientation}
+
+
+def read_image(path: str | Path) -> sitk.Image:
+    """Read a 3-D scalar volume as float32; raises ImageError naming the file for anything unusable."""
+    path = Path(path)
+    reader = _reader_for(path)
+    if path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti(path)
+    try:
+        image = reader.Execute()
+    except RuntimeError as err:
+        raise ImageError(f"{path}: not a readable image ({_first_line(err)})") from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+                         "a scalar volume is needed")
+    if image.GetDimension() == 4:
+        if image.GetSize()[3] != 1:
+            raise ImageError(f"{path}: is a 4-D series of {image.GetSize()[3]} volumes; give one 3-D volume")
+        image = sitk.Extract(image, [*image.GetSize()[:3], 0], [0, 0, 0, 0])
+    if image.GetDimension() != 3:
+        raise ImageError(f"{path}: is {image.GetDimension()}-D; a 3-D volume is needed")
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    voxels = sitk.GetArrayViewFromImage(image)
+    if not np.isfinite(voxels).all():
+        raise ImageError(f"{path}: contains {int((~np.isfinite(voxels)).sum())} NaN or infinite voxels")
+    return image
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if "ERROR" not in line.upper()[:20] and not line.startswith("sitk::")]
+    return (useful or lines or ["unknown error"])[-1][:200]
+
+
+def is_synthetic_file(path: Path) -> bool:
+    """True when the header of ``path`` carries the synthetic marking written by :func:`write_image`."""
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return False
+    for key in ("descrip", "medsynth_synthetic", "SeriesDescription"):
+        if reader.HasMetaDataKey(key) and reader.GetMetaData(key).strip().upper().startswith(SYNTHETIC_TAG):
+            return True
+        if key == "medsynth_synthetic" and reader.HasMetaDataKey(key):
+            return True
+    return False
+
+
+def write_image(image: sitk.Image, path: str | Path, provenance: Provenance) -> Path:
+    """Atomically write a synthetic float32 volume as NIfTI or NRRD, marked synthetic in its header."""
+    path = Path(path)
+    if not path.name.lower().endswith(WRITE_EXTENSIONS):
+        raise ImageError(f"{path}: output must end with one of {', '.join(WRITE_EXTENSIONS)}")
+    if path.exists() and not is_synthetic_file(path):
+        raise ImageError(f"{path}: exists and is not a synthetic image; refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    for key in image.GetMetaDataKeys():
+        image.EraseMetaData(key)
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        image.SetMetaData("medsynth_synthetic", "true")
+        image.SetMetaData("medsynth_description", provenance.description)
+        image.SetMetaData("medsynth_model", provenance.model)
+        image.SetMetaData("medsynth_inputs", ",".join(provenance.inputs))
+        image.SetMetaData("medsynth_target", provenance.target)
+        image.SetMetaData("medsynth_version", provenance.library_version)
+    suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            _write_nifti(image, tmp, provenance)
+        else:
+            sitk.WriteImage(image, tmp, useCompression=True)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def voxel_to_ras(image: sitk.Image) -> np.ndarray:
+    """4x4 affine from (i, j, k) voxel indices (SimpleITK index order) to RAS millimetres, as nibabel writes it."""
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = direction * np.asarray(image.GetSpacing())
+    affine[:3, 3] = image.GetOrigin()
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+
+
+def _write_nifti(image: sitk.Image, path: str, provenance: Provenance) -> None:
+    # nibabel, because SimpleITK cannot set the header's descrip and intent_name fields.
+    data = np.ascontiguousarray(sitk.GetArrayViewFromImage(image).transpose(2, 1, 0), dtype=np.float32)
+    nifti = nib.Nifti1Image(data, voxel_to_ras(image))
+    nifti.header["descrip"] = provenance.description[:79].encode()
+    nifti.header["intent_name"] = SYNTHETIC_TAG.encode()
+    nifti.header.set_xyzt_units("mm")
+    nifti.set_qform(nifti.affine, code=1)
+    nifti.set_sform(nifti.affine, code=1)
+    nib.save(nifti, path)
+
+
+def _check_nifti(path: Path) -> None:
+    """Damaged gzip streams and NaN voxels, which SimpleITK's NIfTI reader passes silently (it reads NaN as 0)."""
+    try:
+        voxels = np.asanyarray(nib.load(path).dataobj)
+    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as err:
+        reason = "damaged gzip file" if path.name.lower().endswith(".gz") else "not a readable image"
+        raise ImageError(f"{path}: {reason} ({str(err).splitlines()[0][:160]})") from None
+    if np.issubdtype(voxels.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(voxels)))
+        if bad:
+            raise ImageError(f"{path}: contains {bad} NaN or infinite voxels")

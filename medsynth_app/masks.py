@@ -1,0 +1,59 @@
+"""Automatic brain (foreground) masks for skull-stripped and whole-head volumes."""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+
+
+def background_value(volume: np.ndarray) -> float | None:
+    """The constant that fills the background, read off the volume's faces; None when the background is noise.
+
+    Skull-stripped sets fill it with 0, z-scored ones with a negative constant, some FLAIRs with a small positive one.
+    """
+    faces = np.concatenate([np.ravel(volume[i]) for i in (0, -1)]
+                           + [np.ravel(volume[:, i]) for i in (0, -1)]
+                           + [np.ravel(volume[:, :, i]) for i in (0, -1)])
+    values, counts = np.unique(faces, return_counts=True)
+    best = int(np.argmax(counts))
+    return float(values[best]) if counts[best] > 0.5 * faces.size else None
+
+
+def foreground(volume: np.ndarray) -> np.ndarray:
+    """Voxels that are not background: differing from the constant background, or above Otsu's threshold of a noisy
+    (whole-head) background; largest connected component, holes filled."""
+    constant = background_value(volume)
+    if constant is not None:
+        span = float(np.percentile(volume, 99.5)) - constant
+        mask = np.abs(volume - constant) > 1e-3 * max(span, 1e-12)
+    else:
+        # Otsu on the log intensities separates noise from tissue more robustly than on raw values for heads
+        # whose bright fat or vessels stretch the histogram.
+        positive = np.log1p(np.clip(volume, 0, None))
+        mask = positive > threshold_otsu(positive[:: max(1, positive.size // 2_000_000)])
+    return fill_holes(largest_component(mask))
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return mask.astype(bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill 3-D holes, then holes left open at the volume's edge slice by slice along the last (axial) axis."""
+    filled = ndimage.binary_fill_holes(mask)
+    for k in range(filled.shape[-1]):
+        filled[..., k] = ndimage.binary_fill_holes(filled[..., k])
+    return filled
+
+
+def brain_mask(volumes: list[np.ndarray]) -> np.ndarray:
+    """Voxels that are foreground in every input contrast (EVALUATION.md, step 2), holes filled."""
+    mask = np.logical_and.reduce([foreground(v) for v in volumes])
+    if not mask.any():
+        raise ValueError("no voxel is foreground in every input contrast")
+    return fill_holes(largest_component(mask))

@@ -1,0 +1,86 @@
+"""The interface every synthesis family implements, and the registry that names them."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Sequence
+
+import numpy as np
+
+from ..preprocessing import PreparedSubject
+
+_REGISTRY: dict[str, type["SynthesisModel"]] = {}
+
+
+@dataclass
+class TrainSettings:
+    """How to train: shared by every family (each uses what applies to it)."""
+
+    epochs: int = 10
+    batch_size: int = 16
+    learning_rate: float | None = None  # None: the family's paper default
+    device: str = "auto"
+    seed: int = 0
+    resume_from: str | None = None  # a partial checkpoint written during an interrupted run
+    progress: bool = True
+    # Called after every epoch with {"epoch", "total_epochs", "best_metric", ...}; returning True stops training.
+    on_epoch: Callable[[dict], bool | None] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class SynthesisModel(abc.ABC):
+    """A model that predicts target contrasts from input contrasts on the prepared (normalised) grid."""
+
+    family: ClassVar[str]
+    description: ClassVar[str]
+
+    def __init__(self, inputs: Sequence[str], targets: Sequence[str], **hparams) -> None:
+        if not inputs or not targets:
+            raise ValueError(f"{self.family}: needs at least one input and one target contrast")
+        overlap = set(inputs) & set(targets)
+        if overlap:
+            raise ValueError(f"{self.family}: {', '.join(sorted(overlap))} is both an input and a target")
+        self.inputs = list(inputs)
+        self.targets = list(targets)
+        self.hparams = hparams
+
+    def usable_inputs(self, available: Sequence[str]) -> list[str]:
+        """The inputs this model will use out of ``available``; raises ValueError naming what is missing.
+
+        Families that accept a subset of their inputs (multimodal) override this.
+        """
+        missing = [c for c in self.inputs if c not in available]
+        if missing:
+            raise ValueError(f"{self.family} needs {'+'.join(self.inputs)}; missing {'+'.join(missing)}")
+        return list(self.inputs)
+
+    @abc.abstractmethod
+    def fit(self, train: list[PreparedSubject], validation: list[PreparedSubject], settings: TrainSettings) -> dict:
+        """Train on prepared subjects; returns a summary (epochs run, validation metrics...)."""
+
+    @abc.abstractmethod
+    def predict(self, subject: PreparedSubject, target: str) -> np.ndarray:
+        """The normalised target on the subject's prepared grid (same shape as ``subject.mask``)."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict:
+        """Tensors and plain values that restore the trained model (safe for ``torch.load(weights_only=True)``)."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict) -> None:
+        ...
+
+
+def register(cls: type[SynthesisModel]) -> type[SynthesisModel]:
+    _REGISTRY[cls.family] = cls
+    return cls
+
+
+def families() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create(family: str, inputs: Sequence[str], targets: Sequence[str], **hparams) -> SynthesisModel:
+    if family not in _REGISTRY:
+        raise ValueError(f"unknown model family {family!r}; known: {', '.join(families())}")
+    return _REGISTRY[family](inputs, targets, **hparams)

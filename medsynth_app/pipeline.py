@@ -1,0 +1,148 @@
+"""End-to-end operations on studies: train, synthesise, evaluate. The CLI and the server call these."""
+from __future__ import annotations
+
+import time
+from typing import Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from . import __version__
+from .checkpoint import Checkpoint
+from .imageio import Provenance, read_image
+from .metrics import region_metrics
+from .models import TrainSettings, create
+from .normalization import IntensityNorm
+from .preprocessing import PreparedSubject, prepare, restore
+from .studies import Study
+
+
+def prepare_study(
+    study: Study,
+    contrasts: Sequence[str],
+    reference: str,
+    mask_from: Sequence[str],
+    normalisation: str = "mean",
+    divisor: int = 16,
+) -> PreparedSubject:
+    """Read a study's ``contrasts`` (and masks) and prepare them on the grid of ``reference``."""
+    missing = [c for c in contrasts if c not in study.images]
+    if missing:
+        raise ValueError(f"study {study.id} lacks {'+'.join(missing)} (has {'+'.join(study.contrasts)})")
+    images = {c: read_image(study.images[c]) for c in contrasts}
+    return prepare(
+        images,
+        reference,
+        brain_mask=read_image(study.brain_mask) if study.brain_mask else None,
+        lesion_mask=read_image(study.lesion_mask) if study.lesion_mask else None,
+        mask_from=tuple(mask_from),
+        normalisation=normalisation,
+        divisor=divisor,
+        subject_id=study.id,
+    )
+
+
+def _prepare_all(studies: Sequence[Study], contrasts: Sequence[str], reference: str, normalisation: str,
+                 progress: bool, what: str) -> list[PreparedSubject]:
+    return [prepare_study(s, contrasts, reference, contrasts, normalisation)
+            for s in tqdm(studies, desc=f"preparing {what}", unit="study", disable=not progress)]
+
+
+def train(
+    family: str,
+    inputs: Sequence[str],
+    targets: Sequence[str],
+    studies: Sequence[Study],
+    validation: Sequence[Study] = (),
+    *,
+    hparams: Mapping | None = None,
+    settings: TrainSettings | None = None,
+    normalisation: str = "mean",
+) -> Checkpoint:
+    """Train ``family`` on the studies holding every input and target; returns the checkpoint (not yet saved)."""
+    settings = settings or TrainSettings()
+    contrasts = [*inputs, *targets]
+    usable = [s for s in studies if s.has(contrasts)]
+    if not usable:
+        raise ValueError(f"no study has {'+'.join(contrasts)}; cannot train {family}")
+    started = time.time()
+    train_subjects = _prepare_all(usable, contrasts, targets[0], normalisation, settings.progress, "training studies")
+    val_subjects = _prepare_all([s for s in validation if s.has(contrasts)], contrasts, targets[0], normalisation,
+                                settings.progress, "validation studies")
+    model = create(family, inputs, targets, **dict(hparams or {}))
+    summary = model.fit(train_subjects, val_subjects, settings)
+    if val_subjects:
+        summary["validation"] = {
+            target: _mean_rows([score_subject(model.predict(s, target), s, target) for s in val_subjects])
+            for target in targets
+        }
+    summary.update(subjects=[s.id for s in usable], validation_subjects=[s.id for s in val_subjects],
+                   seconds=round(time.time() - started, 1))
+    target_norms = {t: IntensityNorm.typical([s.norms[t] for s in train_subjects]).to_dict() for t in targets}
+    return Checkpoint.from_model(model, preprocessing={"normalisation": normalisation, "divisor": 16},
+                                 target_norms=target_norms, training=summary)
+
+
+def _mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {k: float(np.mean([r[k] for r in rows if k in r])) for k in rows[0]} if rows else {}
+
+
+def score_subject(prediction: np.ndarray, subject: PreparedSubject, target: str) -> dict[str, float]:
+    """EVALUATION.md metrics of a normalised prediction against the subject's normalised acquired target."""
+    return region_metrics(prediction, subject.images[target], subject.mask, subject.lesion)
+
+
+def synthesize(
+    checkpoint: Checkpoint,
+    images: Mapping[str, sitk.Image],
+    target: str | None = None,
+    *,
+    brain_mask: sitk.Image | None = None,
+    lesion_mask: sitk.Image | None = None,
+    intensity: str = "scaled",
+) -> sitk.Image:
+    """Synthesise ``target`` from ``images`` (contrast -> image; the first one's grid is the output grid).
+
+    intensity "scaled" returns the target on the typical intensity scale of the training data; "normalised" keeps
+    the model's normalised units (mean 1 inside the brain for mean normalisation).
+    """
+    target = target or checkpoint.targets[0]
+    if target not in checkpoint.targets:
+        raise ValueError(f"{checkpoint.family} ({checkpoint.task}) does not synthesise {target}")
+    model = checkpoint.build()
+    used = model.usable_inputs(list(images))
+    subject = prepare(
+        {c: images[c] for c in used},
+        reference=next(c for c in images if c in used),
+        brain_mask=brain_mask,
+        lesion_mask=lesion_mask,
+        normalisation=checkpoint.preprocessing.get("normalisation", "mean"),
+        divisor=int(checkpoint.preprocessing.get("divisor", 16)),
+    )
+    if intensity not in ("scaled", "normalised"):
+        raise ValueError(f"intensity must be 'scaled' or 'normalised', not {intensity!r}")
+    prediction = np.clip(model.predict(subject, target), 0, None)
+    return restore(prediction, subject, checkpoint.target_norm(target) if intensity == "scaled" else None)
+
+
+def evaluate(checkpoint: Checkpoint, studies: Sequence[Study], target: str, inputs: Sequence[str] | None = None,
+             progress: bool = True) -> list[dict]:
+    """Per-subject metrics (EVALUATION.md) of a checkpoint on every study holding the inputs and the target."""
+    model = checkpoint.build()
+    inputs = list(inputs or checkpoint.inputs)
+    used = model.usable_inputs(inputs)
+    rows = []
+    for study in tqdm([s for s in studies if s.has([*used, target])], desc="evaluating", unit="study",
+                      disable=not progress):
+        started = time.time()
+        subject = prepare_study(study, [*used, target], target, [*used, target],
+                                checkpoint.preprocessing.get("normalisation", "mean"))
+        prediction = np.clip(model.predict(subject, target), 0, None)
+        rows.append({"id": study.id, **score_subject(prediction, subject, target),
+                     "seconds": round(time.time() - started, 2)})
+    return rows
+
+
+def provenance_for(checkpoint: Checkpoint, inputs: Sequence[str], target: str) -> Provenance:
+    return Provenance(model=checkpoint.family, inputs=tuple(inputs), target=target, library_version=__version__)

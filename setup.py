@@ -1,0 +1,33 @@
+from setuptools import find_packages, setup
+
+# One pinned, known-good set: torch is pinned here so that pip never swaps in a CUDA build (GPU users install the
+# CUDA build of the same torch version first, see README). pydicom 3 breaks monailabel 0.8.5.
+REQUIREMENTS = [
+    "torch==2.13.0",
+    "monai==1.6.1",
+    "monailabel==0.8.5",
+    "pydicom<3",
+    "nibabel>=5.2",
+    "SimpleITK>=2.3",
+    "numpy",
+    "scipy>=1.11",
+    "scikit-learn>=1.4",
+    "scikit-image>=0.22",
+    "matplotlib>=3.8",
+    "tqdm>=4.66",
+    "nilearn>=0.10",
+    "requests>=2.31",
+    "tensorboard>=2.15",
+]
+
+setup(
+    name="medsynth",
+    version="0.1.0",
+    description="MRI contrast synthesis: library, CLI, MONAI Label app and 3D Slicer module",
+    packages=find_packages(include=["medsynth_app", "medsynth_app.*"]),
+    package_data={"medsynth_app": ["data/*.json"]},
+    python_requires=">=3.10",
+    install_requires=REQUIREMENTS,
+    extras_require={"test": ["pytest>=8", "slicer-core", "hypothesis>=6.100", "PySide6-Essentials"]},
+    entry_points={"console_scripts": ["medsynth = medsynth_app.cli:main"]},
+)
