@@ -86,6 +86,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
             torch.save(_plain(asdict(checkpoint)) | {"state": checkpoint.state}, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

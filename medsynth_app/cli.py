@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .contrasts import canonical_contrast
@@ -65,7 +67,10 @@ def cmd_train(args) -> int:
     studies = [s for s in find_studies(args.studies) if s.has([*inputs, *targets])]
     train, _ = _training_split(args, studies)
     n_val = int(round(len(train) * args.val_fraction)) if args.val_fraction > 0 else 0
-    validation, train = train[:n_val] if n_val else [], train[n_val:]
+    # Evenly spaced over the sorted ids, so validation spans the cohorts instead of taking the first few.
+    picked = set(np.linspace(0, len(train) - 1, n_val).round().astype(int)) if n_val else set()
+    validation = [s for i, s in enumerate(train) if i in picked]
+    train = [s for i, s in enumerate(train) if i not in picked]
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                              device=args.device, seed=args.seed, progress=not args.quiet)
     print(f"training {args.model} {'+'.join(inputs)}->{'+'.join(targets)} on {len(train)} studies "

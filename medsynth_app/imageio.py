@@ -182,6 +182,7 @@ def write_image(image: sitk.Image, path: str | Path, provenance: Provenance) -> 
             sitk.WriteImage(image, tmp, useCompression=True)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -31,10 +31,13 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int = 0) -> sitk
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.2, seed)
+    # About 40k samples per level whatever the image size: enough for a rigid fit, and seconds instead of minutes.
+    voxels = float(np.prod(fixed.GetSize()))
+    method.SetMetricSamplingPercentagePerLevel(
+        [min(1.0, 40_000 * shrink**3 / voxels) for shrink in (4, 2, 1)], seed)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0, minStep=1e-4, numberOfIterations=200, relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8
+        learningRate=1.0, minStep=1e-3, numberOfIterations=100, relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8
     )
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetShrinkFactorsPerLevel([4, 2, 1])

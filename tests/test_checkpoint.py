@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+import torch
+
+from medsynth_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from medsynth_app.models import create
+
+
+def _checkpoint():
+    model = create("linear", ["T1"], ["T2"])
+    model.coef = {"T2": np.arange(9, dtype=np.float64)}
+    return Checkpoint.from_model(model, target_norms={"T2": {"method": "mean", "offset": 0.0, "scale": 2.0}},
+                                 training={"subjects": ["a"], "epochs": 1})
+
+
+def test_round_trip_and_atomic_replacement(tmp_path):
+    path = save_checkpoint(_checkpoint(), tmp_path / "m.pt")
+    first = path.read_bytes()
+    save_checkpoint(_checkpoint(), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]  # no temporary file left
+    loaded = load_checkpoint(path)
+    assert loaded.family == "linear" and loaded.task == "T1->T2" and loaded.training["subjects"] == ["a"]
+    assert np.array_equal(loaded.build().coef["T2"], np.arange(9))
+    assert len(first) == len(path.read_bytes())
+
+
+def test_damaged_and_foreign_files_are_refused_by_name(tmp_path):
+    path = save_checkpoint(_checkpoint(), tmp_path / "m.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="truncated.pt: not a readable MedSynth checkpoint"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(CheckpointError, match="foreign.pt: not a MedSynth checkpoint"):
+        load_checkpoint(foreign)
+
+
+def test_wrong_inputs_fail_with_a_clear_message():
+    model = _checkpoint().build()
+    with pytest.raises(ValueError, match="linear needs T1; missing T1"):
+        model.usable_inputs(["T2", "FLAIR"])
+    with pytest.raises(ValueError, match="T2 is both an input and a target"):
+        create("linear", ["T1", "T2"], ["T2"])

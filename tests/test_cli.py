@@ -1,0 +1,101 @@
+"""The medsynth command line end to end on crops of real MS subjects."""
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medsynth_app.cli import main
+
+
+@pytest.fixture(scope="module")
+def crop_folds(mni_crops, tmp_path_factory):
+    path = tmp_path_factory.mktemp("folds") / "folds.json"
+    path.write_text(json.dumps({"cohorts": {"MS": ["patient"]},
+                                "folds": {"1": ["patient07"], "2": ["patient19"], "3": ["patient26"]}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(mni_crops, crop_folds, tmp_path_factory):
+    out = tmp_path_factory.mktemp("weights") / "linear_T1+T2_to_FLAIR.pt"
+    assert main(["train", "--model", "linear", "--inputs", "T1,T2", "--target", "FLAIR", "--studies",
+                 str(mni_crops), "--fold", "1", "--folds", str(crop_folds), "--quiet", "--out", str(out)]) == 0
+    return out
+
+
+def test_train_records_the_fold_and_subjects(trained):
+    from medsynth_app.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(trained)
+    assert checkpoint.family == "linear" and checkpoint.inputs == ["T1", "T2"] and checkpoint.targets == ["FLAIR"]
+    assert checkpoint.training["subjects"] == ["patient19", "patient26"] and checkpoint.training["fold"] == "1"
+    assert checkpoint.target_norms["FLAIR"]["method"] == "mean"
+
+
+def test_synthesize_writes_a_marked_float_volume_on_the_input_grid(trained, mni_crops, tmp_path, capsys):
+    subject = mni_crops / "patient07"
+    out = tmp_path / "flair.nii.gz"
+    assert main(["synthesize", "--weights", str(trained), "--input", f"T1={subject / 'T1.nii.gz'}",
+                 "--input", f"T2={subject / 'T2.nii.gz'}", "--out", str(out)]) == 0
+    assert "SYNTHETIC FLAIR by linear from T1+T2" in capsys.readouterr().out
+    synthetic, t1 = nib.load(out), nib.load(subject / "T1.nii.gz")
+    assert synthetic.shape == t1.shape and np.allclose(synthetic.affine, t1.affine, atol=1e-4)
+    assert synthetic.get_data_dtype() == np.float32
+    assert synthetic.header["descrip"].tobytes().startswith(b"SYNTHETIC FLAIR by linear from T1+T2")
+    acquired = nib.load(subject / "FLAIR.nii.gz").get_fdata()
+    values = synthetic.get_fdata()
+    inside = (acquired > 0) & (values > 0)
+    assert np.corrcoef(values[inside], acquired[inside])[0, 1] > 0.6
+    # on the training data's intensity scale: within a factor 2 of the acquired FLAIR's mean
+    assert 0.5 < values[inside].mean() / acquired[inside].mean() < 2.0
+
+
+def test_evaluate_on_a_held_out_fold(trained, mni_crops, crop_folds, tmp_path):
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", "--weights", str(trained), "--inputs", "T1,T2", "--target", "FLAIR", "--studies",
+                 str(mni_crops), "--fold", "1", "--folds", str(crop_folds), "--quiet", "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    [row] = result["subjects"]
+    assert row["id"] == "patient07" and row["cohort"] == "MS" and "warning" not in result
+    assert 15 < row["psnr"] < 40 and 0.3 < row["ssim"] <= 1 and "lesion_psnr" in row
+    assert result["summary"]["pooled"]["psnr"]["n"] == 1
+
+
+def test_models_lists_checkpoints_from_the_weight_path(trained, monkeypatch, capsys):
+    monkeypatch.setenv("MEDSYNTH_WEIGHTS", str(trained.parent))
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert any(r["path"] == str(trained) and r["targets"] == ["FLAIR"] for r in rows)
+
+
+def test_shipped_linear_weights_are_found_and_used(mni_crops, tmp_path):
+    report = tmp_path / "shipped.json"
+    assert main(["evaluate", "--model", "linear", "--inputs", "T1,T2", "--target", "FLAIR", "--studies",
+                 str(mni_crops), "--quiet", "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["weights"].endswith("apps/medsynth/model/linear_T1+T2_to_FLAIR.pt")
+    assert len(result["subjects"]) == 3
+
+
+def test_errors_are_one_line_naming_the_problem(trained, mni_crops, tmp_path, capsys):
+    subject = mni_crops / "patient07"
+    assert main(["synthesize", "--weights", str(trained), "--input", f"T1={subject / 'T1.nii.gz'}",
+                 "--out", str(tmp_path / "x.nii.gz")]) == 2
+    assert "linear needs T1+T2; missing T2" in capsys.readouterr().err
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"\x1f\x8b not really gzip")
+    assert main(["synthesize", "--weights", str(trained), "--input", f"T1={subject / 'T1.nii.gz'}",
+                 "--input", f"T2={bad}", "--out", str(tmp_path / "x.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: damaged gzip file" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.nii.gz").exists()
+    fake = tmp_path / "fake.pt"
+    fake.write_bytes(b"garbage")
+    assert main(["synthesize", "--weights", str(fake), "--input", f"T1={subject / 'T1.nii.gz'}",
+                 "--out", str(tmp_path / "x.nii.gz")]) == 2
+    assert f"{fake}: not a readable MedSynth checkpoint" in capsys.readouterr().err
+    assert main(["synthesize", "--weights", str(trained), "--input", f"CT={subject / 'T1.nii.gz'}",
+                 "--out", str(tmp_path / "x.nii.gz")]) == 2
+    assert "unknown contrast 'CT'" in capsys.readouterr().err
