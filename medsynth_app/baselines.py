@@ -88,9 +88,9 @@ def modality_propagation(target_inputs: Sequence[np.ndarray], mask: np.ndarray,
     subject's; returns the mean of their atlas-target intensities, (N,) float32 in np.nonzero order.
 
     Atlases are (input volumes in the order of `target_inputs`, target volume), registered to the subject. Exact
-    search: per chunk of voxels and per atlas, one gather of the (2 (R + r) + 1)^3 neighbourhood, from which every
-    offset's patches are slices; a running top-k is merged after each atlas. Ties go to the earlier atlas, then to
-    the offset nearer the voxel.
+    search, vectorised over voxels: per chunk of voxels and per atlas, one gather of each voxel's (2 (R + r) + 1)^3
+    neighbourhood, from which the distances to all (2 R + 1)^3 offsets are accumulated one patch element at a time;
+    a running top-k is merged after each atlas. Ties go to the earlier atlas, then to the offset nearer the voxel.
     """
     shapes = {np.shape(v) for v in target_inputs} | {np.shape(v) for inputs, t in atlases for v in (*inputs, t)}
     if shapes != {mask.shape}:
@@ -112,11 +112,15 @@ def modality_propagation(target_inputs: Sequence[np.ndarray], mask: np.ndarray,
         for start in range(0, len(index), chunk):
             part = slice(start, start + chunk)
             voxels = tuple(index[part].T)
-            distance = np.zeros((len(index[part]), len(offsets)), dtype=np.float32)
+            distance = np.zeros((len(index[part]), side, side, side), dtype=np.float32)
             for patches, around in zip(subject, neighbourhoods):
                 patches, around = patches[voxels], around[voxels]
-                for m, (a, b, c) in enumerate(offsets):
-                    distance[:, m] += np.square(around[:, a:a + w, b:b + w, c:c + w] - patches).sum(axis=(1, 2, 3))
+                # One pass per patch element over all offsets at once: w^3 operations on (n, side^3) arrays run
+                # twice as fast as side^3 small reductions over (n, w^3).
+                for a, b, c in np.ndindex(w, w, w):
+                    difference = around[:, a:a + side, b:b + side, c:c + side] - patches[:, a, b, c, None, None, None]
+                    distance += np.square(difference, out=difference)
+            distance = distance.reshape(len(distance), -1)[:, flat_offsets]
             # Candidates outside the grid would be edge-padding copies, not anatomy.
             shifted = index[part, None, :] + shifts
             distance[((shifted < 0) | (shifted >= mask.shape)).any(axis=2)] = np.inf

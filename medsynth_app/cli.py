@@ -146,8 +146,13 @@ def cmd_evaluate(args) -> int:
             result["warning"] = (f"{len(overlap)} evaluated subjects were in this checkpoint's training set; "
                                  "these are not held-out numbers (use --cv for cross-validation)")
             print(f"warning: {result['warning']}", file=sys.stderr)
+    for row in rows:
+        if "error" in row:
+            print(f"warning: skipped {row['id']}: {row['error']}", file=sys.stderr)
+    result["skipped"] = [r for r in rows if "error" in r]
+    rows = [r for r in rows if "error" not in r]
     if not rows:
-        raise ValueError(f"no study under {args.studies} has {'+'.join(inputs)} and {target}")
+        raise ValueError(f"no usable study under {args.studies} has {'+'.join(inputs)} and {target}")
     for row in rows:
         row["cohort"] = folds.cohort(row["id"])
     result["subjects"] = rows

@@ -1,6 +1,7 @@
 """End-to-end operations on studies: train, synthesise, evaluate. The CLI and the server call these."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Mapping, Sequence
 
@@ -16,6 +17,8 @@ from .models import TrainSettings, create
 from .normalization import IntensityNorm
 from .preprocessing import PreparedSubject, prepare, restore
 from .studies import Study
+
+logger = logging.getLogger(__name__)
 
 
 def prepare_study(
@@ -44,9 +47,16 @@ def prepare_study(
 
 
 def _prepare_all(studies: Sequence[Study], contrasts: Sequence[str], reference: str, normalisation: str,
-                 progress: bool, what: str) -> list[PreparedSubject]:
-    return [prepare_study(s, contrasts, reference, contrasts, normalisation)
-            for s in tqdm(studies, desc=f"preparing {what}", unit="study", disable=not progress)]
+                 progress: bool, what: str, skipped: dict[str, str]) -> list[PreparedSubject]:
+    """Prepared subjects; a study that cannot be read or prepared is left out and recorded in ``skipped``."""
+    prepared = []
+    for study in tqdm(studies, desc=f"preparing {what}", unit="study", disable=not progress):
+        try:
+            prepared.append(prepare_study(study, contrasts, reference, contrasts, normalisation))
+        except ValueError as err:
+            skipped[study.id] = str(err)
+            logger.warning("skipped %s: %s", study.id, err)
+    return prepared
 
 
 def train(
@@ -67,9 +77,13 @@ def train(
     if not usable:
         raise ValueError(f"no study has {'+'.join(contrasts)}; cannot train {family}")
     started = time.time()
-    train_subjects = _prepare_all(usable, contrasts, targets[0], normalisation, settings.progress, "training studies")
+    skipped: dict[str, str] = {}
+    train_subjects = _prepare_all(usable, contrasts, targets[0], normalisation, settings.progress, "training studies",
+                                  skipped)
+    if not train_subjects:
+        raise ValueError(f"no usable training study for {family}: " + "; ".join(skipped.values()))
     val_subjects = _prepare_all([s for s in validation if s.has(contrasts)], contrasts, targets[0], normalisation,
-                                settings.progress, "validation studies")
+                                settings.progress, "validation studies", skipped)
     model = create(family, inputs, targets, **dict(hparams or {}))
     summary = model.fit(train_subjects, val_subjects, settings)
     if val_subjects:
@@ -77,7 +91,8 @@ def train(
             target: _mean_rows([score_subject(model.predict(s, target), s, target) for s in val_subjects])
             for target in targets
         }
-    summary.update(subjects=[s.id for s in usable], validation_subjects=[s.id for s in val_subjects],
+    summary.update(subjects=[s.id for s in train_subjects], validation_subjects=[s.id for s in val_subjects],
+                   skipped=skipped,
                    seconds=round(time.time() - started, 1))
     target_norms = {t: IntensityNorm.typical([s.norms[t] for s in train_subjects]).to_dict() for t in targets}
     return Checkpoint.from_model(model, preprocessing={"normalisation": normalisation, "divisor": 16},
@@ -128,7 +143,9 @@ def synthesize(
 
 def evaluate(checkpoint: Checkpoint, studies: Sequence[Study], target: str, inputs: Sequence[str] | None = None,
              progress: bool = True) -> list[dict]:
-    """Per-subject metrics (EVALUATION.md) of a checkpoint on every study holding the inputs and the target."""
+    """Per-subject metrics (EVALUATION.md) of a checkpoint on every study holding the inputs and the target.
+
+    A study that cannot be read or prepared gets a row with its "error" instead of metrics."""
     model = checkpoint.build()
     inputs = list(inputs or checkpoint.inputs)
     used = model.usable_inputs(inputs)
@@ -136,8 +153,12 @@ def evaluate(checkpoint: Checkpoint, studies: Sequence[Study], target: str, inpu
     for study in tqdm([s for s in studies if s.has([*used, target])], desc="evaluating", unit="study",
                       disable=not progress):
         started = time.time()
-        subject = prepare_study(study, [*used, target], target, [*used, target],
-                                checkpoint.preprocessing.get("normalisation", "mean"))
+        try:
+            subject = prepare_study(study, [*used, target], target, [*used, target],
+                                    checkpoint.preprocessing.get("normalisation", "mean"))
+        except ValueError as err:  # ImageError included: one unusable study must not end a whole evaluation
+            rows.append({"id": study.id, "error": str(err)})
+            continue
         prediction = np.clip(model.predict(subject, target), 0, None)
         rows.append({"id": study.id, **score_subject(prediction, subject, target),
                      "seconds": round(time.time() - started, 2)})

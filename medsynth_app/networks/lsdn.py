@@ -14,6 +14,19 @@ import torch
 from torch import Tensor, nn
 
 
+def _sigmoid_layers(widths: Sequence[int]) -> nn.ModuleList:
+    """Linear layers for sigmoid units: Glorot-uniform weights scaled by 4 (Glorot & Bengio 2010), zero biases.
+
+    The paper gives no initialisation; with PyTorch's default (+-1/sqrt(fan_in)) the sigmoid units start almost
+    linear and SGD at lr 0.25 leaves the output near the mean for many epochs.
+    """
+    layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+    for layer in layers:
+        nn.init.xavier_uniform_(layer.weight, gain=4.0)
+        nn.init.zeros_(layer.bias)
+    return layers
+
+
 class LocationSensitiveNet(nn.Module):
     """LSDN [p_s + p_x, p_2, ..., p_K]: h2 = sigmoid(F2 s + b2) * 2 sigmoid(-||x - x_i||^2 / sigma^2) (eqs. 2-3),
     h_k = sigmoid(F_k h_{k-1} + b_k) for k >= 3 (eq. 4).
@@ -26,11 +39,12 @@ class LocationSensitiveNet(nn.Module):
     def __init__(self, sizes: Sequence[int] = (30, 200, 20, 1), n_coords: int = 3, sigma: float = 0.5) -> None:
         super().__init__()
         if len(sizes) < 3 or sizes[0] <= n_coords:
-            raise ValueError(f"LSDN sizes {tuple(sizes)} need an input wider than {n_coords} coordinates and >= 1 hidden layer")
+            raise ValueError(f"LSDN sizes {tuple(sizes)}: need an input wider than the {n_coords} coordinates "
+                             "and at least one hidden layer")
         self.n_coords = n_coords
         self.sigma = sigma
         widths = [sizes[0] - n_coords, *sizes[1:]]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.layers = _sigmoid_layers(widths)
         self.centres = nn.Parameter(torch.empty(sizes[1], n_coords).uniform_(-1.0, 1.0))
 
     @property
@@ -71,7 +85,7 @@ class VanillaDeepNet(nn.Module):
         super().__init__()
         if len(sizes) < 3:
             raise ValueError(f"network sizes {tuple(sizes)} need at least one hidden layer")
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = _sigmoid_layers(sizes)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -151,8 +165,12 @@ def train_lsdn(net: Network, s: Tensor, x: Tensor | None, t: Tensor, epochs: int
 
 @torch.no_grad()
 def predict(net: Network, s: Tensor | np.ndarray, x: Tensor | np.ndarray | None = None,
-            batch_size: int = 65536) -> Tensor:
-    """Network output (N, p_K) in (0, 1), computed in batches without autograd; x is None for VDN/CDN."""
+            batch_size: int = 8192) -> Tensor:
+    """Network output (N, p_K) in (0, 1), computed in batches without autograd; x is None for VDN/CDN.
+
+    Batches of a few thousand voxels keep the (batch, p_2) intermediates in cache: on 2 CPU threads LSDN-1 over 1.6 M
+    voxels took 1.5 s with 8192 and 13 s with 65536.
+    """
     dtype = net.layers[0].weight.dtype
     s = torch.as_tensor(s, dtype=dtype)
     x = None if x is None else torch.as_tensor(x, dtype=dtype)
