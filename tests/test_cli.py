@@ -99,3 +99,20 @@ def test_errors_are_one_line_naming_the_problem(trained, mni_crops, tmp_path, ca
     assert main(["synthesize", "--weights", str(trained), "--input", f"CT={subject / 'T1.nii.gz'}",
                  "--out", str(tmp_path / "x.nii.gz")]) == 2
     assert "unknown contrast 'CT'" in capsys.readouterr().err
+
+
+def test_evaluate_skips_an_unusable_study_and_says_why(trained, mni_crops, tmp_path, capsys):
+    root = tmp_path / "studies"
+    root.mkdir()
+    (root / "good").symlink_to(mni_crops / "patient19")
+    broken = root / "broken"
+    broken.mkdir()
+    for name in ("T1", "T2", "FLAIR"):
+        (broken / f"{name}.nii.gz").write_bytes(b"\x1f\x8b\x08 truncated")
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", "--weights", str(trained), "--inputs", "T1,T2", "--target", "FLAIR", "--studies",
+                 str(root), "--quiet", "--json", str(report)]) == 0
+    assert "warning: skipped broken:" in capsys.readouterr().err
+    result = json.loads(report.read_text())
+    assert [r["id"] for r in result["subjects"]] == ["good"]
+    assert result["skipped"][0]["id"] == "broken" and "damaged gzip file" in result["skipped"][0]["error"]
