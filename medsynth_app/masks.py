@@ -11,9 +11,7 @@ def background_value(volume: np.ndarray) -> float | None:
 
     Skull-stripped sets fill it with 0, z-scored ones with a negative constant, some FLAIRs with a small positive one.
     """
-    faces = np.concatenate([np.ravel(volume[i]) for i in (0, -1)]
-                           + [np.ravel(volume[:, i]) for i in (0, -1)]
-                           + [np.ravel(volume[:, :, i]) for i in (0, -1)])
+    faces = _faces(volume)
     values, counts = np.unique(faces, return_counts=True)
     best = int(np.argmax(counts))
     return float(values[best]) if counts[best] > 0.5 * faces.size else None
@@ -31,7 +29,17 @@ def foreground(volume: np.ndarray) -> np.ndarray:
         # whose bright fat or vessels stretch the histogram.
         positive = np.log1p(np.clip(volume, 0, None))
         mask = positive > threshold_otsu(positive[:: max(1, positive.size // 2_000_000)])
+        if _faces(mask).mean() > 0.5:
+            # The faces are mostly above the threshold: no background in view (a crop inside the head), so Otsu
+            # split tissues from each other. Everything is foreground.
+            return np.ones(volume.shape, dtype=bool)
     return fill_holes(largest_component(mask))
+
+
+def _faces(volume: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.ravel(volume[i]) for i in (0, -1)]
+                          + [np.ravel(volume[:, i]) for i in (0, -1)]
+                          + [np.ravel(volume[:, :, i]) for i in (0, -1)])
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

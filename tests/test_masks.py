@@ -36,3 +36,10 @@ def test_whole_head_noisy_background_gives_a_head_mask():
     # the head is one filled blob: the centre slice's centre is inside, the corners are outside
     x, y, z = (s // 2 for s in flair.shape)
     assert mask[x, y, z] and not mask[0, 0, z] and not mask[-1, -1, z]
+
+
+@needs_shared
+def test_a_crop_without_background_is_all_foreground():
+    t1 = _array(SHARED / "open_ms_data" / "mni" / "patient07" / "T1.nii.gz")[70:110, 80:130, 70:100]
+    assert (t1 > 0).mean() > 0.99  # brain tissue on every face
+    assert foreground(t1).all()

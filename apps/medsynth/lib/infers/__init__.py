@@ -1,0 +1,3 @@
+from .synthesis import SynthesisInferTask, SynthesisRequestError
+
+__all__ = ["SynthesisInferTask", "SynthesisRequestError"]

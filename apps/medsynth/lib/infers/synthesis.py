@@ -1,0 +1,285 @@
+"""MONAI Label infer task for contrast synthesis: a thin layer over ``medsynth_app.pipeline.synthesize``.
+
+A request names one datastore image (``?image=sub01_T1``) and params ``{"target": "FLAIR"}``; optional
+``{"inputs": {"T2": "<image id>"}}`` replaces or adds contrasts, and ``{"contrast": "T1"}`` names the contrast of an
+image whose file name does not say it. The study of the image is the set of datastore images whose names carry the
+same prefix (``sub01_T1``, ``sub01_T2``, ``sub01_FLAIR``: flat datastore, ``medsynth_app.contrasts.parse_name``).
+
+The result is always a float32 volume on the grid of ``image``, marked synthetic in its header; the client's
+``result_dtype`` is ignored (a Slicer client asks for uint8, which would destroy a synthetic intensity image) and its
+``result_extension`` is honoured only when it is one that ``write_image`` supports (.nrrd, .nii.gz, .nii).
+
+Errors meant for the user are raised as :class:`SynthesisRequestError` (a FastAPI ``HTTPException``): MONAI Label
+registers no exception handler of its own, so any other exception leaves the server as a bare
+"500 Internal Server Error" with no message, while an ``HTTPException`` reaches the client as
+``{"detail": "<message>"}`` with its status code.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+from fastapi import HTTPException
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from medsynth_app.checkpoint import Checkpoint
+from medsynth_app.contrasts import BRAIN_MASK, CONTRASTS, LESION_MASK, canonical_contrast, has_image_extension, parse_name
+from medsynth_app.imageio import WRITE_EXTENSIONS, read_image, write_image
+from medsynth_app.models import create
+from medsynth_app.pipeline import provenance_for, synthesize
+
+logger = logging.getLogger(__name__)
+
+TASK_TYPE = "synthesis"
+
+
+class SynthesisRequestError(HTTPException):
+    """A request that cannot be served as asked; MONAI Label's FastAPI app answers it with ``status_code`` and
+    ``{"detail": message}``."""
+
+    def __init__(self, message: str, status_code: int = 400):
+        super().__init__(status_code=status_code, detail=message)
+
+    def __str__(self) -> str:
+        return str(self.detail)
+
+
+def input_roles(checkpoint: Checkpoint) -> Tuple[list, list]:
+    """(required, optional) input contrasts of a checkpoint: an input is optional when the family still accepts the
+    others without it (families that take subsets override ``usable_inputs``)."""
+    model = create(checkpoint.family, checkpoint.inputs, checkpoint.targets, **checkpoint.hparams)
+    required, optional = [], []
+    for contrast in checkpoint.inputs:
+        try:
+            model.usable_inputs([c for c in checkpoint.inputs if c != contrast])
+            optional.append(contrast)
+        except ValueError:
+            required.append(contrast)
+    return required, optional
+
+
+class SynthesisInferTask(BasicInferTask):
+    """Synthesise one target contrast of the study of the requested image with one family's checkpoints."""
+
+    def __init__(self, family: str, checkpoints: Sequence[Tuple[Path, Checkpoint]], description: str = "",
+                 datastore=None):
+        if not checkpoints:
+            raise ValueError(f"no {family} checkpoint to serve")
+        self.family = family
+        self.checkpoints = [(Path(p), c) for p, c in checkpoints]
+        self.targets = list(dict.fromkeys(t for _, c in self.checkpoints for t in c.targets))
+        self.datastore = datastore  # set by the app once its datastore exists (MyApp.init_infers)
+        super().__init__(
+            path=[str(p) for p, _ in self.checkpoints],
+            network=None,
+            type=TASK_TYPE,
+            labels=[],  # labels are segmentation classes to MONAI Label clients; a synthesis has none
+            dimension=3,
+            description=description or f"MedSynth {family}: synthesise {', '.join(self.targets)}",
+            # A list value is shown by the Slicer module as a drop-down; the first item is the default.
+            config={"target": list(self.targets), "intensity": ["scaled", "normalised"]},
+        )
+
+    # ---- /info --------------------------------------------------------------------------------------------------
+    def info(self) -> Dict[str, Any]:
+        info = super().info()
+        variants = {}
+        for path, ckpt in self.checkpoints:
+            required, optional = input_roles(ckpt)
+            for target in ckpt.targets:
+                variants.setdefault(target, []).append({
+                    "checkpoint": path.name,
+                    "inputs": list(ckpt.inputs),
+                    "required_inputs": required,
+                    "optional_inputs": optional,
+                    "validation": (ckpt.training.get("validation") or {}).get(target, {}),
+                    "validation_subjects": ckpt.training.get("validation_subjects", []),
+                    "training_subjects": len(ckpt.training.get("subjects", [])),
+                    "hparams": ckpt.hparams,
+                    "library_version": ckpt.library_version,
+                    "created": ckpt.created,
+                })
+        info.update(
+            family=self.family,
+            targets=self.targets,
+            checkpoints=variants,
+            output="float32 on the grid of the requested image, 0 outside the brain, header marked SYNTHETIC",
+            params={"target": f"one of {', '.join(self.targets)} (default {self.targets[0]})",
+                    "inputs": 'optional {"<contrast>": "<image id>"} overriding the study\'s own images',
+                    "contrast": "optional contrast of `image` when its name does not say it",
+                    "intensity": "scaled (training data's typical target scale, default) or normalised"},
+        )
+        return info
+
+    # BasicInferTask declares these abstract; the whole request is handled in __call__.
+    def pre_transforms(self, data=None):
+        return []
+
+    def post_transforms(self, data=None):
+        return []
+
+    # ---- request handling ---------------------------------------------------------------------------------------
+    def __call__(self, request, callbacks=None):
+        begin = time.time()
+        req = dict(self._config)
+        req.update(request)
+        target = self._target(req.get("target"))
+        intensity = req.get("intensity", "scaled")
+        intensity = intensity[0] if isinstance(intensity, (list, tuple)) else intensity
+        if intensity not in ("scaled", "normalised"):
+            raise SynthesisRequestError(f"intensity must be 'scaled' or 'normalised', not {intensity!r}")
+
+        image_path = req.get("image")
+        if not isinstance(image_path, str) or not image_path or not os.path.isfile(image_path):
+            raise SynthesisRequestError(f"image {request.get('image')!r} is not an image file of the datastore "
+                                        "(unknown image id?)", 404)
+        study_id, contrast, files = self._study_files(Path(image_path), req.get("contrast"))
+        for name, image_id in self._explicit_inputs(req.get("inputs")).items():
+            files[name] = self._resolve_id(image_id)
+
+        path, ckpt, used = self._choose(target, files, study_id)
+        order = ([contrast] if contrast in used else []) + [c for c in used if c != contrast]
+        try:
+            images = {c: read_image(files[c]) for c in order}
+            reference = read_image(image_path) if contrast not in used else images[contrast]
+            brain = read_image(files[BRAIN_MASK]) if BRAIN_MASK in files else None
+            result = synthesize(ckpt, images, target, brain_mask=brain, intensity=intensity)
+        except ValueError as err:  # ImageError, CheckpointError, ValueError: the message names the file/contrast
+            raise SynthesisRequestError(str(err), 422) from None
+        if not _same_grid(result, reference):
+            result = sitk.Resample(result, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+
+        extension = str(req.get("result_extension") or ".nii.gz").lower()
+        extension = extension if extension in WRITE_EXTENSIONS else ".nii.gz"
+        out = Path(tempfile.gettempdir()) / f"medsynth_{study_id or 'image'}_{target}_{uuid.uuid4().hex[:8]}{extension}"
+        write_image(result, out, provenance_for(ckpt, order, target))
+        seconds = round(time.time() - begin, 2)
+        logger.info("synthesised %s of %s from %s with %s in %.1f s -> %s", target, study_id, "+".join(order),
+                    path.name, seconds, out)
+        return str(out), {
+            "type": TASK_TYPE,
+            "target": target,
+            "study": study_id,
+            "inputs": {c: os.path.basename(str(files[c])) for c in order},
+            "model": self.family,
+            "checkpoint": path.name,
+            "intensity": intensity,
+            "dtype": "float32",
+            "synthetic": True,
+            "latencies": {"total": seconds},
+        }
+
+    def _target(self, value) -> str:
+        if isinstance(value, (list, tuple)):  # the config default (the whole drop-down list) was not overridden
+            value = value[0] if value else None
+        if not value:
+            raise SynthesisRequestError(f"params must name a target: one of {', '.join(self.targets)}")
+        try:
+            target = canonical_contrast(str(value))
+        except ValueError:
+            target = str(value)
+        if target not in self.targets:
+            raise SynthesisRequestError(f"unknown target {value!r} for model {self.family}; "
+                                        f"it synthesises {', '.join(self.targets)}")
+        return target
+
+    @staticmethod
+    def _explicit_inputs(value) -> Dict[str, str]:
+        if not value:
+            return {}
+        if not isinstance(value, dict):
+            raise SynthesisRequestError('inputs must be an object {"<contrast>": "<image id>"}')
+        out = {}
+        for name, image_id in value.items():
+            try:
+                out[canonical_contrast(str(name))] = str(image_id)
+            except ValueError as err:
+                raise SynthesisRequestError(f"inputs: {err}") from None
+        return out
+
+    def _resolve_id(self, image_id: str) -> Path:
+        """Datastore image id -> file. Only ids are accepted, never server paths."""
+        uri = self.datastore.get_image_uri(image_id) if self.datastore is not None else ""
+        if uri and os.path.isfile(uri):
+            return Path(uri)
+        raise SynthesisRequestError(f"inputs: no image {image_id!r} in the datastore", 404)
+
+    def _candidates(self, image_path: Path) -> Dict[str, Path]:
+        """name -> file of every image beside ``image_path``: the datastore's images when they are in the same
+        folder (flat local datastore), else the folder's image files."""
+        if self.datastore is not None:
+            try:
+                found = {}
+                for image_id in self.datastore.list_images():
+                    uri = self.datastore.get_image_uri(image_id)
+                    if uri and Path(uri).parent == image_path.parent:
+                        found[image_id] = Path(uri)
+                if found:
+                    return found
+            except Exception as err:  # a remote datastore without listing: fall back to the folder
+                logger.warning("cannot list the datastore (%s); using the image's folder", err)
+        folder = image_path.parent
+        return {p.name: p for p in sorted(folder.iterdir()) if p.is_file() and has_image_extension(p.name)}
+
+    def _study_files(self, image_path: Path, contrast_param) -> Tuple[str, Optional[str], Dict[str, Path]]:
+        parsed = parse_name(image_path.name)
+        if contrast_param:
+            try:
+                contrast = canonical_contrast(str(contrast_param))
+            except ValueError as err:
+                raise SynthesisRequestError(f"contrast: {err}") from None
+        elif parsed is not None and parsed.contrast in CONTRASTS:
+            contrast = parsed.contrast
+        else:
+            contrast = None
+        prefix = parsed.prefix if parsed is not None else None
+        files: Dict[str, Path] = {}
+        claimed: Dict[str, list] = {}
+        if prefix is not None and parsed.contrast in CONTRASTS:
+            for name, path in self._candidates(image_path).items():
+                other = parse_name(name)
+                if other is None or other.prefix != prefix:
+                    continue
+                claimed.setdefault(other.contrast, []).append(path)
+            clashes = {c: p for c, p in claimed.items() if len(p) > 1 and c != LESION_MASK}
+            if clashes:
+                c, paths = next(iter(clashes.items()))
+                raise SynthesisRequestError(f"study {prefix or image_path.name}: {c} is claimed by both "
+                                            f"{paths[0].name} and {paths[1].name}", 409)
+            files = {c: p[0] for c, p in claimed.items()}
+        if contrast is not None:
+            files[contrast] = image_path
+        return prefix or "", contrast, files
+
+    def _choose(self, target: str, files: Dict[str, Path], study_id: str):
+        """The checkpoint for ``target`` usable with the available contrasts, using the most inputs."""
+        available = [c for c in CONTRASTS if c in files]
+        best, reasons = None, []
+        for path, ckpt in self.checkpoints:
+            if target not in ckpt.targets:
+                continue
+            try:
+                used = create(ckpt.family, ckpt.inputs, ckpt.targets, **ckpt.hparams).usable_inputs(available)
+            except ValueError as err:
+                reasons.append(str(err))
+                continue
+            if best is None or len(used) > len(best[2]):
+                best = (path, ckpt, used)
+        if best is None:
+            raise SynthesisRequestError(
+                f"cannot synthesise {target} for study {study_id or '?'} (has {'+'.join(available) or 'no named contrast'}"
+                f"): {'; '.join(reasons)}; pass the missing contrasts as params inputs {{\"<contrast>\": \"<image id>\"}}")
+        return best
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-5)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6))

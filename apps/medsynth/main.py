@@ -1,0 +1,106 @@
+"""MedSynth MONAI Label app: serves the installed MedSynth checkpoints as "synthesis" infer tasks.
+
+    monailabel start_server --app apps/medsynth --studies <flat datastore> [--conf models linear]
+
+``--conf models`` is "all" (default) or a comma list of families; a family is a module of ``lib/configs`` holding a
+TaskConfig subclass, and is served when at least one of its checkpoints is installed (``medsynth models``).
+Mirrors the layout of MONAI Label's radiology sample app (main.py, lib/configs, lib/infers).
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+import pkgutil
+import sys
+from typing import Dict
+
+# The library lives two folders up when the app runs from the repository; make it importable without PYTHONPATH.
+_REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+try:
+    import medsynth_app  # noqa: F401
+except ImportError:  # pragma: no cover - depends on how the server was started
+    sys.path.insert(0, _REPO)
+    import medsynth_app  # noqa: F401
+
+import lib.configs  # noqa: E402  (MONAI Label puts the app folder on sys.path only while it loads this file)
+from lib.infers.synthesis import TASK_TYPE  # noqa: E402
+
+from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
+from monailabel.interfaces.config import TaskConfig  # noqa: E402
+from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: E402
+from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+def discover_configs() -> Dict[str, type]:
+    """family name (module name) -> TaskConfig subclass defined in lib/configs/<family>.py.
+
+    MONAI Label's own ``get_class_names`` only sees classes whose *direct* base is named TaskConfig; ours derive from
+    lib.family_config.SynthesisTaskConfig, so discovery uses issubclass. Imports happen here, while the app folder is
+    still on sys.path."""
+    configs = {}
+    for info in pkgutil.iter_modules(lib.configs.__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"lib.configs.{info.name}")
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, TaskConfig) and cls.__module__ == module.__name__ and not inspect.isabstract(cls):
+                configs[info.name.lower()] = cls
+    return dict(sorted(configs.items()))
+
+
+class MyApp(MONAILabelApp):
+    def __init__(self, app_dir, studies, conf):
+        self.model_dir = os.path.join(app_dir, "model")
+        configs = discover_configs()
+        requested = [m.strip().lower() for m in (conf.get("models") or "all").split(",") if m.strip()]
+        invalid = [m for m in requested if m != "all" and m not in configs]
+        if invalid:
+            raise ValueError(f"unknown model famil{'ies' if len(invalid) > 1 else 'y'} {', '.join(invalid)} in "
+                             f"--conf models; available: all, {', '.join(configs)}")
+        self.models: Dict[str, TaskConfig] = {}
+        for name, cls in configs.items():
+            if "all" in requested or name in requested:
+                config = cls()
+                config.init(name, self.model_dir, conf, None)
+                self.models[name] = config
+        logger.info("+++ Using model families: %s", list(self.models))
+
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name=f"MedSynth - MRI contrast synthesis ({medsynth_app.__version__})",
+            description="Synthesise a missing MRI contrast (T1, T1C, T2, PD, FLAIR, DWI) from the acquired ones",
+            version=medsynth_app.__version__,
+        )
+
+    def init_infers(self) -> Dict[str, InferTask]:
+        infers: Dict[str, InferTask] = {}
+        for name, config in self.models.items():
+            tasks = config.infer()
+            tasks = tasks if isinstance(tasks, dict) else {name: tasks}
+            for key, task in tasks.items():
+                if hasattr(task, "datastore"):
+                    task.datastore = self.datastore()  # lets the task find the other contrasts of a study
+                logger.info("+++ Adding Inferer:: %s => %s", key, task)
+                infers[key] = task
+        return infers
+
+    def init_trainers(self) -> Dict[str, TrainTask]:
+        trainers: Dict[str, TrainTask] = {}
+        for name, config in self.models.items():
+            task = config.trainer()
+            if task:
+                trainers[name] = task
+        return trainers
+
+    def infer(self, request, datastore=None):
+        # A synthetic image is not a label: never let a client store it under labels/ of the datastore.
+        task = self._infers.get(request.get("model"))
+        if task is not None and getattr(task, "type", None) == TASK_TYPE:
+            request = dict(request, save_label=False)
+        return super().infer(request, datastore)

@@ -1,0 +1,193 @@
+"""The MONAI Label app (apps/medsynth) served by a real `monailabel start_server`, on a flat datastore of real crops.
+
+One server for the module (starting it takes ~10-30 s); it is stopped by killing its process group.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import SHARED
+
+pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
+requests = pytest.importorskip("requests")
+pytest.importorskip("monailabel")
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "apps" / "medsynth"
+PATIENT = SHARED / "open_ms_data" / "mni" / "patient07"
+# SimpleITK (i, j, k) order: centred left-right, from the back of the head (j = 0), through the ventricles. The crop
+# must reach the background on some face: the automatic brain mask finds the background from the volume's faces,
+# and a crop lying wholly inside the brain gets a mask of a few percent of its voxels.
+CROP_START, CROP_SIZE = [51, 0, 70], [80, 96, 24]
+STARTUP_SECONDS = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launcher() -> str:
+    beside = Path(sys.executable).parent / "monailabel"
+    found = str(beside) if beside.exists() else shutil.which("monailabel")
+    if not found:
+        pytest.skip("the monailabel launcher is not installed")
+    return found
+
+
+@pytest.fixture(scope="module")
+def datastore(tmp_path_factory) -> Path:
+    """Flat datastore: sub01_T1/T2/FLAIR (crops of mni patient07) and sub02_T1 alone (a study lacking T2)."""
+    root = tmp_path_factory.mktemp("datastore")
+    for contrast in ("T1", "T2", "FLAIR"):
+        image = sitk.ReadImage(str(PATIENT / f"{contrast}.nii.gz"))
+        sitk.WriteImage(sitk.RegionOfInterest(image, CROP_SIZE, CROP_START), str(root / f"sub01_{contrast}.nii.gz"))
+    shutil.copy(root / "sub01_T1.nii.gz", root / "sub02_T1.nii.gz")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(datastore, tmp_path_factory):
+    work = tmp_path_factory.mktemp("server")
+    port = _free_port()
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # the launcher runs `python`
+        MONAILABEL_PYEXE=sys.executable,
+        MONAI_LABEL_TRACKING_ENABLED="false",
+        MONAI_LABEL_SESSION_PATH=str(work / "sessions"),
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
+        OMP_NUM_THREADS="2",
+    )
+    # Without --log_config, MONAI Label writes <app>/logs/app.log into the repository; keep it in the temp folder.
+    import monailabel
+
+    config = (Path(monailabel.__file__).parent / "logging.json").read_text()
+    log_config = work / "logging.json"
+    log_config.write_text(config.replace("${LOGFILE}", str(work / "app.log")).replace("${LOGDIR}", str(work)))
+    log = open(work / "server.log", "wb")
+    cmd = [_launcher(), "start_server", "--app", str(APP), "--studies", str(datastore),
+           "--host", "127.0.0.1", "--port", str(port), "--log_config", str(log_config)]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def log_tail() -> str:
+        log.flush()
+        return (work / "server.log").read_text(errors="replace")[-4000:]
+
+    try:
+        deadline = time.time() + STARTUP_SECONDS
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with status {proc.returncode}:\n{log_tail()}")
+            try:
+                if requests.get(f"{url}/info/", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"server not up after {STARTUP_SECONDS} s:\n{log_tail()}")
+            time.sleep(1)
+        yield url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+
+
+def _infer(url: str, image: str, params: dict, output: str = "image"):
+    return requests.post(f"{url}/infer/linear", params={"image": image, "output": output},
+                         files={"params": (None, json.dumps(params))}, timeout=300)
+
+
+def test_info_lists_the_linear_model_as_synthesis(server):
+    info = requests.get(f"{server}/info/", timeout=30).json()
+    model = info["models"]["linear"]
+    assert model["type"] == "synthesis"
+    assert set(model["targets"]) == {"FLAIR", "T2"}
+    flair = model["checkpoints"]["FLAIR"][0]
+    assert flair["required_inputs"] == ["T1", "T2"] and flair["optional_inputs"] == []
+    assert flair["validation"]["psnr"] > 10  # the checkpoint's own validation metrics are shown
+    assert info["datastore"]["total"] == 4
+
+
+def test_infer_flair_returns_float32_on_the_image_grid(server, datastore, tmp_path):
+    # What a Slicer client sends: uint8 and .nrrd; a synthesis must stay float32 whatever the client asks.
+    response = _infer(server, "sub01_T1", {"target": "FLAIR", "result_dtype": "uint8", "result_extension": ".nrrd"})
+    assert response.status_code == 200, response.text
+    name = re.search(r'filename="?([^";]+)"?', response.headers["content-disposition"]).group(1)
+    assert name.endswith(".nrrd")
+    out = tmp_path / name
+    out.write_bytes(response.content)
+    result = sitk.ReadImage(str(out))
+    reference = sitk.ReadImage(str(datastore / "sub01_T1.nii.gz"))
+    assert result.GetPixelID() == sitk.sitkFloat32
+    assert result.GetSize() == reference.GetSize()
+    np.testing.assert_allclose(result.GetSpacing(), reference.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(result.GetOrigin(), reference.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(result.GetDirection(), reference.GetDirection(), atol=1e-6)
+    assert result.GetMetaData("medsynth_synthetic") == "true"
+    # A pipeline sanity check, not an evaluation: patient07 is among the shipped weights' training subjects.
+    synthetic = sitk.GetArrayFromImage(result)
+    acquired = sitk.GetArrayFromImage(sitk.ReadImage(str(datastore / "sub01_FLAIR.nii.gz")))
+    brain = synthetic > 0
+    assert brain.mean() > 0.2
+    r = np.corrcoef(synthetic[brain], acquired[brain])[0, 1]
+    assert r > 0.5, r
+
+
+def test_unknown_target_is_a_4xx_naming_it(server):
+    response = _infer(server, "sub01_T1", {"target": "XYZ"})
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    assert "XYZ" in response.json()["detail"]
+
+
+def test_missing_input_is_a_4xx_naming_the_contrast(server):
+    response = _infer(server, "sub02_T1", {"target": "FLAIR"})
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    detail = response.json()["detail"]
+    assert "T2" in detail and "sub02" in detail
+
+
+def test_explicit_inputs_supply_a_missing_contrast(server):
+    response = _infer(server, "sub02_T1", {"target": "FLAIR", "inputs": {"T2": "sub01_T2"}}, output="json")
+    assert response.status_code == 200, response.text
+    assert response.json()["inputs"] == {"T1": "sub02_T1.nii.gz", "T2": "sub01_T2.nii.gz"}
+
+
+def test_unknown_image_is_a_4xx(server):
+    response = _infer(server, "nobody_T1", {"target": "FLAIR"})
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+
+
+def test_default_request_is_multipart_with_the_first_target(server):
+    # No params and no `output`: what a client that knows nothing of MedSynth gets (target drop-down default).
+    from requests_toolbelt.multipart.decoder import MultipartDecoder
+
+    response = requests.post(f"{server}/infer/linear", params={"image": "sub01_T2"}, timeout=300)
+    assert response.status_code == 200, response.text
+    parts = MultipartDecoder.from_response(response).parts
+    params = json.loads(next(p.text for p in parts if b'name="params"' in p.headers[b"Content-Disposition"]))
+    assert params["target"] == "FLAIR" and params["dtype"] == "float32"
+    assert list(params["inputs"]) == ["T2", "T1"]  # the requested image's contrast first: its grid is the output's
+    assert any(b'name="image"' in p.headers[b"Content-Disposition"] and len(p.content) > 1000 for p in parts)
