@@ -8,14 +8,13 @@ validation metrics, time), library_version, created, state (the family's weights
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from . import __version__
+from .atomic import atomic_write
 from .models import create
 from .models.base import SynthesisModel
 from .normalization import IntensityNorm
@@ -77,21 +76,9 @@ def _plain(value):
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path`` (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(_plain(asdict(checkpoint)) | {"state": checkpoint.state}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Write atomically: a temporary file in the same folder, fsynced, then renamed over ``path``."""
+    data = _plain(asdict(checkpoint)) | {"state": checkpoint.state}
+    return atomic_write(Path(path), lambda tmp: torch.save(data, tmp))
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -5,8 +5,6 @@ image as synthetic in its header and refuse to replace a file that is not itself
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_write
 from .contrasts import has_image_extension
 
 SYNTHETIC_TAG = "SYNTHETIC"
@@ -161,7 +160,6 @@ def write_image(image: sitk.Image, path: str | Path, provenance: Provenance) -> 
         raise ImageError(f"{path}: output must end with one of {', '.join(WRITE_EXTENSIONS)}")
     if path.exists() and not is_synthetic_file(path):
         raise ImageError(f"{path}: exists and is not a synthetic image; refusing to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = sitk.Cast(image, sitk.sitkFloat32)
     for key in image.GetMetaDataKeys():
         image.EraseMetaData(key)
@@ -172,22 +170,10 @@ def write_image(image: sitk.Image, path: str | Path, provenance: Provenance) -> 
         image.SetMetaData("medsynth_inputs", ",".join(provenance.inputs))
         image.SetMetaData("medsynth_target", provenance.target)
         image.SetMetaData("medsynth_version", provenance.library_version)
-    suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        if path.name.lower().endswith((".nii", ".nii.gz")):
-            _write_nifti(image, tmp, provenance)
-        else:
-            sitk.WriteImage(image, tmp, useCompression=True)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
+        return atomic_write(path, lambda tmp: _write_nifti(image, tmp, provenance), suffix)
+    return atomic_write(path, lambda tmp: sitk.WriteImage(image, tmp, useCompression=True), path.suffix)
 
 
 def voxel_to_ras(image: sitk.Image) -> np.ndarray:
