@@ -1,10 +1,12 @@
-"""MedSynth MONAI Label app: serves the installed MedSynth checkpoints as "synthesis" infer tasks.
+"""MedSynth MONAI Label app: serves the installed MedSynth checkpoints as "synthesis" infer tasks and retrains them
+from the datastore with one "synthesis" train task per family.
 
     monailabel start_server --app apps/medsynth --studies <flat datastore> [--conf models linear]
 
 ``--conf models`` is "all" (default) or a comma list of families; a family is a module of ``lib/configs`` holding a
-TaskConfig subclass, and is served when at least one of its checkpoints is installed (``medsynth models``).
-Mirrors the layout of MONAI Label's radiology sample app (main.py, lib/configs, lib/infers).
+TaskConfig subclass. Its infer task is served when at least one of its checkpoints is installed (``medsynth
+models``); its trainer (``POST /train/<family>``) is offered for every selected family. Mirrors the layout of MONAI
+Label's radiology sample app (main.py, lib/configs, lib/infers, lib/trainers).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ except ImportError:  # pragma: no cover - depends on how the server was started
     import medsynth_app  # noqa: F401
 
 import lib.configs  # noqa: E402  (MONAI Label puts the app folder on sys.path only while it loads this file)
+import lib.trainers  # noqa: E402,F401  (imported now for the same reason: trainers are built after loading)
 from lib.infers.synthesis import TASK_TYPE  # noqa: E402
 
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
@@ -95,6 +98,7 @@ class MyApp(MONAILabelApp):
         for name, config in self.models.items():
             task = config.trainer()
             if task:
+                logger.info("+++ Adding Trainer:: %s => %s", name, task)
                 trainers[name] = task
         return trainers
 

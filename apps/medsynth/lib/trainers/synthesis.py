@@ -1,0 +1,432 @@
+"""MONAI Label train task for contrast synthesis: a thin layer over ``medsynth_app.pipeline.train``.
+
+``POST /train/<family>`` with params ``{"target": "FLAIR", "inputs": ["T1", "T2"], "epochs": 10}`` (optional
+``val_split`` (0.2), ``seed``, ``batch_size``, ``learning_rate``, ``device``, ``hparams``, ``multi_gpu``, ``gpus``)
+trains the family on the studies of the datastore that hold the target and every input:
+
+* studies are the datastore images grouped by file-name prefix (``sub01_T1``, ``sub01_T2``: the flat datastore,
+  ``medsynth_app.contrasts.parse_name``, as the infer task does); images marked SYNTHETIC are never training material;
+  a study's lesion mask is its ``<study>_lesion`` image or the ``labels/final`` label of one of its images;
+* a share ``val_split`` of the studies (at least one when there are two or more) is held out for validation, chosen
+  reproducibly from ``seed``;
+* ``pipeline.train`` runs with ``TrainSettings(on_epoch=...)``: every epoch the progress (epoch, total_epochs,
+  best_metric, total_time) is written to ``model/train_stats_<family>.json``, which the server's ``/info``
+  ``train_stats`` reads (MONAI Label runs training in a subprocess: the file is how the two talk);
+* on success the checkpoint is saved atomically (``checkpoint.save_checkpoint``) into the app's ``model`` folder under
+  the name of the task it retrains (``linear_T1+T2_to_FLAIR.pt``): the infer task sees the file change and serves it
+  without restart. On failure or stop nothing is written and the previous weights stay served.
+
+Stopping: ``DELETE /train/`` kills the training subprocess (SIGKILL, MONAI Label's own behaviour); the checkpoint is
+only ever replaced by an atomic rename, so a kill leaves the previous one intact, and ``stats()`` reports a run whose
+process is gone as STOPPED. A SIGTERM (or SIGINT) sent to the training process is honoured more gently: the family is
+asked to stop at the end of the current epoch (``on_epoch`` returns True) and nothing is saved.
+
+Multi-GPU: with ``multi_gpu`` true (the default, as in MONAI Label's BasicTrainTask) and two or more visible GPUs,
+the task re-launches MONAI Label's training entry point under ``torchrun --nproc_per_node=<GPUs>``; every rank joins
+the NCCL process group and trains on ``cuda:<LOCAL_RANK>`` with ``TrainSettings.extra["distributed"]`` set, and
+rank 0 alone writes the stats and the checkpoint. Families that do not use ``torch.distributed`` themselves train the
+same model on every rank. Without GPUs (or with one) training just runs in the subprocess.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+from fastapi import HTTPException
+from monailabel.interfaces.tasks.train import TrainTask
+
+from medsynth_app.atomic import atomic_write
+from medsynth_app.checkpoint import save_checkpoint
+from medsynth_app.contrasts import BRAIN_MASK, CONTRASTS, LESION_MASK, canonical_contrast, parse_name
+from medsynth_app.imageio import is_synthetic_file
+from medsynth_app.models import TrainSettings
+from medsynth_app.pipeline import train as pipeline_train
+from medsynth_app.studies import Study
+from medsynth_app.weights import checkpoint_name
+
+from lib.infers.synthesis import TASK_TYPE, input_roles
+
+logger = logging.getLogger(__name__)
+
+RUNNING, DONE, FAILED, STOPPED = "RUNNING", "DONE", "FAILED", "STOPPED"
+
+
+class TrainRequestError(HTTPException):
+    """A training request that cannot run as asked. Synchronous runs (``run_sync=true``) answer it as HTTP 4xx with
+    ``{"detail": message}``; in MONAI Label's training subprocess it ends the run with status ERROR, the message being
+    the last line of the task's ``details`` and the ``message`` of the train stats."""
+
+    def __init__(self, message: str, status_code: int = 422):
+        super().__init__(status_code=status_code, detail=message)
+
+    def __str__(self) -> str:
+        return str(self.detail)
+
+
+def _scalar(value):
+    return value[0] if isinstance(value, (list, tuple)) else value
+
+
+def datastore_studies(datastore) -> Tuple[List[Study], Dict[str, str]]:
+    """Group the datastore's images into studies by file-name prefix; returns (studies, skipped study -> reason)."""
+    groups: Dict[str, Dict[str, List[Tuple[str, Path]]]] = {}
+    for image_id in sorted(datastore.list_images()):
+        uri = datastore.get_image_uri(image_id)
+        if not uri or not os.path.isfile(uri):
+            continue
+        parsed = parse_name(Path(uri).name)
+        if parsed is None:
+            continue
+        groups.setdefault(parsed.prefix or "study", {}).setdefault(parsed.contrast, []).append((image_id, Path(uri)))
+    studies, skipped = [], {}
+    for prefix, claimed in sorted(groups.items()):
+        clashes = {c: f for c, f in claimed.items() if len(f) > 1}
+        if clashes:
+            contrast, files = next(iter(clashes.items()))
+            skipped[prefix] = f"{contrast} is claimed by both {files[0][1].name} and {files[1][1].name}"
+            continue
+        study = Study(prefix)
+        for contrast, [(image_id, path)] in claimed.items():
+            if contrast == BRAIN_MASK:
+                study.brain_mask = path
+            elif contrast == LESION_MASK:
+                study.lesion_mask = path
+            elif contrast in CONTRASTS:
+                if is_synthetic_file(path):
+                    skipped.setdefault(prefix, f"{path.name} is a synthetic image, not training material")
+                    continue
+                study.images[contrast] = path
+        if study.lesion_mask is None:  # a lesion segmentation saved by a client (labels/final) for one of the images
+            for contrast in ["FLAIR", *CONTRASTS]:
+                if contrast in claimed and contrast in CONTRASTS:
+                    image_id = claimed[contrast][0][0]
+                    label_id = datastore.get_label_by_image_id(image_id, "final")
+                    uri = datastore.get_label_uri(label_id, "final") if label_id else ""
+                    if uri and os.path.isfile(uri):
+                        study.lesion_mask = Path(uri)
+                        break
+        if study.images:
+            studies.append(study)
+    return studies, skipped
+
+
+def split_studies(studies: Sequence[Study], val_split: float, seed: int) -> Tuple[List[Study], List[Study]]:
+    """(train, validation): a reproducible ``val_split`` share of the studies, at least one when there are two or
+    more, never all of them."""
+    ordered = sorted(studies, key=lambda s: s.id)
+    if len(ordered) < 2 or val_split <= 0:
+        return list(ordered), []
+    n_val = min(len(ordered) - 1, max(1, int(round(len(ordered) * val_split))))
+    random.Random(seed).shuffle(ordered)
+    validation = sorted(ordered[:n_val], key=lambda s: s.id)
+    return sorted(ordered[n_val:], key=lambda s: s.id), validation
+
+
+class SynthesisTrainTask(TrainTask):
+    """Retrain one family from the datastore; progress in ``model/train_stats_<name>.json``."""
+
+    def __init__(self, config, description: str = ""):
+        self._owner = config  # lib.family_config.SynthesisTaskConfig: its served checkpoints give the defaults
+        self.family = config.family
+        self.name = config.name
+        self.model_dir = Path(config.model_dir)
+        self.stats_path = self.model_dir / f"train_stats_{self.name}.json"
+        self._stop_requested = False
+        super().__init__(description or f"MedSynth {self.family}: retrain from the datastore's acquired studies")
+
+    # ---- /info ----------------------------------------------------------------------------------------------------
+    def _served(self):
+        self._owner.refresh()
+        return list(self._owner.checkpoints)
+
+    def config(self) -> Dict[str, Any]:
+        targets = list(dict.fromkeys(t for _, c in self._served() for t in c.targets)) or list(CONTRASTS)
+        return {
+            "target": targets,  # a list is a drop-down in Slicer; the first item is the default
+            "inputs": "",  # empty: the inputs of the served checkpoint for the target
+            "epochs": 10,
+            "val_split": 0.2,
+            "seed": 0,
+            "device": ["auto", "cpu", "cuda"],
+            "multi_gpu": True,
+            "gpus": "all",
+        }
+
+    def info(self) -> Dict[str, Any]:
+        info = super().info()
+        tasks = {}
+        for path, ckpt in self._served():
+            required, optional = input_roles(ckpt)
+            for target in ckpt.targets:
+                tasks.setdefault(target, []).append({
+                    "checkpoint": path.name,
+                    "inputs": list(ckpt.inputs),
+                    "required_inputs": required,
+                    "optional_inputs": optional,
+                    "validation": (ckpt.training.get("validation") or {}).get(target, {}),
+                    "hparams": ckpt.hparams,
+                    "created": ckpt.created,
+                })
+        info.update(
+            type=TASK_TYPE,
+            family=self.family,
+            targets=list(tasks),
+            checkpoints=tasks,
+            params={
+                "target": "contrast to learn (any of " + ", ".join(CONTRASTS) + ")",
+                "inputs": "input contrasts, a list or 'T1,T2'; default: those of the served checkpoint for target",
+                "epochs": "epochs for the families that iterate (alias max_epochs); closed-form families run one",
+                "val_split": "share of studies held out for validation (at least one of two or more)",
+                "hparams": "optional family hyper-parameters; default: those of the served checkpoint",
+                "multi_gpu": "torchrun over every visible GPU when there are two or more",
+            },
+            data="studies of the datastore whose target and inputs were acquired (file names <study>_<contrast>); "
+                 "lesion masks from <study>_lesion images or labels/final",
+            output=f"model/{checkpoint_name(self.family, ['<inputs>'], ['<target>'])}, replaced atomically",
+        )
+        return info
+
+    def stats(self) -> Dict[str, Any]:
+        try:
+            stats = json.loads(self.stats_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if stats.get("status") == RUNNING and not _alive(stats.get("pid")):
+            stats["status"] = STOPPED
+            stats.setdefault("message", "the training process ended before finishing (DELETE /train/ or killed)")
+        return stats
+
+    # ---- training -----------------------------------------------------------------------------------------------
+    def __call__(self, request, datastore):
+        req = self.config()
+        req.update(request or {})
+        if "max_epochs" in (request or {}) and "epochs" not in request:  # MONAI Label's (and Slicer's) name
+            req["epochs"] = request["max_epochs"]
+        multi_gpu = _as_bool(_scalar(req.get("multi_gpu", True)))
+        world_size = _world_size(str(_scalar(req.get("gpus")) or "all"))
+        if multi_gpu and world_size >= 2 and "WORLD_SIZE" not in os.environ:
+            return self._launch_distributed(req, world_size)
+        rank = int(os.environ.get("RANK", "0"))
+        distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+        if distributed:
+            import torch.distributed as dist
+
+            dist.init_process_group(backend="nccl")
+        try:
+            return self._train(req, datastore, rank=rank,
+                               world_size=int(os.environ["WORLD_SIZE"]) if distributed else 1)
+        finally:
+            if distributed:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
+
+    def _train(self, req: Dict[str, Any], datastore, rank: int = 0, world_size: int = 1) -> Dict[str, Any]:
+        started = time.time()
+        stats: Dict[str, Any] = {"status": RUNNING, "family": self.family, "pid": os.getpid(),
+                                 "start_ts": time.strftime("%Y-%m-%d %H:%M:%S"), "epoch": 0, "total_epochs": 0,
+                                 "best_metric": None, "total_time": 0.0, "stage": "preparing"}
+
+        def publish(**fields):
+            stats.update(fields, total_time=round(time.time() - started, 2))
+            if rank == 0:
+                atomic_write(self.stats_path, lambda tmp: Path(tmp).write_text(json.dumps(stats, indent=2)),
+                             suffix=".json")
+
+        # Only in MONAI Label's training subprocess: a synchronous run (run_sync=true) happens in the server itself,
+        # whose signal handlers must stay its own.
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} \
+            if _in_training_process() else {}
+        for sig in previous:
+            signal.signal(sig, self._request_stop)
+        self._stop_requested = False
+        try:
+            publish()
+            target, inputs, hparams, out_name = self._resolve(req)
+            epochs = int(_scalar(req.get("epochs", 10)))
+            if epochs < 1:
+                raise TrainRequestError(f"epochs must be at least 1, not {epochs}")
+            val_split = float(_scalar(req.get("val_split", 0.2)))
+            if not 0 <= val_split < 1:
+                raise TrainRequestError(f"val_split must be in [0, 1), not {val_split}")
+            seed = int(_scalar(req.get("seed", 0)))
+            studies, skipped = datastore_studies(datastore)
+            usable = [s for s in studies if s.has([*inputs, target])]
+            if not usable:
+                have = sorted({"+".join(s.contrasts) for s in studies}) or ["no image"]
+                raise TrainRequestError(
+                    f"no study of the datastore has {'+'.join([*inputs, target])} acquired "
+                    f"(studies have: {'; '.join(have)}); cannot train {self.family} {'+'.join(inputs)}->{target}")
+            train_set, val_set = split_studies(usable, val_split, seed)
+            out = self.model_dir / out_name
+            publish(target=target, inputs=inputs, checkpoint=out.name, total_epochs=epochs,
+                    training_studies=[s.id for s in train_set], validation_studies=[s.id for s in val_set],
+                    skipped=skipped, stage="training")
+            logger.info("medsynth-train %s %s->%s: %d training, %d validation studies, %d epochs -> %s",
+                        self.family, "+".join(inputs), target, len(train_set), len(val_set), epochs, out)
+
+            def on_epoch(progress: dict) -> bool:
+                metric = progress.get("best_metric")
+                publish(epoch=int(progress.get("epoch", stats["epoch"])),
+                        total_epochs=int(progress.get("total_epochs", epochs)),
+                        best_metric=None if metric is None else float(metric),
+                        loss=progress.get("loss"))
+                logger.info("medsynth-train epoch %s/%s best_metric %s", stats["epoch"], stats["total_epochs"],
+                            stats["best_metric"])
+                return self._stop_requested
+
+            device = str(_scalar(req.get("device", "auto")) or "auto")
+            if world_size > 1:
+                device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            settings = TrainSettings(
+                epochs=epochs, seed=seed, device=device, progress=False, on_epoch=on_epoch,
+                batch_size=int(_scalar(req.get("batch_size", TrainSettings.batch_size))),
+                learning_rate=None if req.get("learning_rate") in (None, "") else float(_scalar(req["learning_rate"])),
+                extra={"distributed": {"rank": rank, "world_size": world_size}} if world_size > 1 else {},
+            )
+            try:
+                checkpoint = pipeline_train(self.family, inputs, [target], train_set, val_set, hparams=hparams,
+                                            settings=settings)
+            except (ValueError, RuntimeError) as err:  # StudyError, ImageError, a family's refusal
+                raise TrainRequestError(f"training {self.family} {'+'.join(inputs)}->{target} failed: {err}") from None
+            if self._stop_requested:
+                publish(status=STOPPED, stage="stopped", message="stop requested; previous checkpoint kept")
+                return self.stats()
+            validation = (checkpoint.training.get("validation") or {}).get(target, {})
+            best = stats["best_metric"]
+            if validation.get("psnr") is not None:
+                best = float(validation["psnr"])  # the key metric shown for synthesis: validation PSNR (dB)
+            epochs_run = int(checkpoint.training.get("epochs", stats["epoch"] or epochs))
+            if rank == 0:
+                save_checkpoint(checkpoint, out)
+            publish(status=DONE, stage="done", epoch=max(stats["epoch"], epochs_run),
+                    total_epochs=max(stats["total_epochs"], epochs_run) if stats["epoch"] else epochs_run,
+                    best_metric=best, best_metric_name="validation psnr" if validation else stats.get("best_metric_name"),
+                    validation=validation, training_subjects=checkpoint.training.get("subjects", []),
+                    created=checkpoint.created, message=f"saved {out.name}")
+            logger.info("medsynth-train done: %s (validation %s)", out, validation)
+            return dict(stats)
+        except TrainRequestError as err:
+            publish(status=FAILED, stage="failed", message=str(err))
+            logger.error("medsynth-train FAILED: %s", err)
+            raise
+        except BaseException as err:
+            publish(status=FAILED, stage="failed", message=f"{type(err).__name__}: {err}")
+            raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _request_stop(self, signum, frame):
+        logger.info("medsynth-train: signal %s, stopping after this epoch", signum)
+        self._stop_requested = True
+
+    def _resolve(self, req: Dict[str, Any]):
+        """(target, inputs, hparams, checkpoint file name) of a request; defaults from the served checkpoints."""
+        served = self._served()
+        raw_target = _scalar(req.get("target"))
+        if not raw_target:
+            raise TrainRequestError("params must name a target contrast to learn, e.g. {\"target\": \"FLAIR\"}")
+        try:
+            target = canonical_contrast(str(raw_target))
+        except ValueError as err:
+            raise TrainRequestError(f"target: {err}") from None
+        raw_inputs = req.get("inputs")
+        if isinstance(raw_inputs, str):
+            raw_inputs = [s for s in raw_inputs.replace("+", ",").split(",") if s.strip()]
+        if isinstance(raw_inputs, dict):
+            raw_inputs = list(raw_inputs)
+        same_target = [(p, c) for p, c in served if c.targets == [target]]
+        if raw_inputs:
+            try:
+                inputs = list(dict.fromkeys(canonical_contrast(str(c).strip()) for c in raw_inputs))
+            except ValueError as err:
+                raise TrainRequestError(f"inputs: {err}") from None
+        elif same_target:
+            inputs = list(same_target[0][1].inputs)
+        else:
+            raise TrainRequestError(f"params must name the inputs for {target} (no served {self.family} checkpoint "
+                                    "synthesises it), e.g. {\"inputs\": [\"T1\", \"T2\"]}")
+        if target in inputs:
+            raise TrainRequestError(f"{target} is both the target and an input")
+        match = [(p, c) for p, c in same_target if sorted(c.inputs) == sorted(inputs)]
+        hparams = dict(match[0][1].hparams) if match else {}
+        extra = req.get("hparams") or {}
+        if isinstance(extra, str):
+            try:
+                extra = json.loads(extra)
+            except ValueError:
+                raise TrainRequestError(f"hparams must be a JSON object, not {extra!r}") from None
+        if not isinstance(extra, dict):
+            raise TrainRequestError("hparams must be an object of family hyper-parameters")
+        hparams.update(extra)
+        if match:  # retrain a served task: same input order, same file name
+            inputs, name = list(match[0][1].inputs), match[0][0].name
+        else:
+            inputs = [c for c in CONTRASTS if c in inputs]
+            name = checkpoint_name(self.family, inputs, [target])
+        return target, inputs, hparams, name
+
+    def _launch_distributed(self, req: Dict[str, Any], world_size: int) -> Dict[str, Any]:
+        """Run this training under torchrun, one process per GPU; returns rank 0's stats."""
+        request = {k: v for k, v in req.items() if k != "local_rank"}
+        cmd = torchrun_command(request, world_size)
+        logger.info("medsynth-train: multi-GPU over %d GPUs: %s", world_size, " ".join(cmd))
+        done = subprocess.run(cmd, env=dict(os.environ), check=False)
+        stats = self.stats()
+        if done.returncode != 0:
+            raise RuntimeError(f"torchrun ended with status {done.returncode}: {stats.get('message', '')}")
+        return stats
+
+
+def torchrun_command(request: Dict[str, Any], world_size: int) -> List[str]:
+    """``python -m torch.distributed.run --nproc_per_node N -m monailabel.interfaces.utils.app -m train -r ...``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world_size}",
+            "-m", "monailabel.interfaces.utils.app", "-m", "train", "-r",
+            json.dumps(request, separators=(",", ":"))]
+
+
+def _world_size(gpus: str) -> int:
+    try:
+        import torch
+
+        count = torch.cuda.device_count()
+    except Exception:  # pragma: no cover - torch always imports here
+        count = 0
+    if count and gpus not in ("", "all"):
+        return len([g for g in gpus.split(",") if g.strip()])
+    return count
+
+
+def _as_bool(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _alive(pid) -> bool:
+    try:
+        import psutil
+
+        process = psutil.Process(int(pid))
+        return process.status() != psutil.STATUS_ZOMBIE
+    except Exception:
+        return False
+
+
+def _in_training_process() -> bool:
+    """True in the process MONAI Label starts for a training (``python -m monailabel.interfaces.utils.app -m train``,
+    also under torchrun), in its main thread."""
+    import threading
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return (getattr(spec, "name", "") == "monailabel.interfaces.utils.app"
+            and threading.current_thread() is threading.main_thread())

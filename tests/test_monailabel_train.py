@@ -1,0 +1,322 @@
+"""Training through the MONAI Label app (apps/medsynth): a real `monailabel start_server` on a COPY of the app folder
+(training writes its checkpoint into the copy's model/, never over the shipped weights), on a flat datastore of
+real crops of three open_ms_data subjects.
+
+MONAI Label runs a training in a subprocess that re-creates the app (~5 s); `DELETE /train/` kills it. The module's
+last step stops any training before the server's process group is killed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import SHARED
+
+pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
+requests = pytest.importorskip("requests")
+pytest.importorskip("monailabel")
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "apps" / "medsynth"
+MNI = SHARED / "open_ms_data" / "mni"
+SUBJECTS = {"sub01": "patient07", "sub02": "patient19", "sub03": "patient26"}
+# SimpleITK (i, j, k): centred left-right, from the back of the head (j = 0, background) through the ventricles.
+CROP_START, CROP_SIZE = [51, 0, 70], [80, 96, 24]
+STARTUP_SECONDS = 240
+TRAIN_SECONDS = 150
+FLAIR_CKPT = "linear_T1+T2_to_FLAIR.pt"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launcher() -> str:
+    beside = Path(sys.executable).parent / "monailabel"
+    found = str(beside) if beside.exists() else shutil.which("monailabel")
+    if not found:
+        pytest.skip("the monailabel launcher is not installed")
+    return found
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _crop(src: Path, dst: Path) -> None:
+    image = sitk.ReadImage(str(src))
+    sitk.WriteImage(sitk.RegionOfInterest(image, CROP_SIZE, CROP_START), str(dst))
+
+
+@pytest.fixture(scope="module")
+def datastore(tmp_path_factory) -> Path:
+    """sub01..sub03 _T1/_T2/_FLAIR crops; sub01's lesion segmentation saved as a client would (labels/final)."""
+    root = tmp_path_factory.mktemp("datastore")
+    for study, patient in SUBJECTS.items():
+        for contrast in ("T1", "T2", "FLAIR"):
+            _crop(MNI / patient / f"{contrast}.nii.gz", root / f"{study}_{contrast}.nii.gz")
+    (root / "labels" / "final").mkdir(parents=True)
+    _crop(MNI / "patient07" / "lesion_consensus.nii.gz", root / "labels" / "final" / "sub01_FLAIR.nii.gz")
+    return root
+
+
+@pytest.fixture(scope="module")
+def acquired(datastore) -> dict:
+    """sha256 of every acquired file, taken before the server starts."""
+    return {p: _sha256(p) for p in sorted(datastore.rglob("*.nii.gz"))}
+
+
+@pytest.fixture(scope="module")
+def app_copy(tmp_path_factory) -> Path:
+    app = tmp_path_factory.mktemp("app") / "medsynth"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__", "logs", "train_stats_*.json"))
+    return app
+
+
+@pytest.fixture(scope="module")
+def shipped() -> dict:
+    return {p: _sha256(p) for p in sorted((APP / "model").glob("*.pt"))}
+
+
+@pytest.fixture(scope="module")
+def server(datastore, acquired, app_copy, shipped, tmp_path_factory):
+    work = tmp_path_factory.mktemp("server")
+    port = _free_port()
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        MONAILABEL_PYEXE=sys.executable,
+        MONAI_LABEL_TRACKING_ENABLED="false",
+        MONAI_LABEL_SESSION_PATH=str(work / "sessions"),
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
+        OMP_NUM_THREADS="2",
+    )
+    env.pop("MEDSYNTH_WEIGHTS", None)  # the app copy's model/ must be what is served
+    import monailabel
+
+    config = (Path(monailabel.__file__).parent / "logging.json").read_text()
+    log_config = work / "logging.json"
+    log_config.write_text(config.replace("${LOGFILE}", str(work / "app.log")).replace("${LOGDIR}", str(work)))
+    log = open(work / "server.log", "wb")
+    cmd = [_launcher(), "start_server", "--app", str(app_copy), "--studies", str(datastore),
+           "--host", "127.0.0.1", "--port", str(port), "--log_config", str(log_config),
+           "--conf", "models", "linear"]  # the family list selects trainers too
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def log_tail() -> str:
+        log.flush()
+        return (work / "server.log").read_text(errors="replace")[-4000:]
+
+    try:
+        deadline = time.time() + STARTUP_SECONDS
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with status {proc.returncode}:\n{log_tail()}")
+            try:
+                if requests.get(f"{url}/info/", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"server not up after {STARTUP_SECONDS} s:\n{log_tail()}")
+            time.sleep(1)
+        yield url
+    finally:
+        try:  # a training subprocess outlives the server: stop it first
+            requests.delete(f"{url}/train/", timeout=30)
+        except requests.RequestException:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+
+
+def _infer_flair(url: str, tmp_path: Path, tag: str) -> np.ndarray:
+    response = requests.post(f"{url}/infer/linear", params={"image": "sub01_T1", "output": "image"},
+                             files={"params": (None, json.dumps({"target": "FLAIR"}))}, timeout=300)
+    assert response.status_code == 200, response.text
+    name = re.search(r'filename="?([^";]+)"?', response.headers["content-disposition"]).group(1)
+    out = tmp_path / f"{tag}_{name}"
+    out.write_bytes(response.content)
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+
+
+def _start(url: str, params: dict) -> dict:
+    response = requests.post(f"{url}/train/linear", json=params, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _wait(url: str, task_id: str, seconds: float = TRAIN_SECONDS) -> dict:
+    deadline = time.time() + seconds
+    while True:
+        task = requests.get(f"{url}/train/", timeout=30).json()
+        if task["id"] == task_id and task["status"] not in ("SUBMITTED", "RUNNING"):
+            return task
+        assert time.time() < deadline, f"training still {task['status']} after {seconds} s: {task.get('details')}"
+        time.sleep(0.5)
+
+
+def _train_stats(url: str) -> dict:
+    return requests.get(f"{url}/info/", timeout=60).json()["train_stats"]["linear"]
+
+
+def test_info_lists_the_trainer(server):
+    info = requests.get(f"{server}/info/", timeout=60).json()
+    trainer = info["trainers"]["linear"]
+    assert trainer["type"] == "synthesis" and trainer["family"] == "linear"
+    assert set(trainer["targets"]) == {"FLAIR", "T2"}
+    flair = trainer["checkpoints"]["FLAIR"][0]
+    assert flair["checkpoint"] == FLAIR_CKPT
+    assert flair["required_inputs"] == ["T1", "T2"] and flair["optional_inputs"] == []
+    assert flair["validation"]["psnr"] > 10
+    assert {"target", "inputs", "epochs", "val_split", "multi_gpu"} <= set(trainer["config"])
+    assert trainer["description"]
+    assert "linear" in info["train_stats"]
+
+
+def test_train_replaces_the_checkpoint_and_inference_serves_it(server, app_copy, tmp_path):
+    from medsynth_app.checkpoint import load_checkpoint
+
+    ckpt_path = app_copy / "model" / FLAIR_CKPT
+    before_mtime = ckpt_path.stat().st_mtime_ns
+    before_output = _infer_flair(server, tmp_path, "before")
+
+    task = _start(server, {"target": "FLAIR", "inputs": ["T1", "T2"], "epochs": 1})
+    done = _wait(server, task["id"])
+    assert done["status"] == "DONE", done.get("details")
+
+    assert ckpt_path.stat().st_mtime_ns != before_mtime
+    ckpt = load_checkpoint(ckpt_path)
+    assert ckpt.inputs == ["T1", "T2"] and ckpt.targets == ["FLAIR"]
+    assert len(ckpt.training["subjects"]) == 2 and len(ckpt.training["validation_subjects"]) == 1
+    assert set(ckpt.training["subjects"]) | set(ckpt.training["validation_subjects"]) == set(SUBJECTS)
+    assert ckpt.training["validation"]["FLAIR"]["psnr"] > 0
+
+    stats = _train_stats(server)
+    assert stats["status"] == "DONE" and stats["target"] == "FLAIR" and stats["checkpoint"] == FLAIR_CKPT
+    assert stats["epoch"] == stats["total_epochs"] == 1  # linear is closed-form: one pass whatever was asked
+    assert stats["best_metric"] == pytest.approx(ckpt.training["validation"]["FLAIR"]["psnr"])
+    assert stats["total_time"] > 0 and stats["created"] == ckpt.created
+
+    # Served without restart: /info shows the new checkpoint, and inference gives the new model's output.
+    model = requests.get(f"{server}/info/", timeout=60).json()["models"]["linear"]
+    served = model["checkpoints"]["FLAIR"][0]
+    assert served["created"] == ckpt.created and served["training_subjects"] == 2
+    after_output = _infer_flair(server, tmp_path, "after")
+    assert after_output.shape == before_output.shape
+    assert not np.allclose(after_output, before_output)
+
+
+def test_training_without_a_study_holding_the_target_fails_with_a_message(server):
+    task = _start(server, {"target": "PD", "inputs": ["T1"]})
+    done = _wait(server, task["id"])
+    assert done["status"] == "ERROR"
+    assert any("no study of the datastore has T1+PD" in line for line in done["details"]), done["details"]
+    stats = _train_stats(server)
+    assert stats["status"] == "FAILED" and "no study of the datastore has T1+PD" in stats["message"]
+    # The same request run synchronously is answered 4xx with the message.
+    response = requests.post(f"{server}/train/linear", params={"run_sync": "true"},
+                             json={"target": "PD", "inputs": ["T1"]}, timeout=120)
+    assert 400 <= response.status_code < 500 and "no study of the datastore has T1+PD" in response.json()["detail"]
+
+
+def test_delete_stops_a_running_training_and_keeps_the_weights(server, app_copy):
+    ckpt_path = app_copy / "model" / FLAIR_CKPT
+    # The linear fit itself takes ~2 s on these crops: stop it once the trainer reports it is fitting. Should the
+    # fit win the race and finish before DELETE arrives, try again (the test is about stopping, not about timing).
+    for attempt in range(3):
+        signature = (ckpt_path.stat().st_mtime_ns, _sha256(ckpt_path))
+        previous_pid = _train_stats(server).get("pid")
+        task = _start(server, {"target": "FLAIR", "inputs": ["T1", "T2"]})
+        deadline = time.time() + 90
+        while True:  # the trainer runs in the subprocess once its stats carry the new process id
+            stats = _train_stats(server)
+            if stats.get("pid") != previous_pid and stats.get("stage") == "training":
+                break
+            assert stats.get("pid") == previous_pid or stats.get("status") == "RUNNING", stats
+            assert time.time() < deadline, f"the training never started: {requests.get(f'{server}/train/').json()}"
+            time.sleep(0.05)
+        stopped = requests.delete(f"{server}/train/", timeout=30).json()
+        if stopped is None:  # it finished first
+            assert _wait(server, task["id"])["status"] == "DONE"
+            continue
+        assert stopped["id"] == task["id"] and stopped["status"] == "STOPPED"
+        assert requests.get(f"{server}/train/", timeout=30).json()["status"] == "STOPPED"
+        deadline = time.time() + 30
+        while _train_stats(server)["status"] == "RUNNING":  # the killed process is reaped by MONAI Label's thread
+            assert time.time() < deadline
+            time.sleep(0.5)
+        stats = _train_stats(server)
+        assert stats["status"] == "STOPPED" and "ended before finishing" in stats["message"]
+        assert (ckpt_path.stat().st_mtime_ns, _sha256(ckpt_path)) == signature  # the previous weights are kept
+        assert requests.get(f"{server}/train/", params={"check_if_running": "true"}, timeout=30).status_code == 404
+        break
+    else:
+        pytest.fail("every training finished before DELETE /train/ reached it")
+
+
+def test_multi_gpu_relaunches_under_torchrun(monkeypatch, tmp_path):
+    """Two GPUs and multi_gpu: the task runs MONAI Label's train entry point under torchrun (no GPU here, so the
+    launch is intercepted)."""
+    sys.path.insert(0, str(APP))
+    try:
+        from lib.trainers import synthesis as trainer_module
+    finally:
+        sys.path.remove(str(APP))
+
+    class Config:
+        family, name, model_dir, checkpoints = "linear", "linear", str(tmp_path), []
+
+        def refresh(self):
+            return False
+
+    launched = []
+    monkeypatch.setattr(trainer_module, "_world_size", lambda gpus: 2)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(trainer_module.subprocess, "run",
+                        lambda cmd, **kw: launched.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    task = trainer_module.SynthesisTrainTask(Config())
+    task({"model": "linear", "target": "FLAIR", "inputs": ["T1", "T2"], "multi_gpu": True}, datastore=None)
+    [cmd] = launched
+    assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    assert cmd[6:9] == ["monailabel.interfaces.utils.app", "-m", "train"]
+    assert json.loads(cmd[-1])["target"] == "FLAIR"
+    launched.clear()
+    with pytest.raises(trainer_module.TrainRequestError, match="no study of the datastore has T1\\+T2\\+FLAIR"):
+        task({"model": "linear", "target": "FLAIR", "inputs": ["T1", "T2"], "multi_gpu": False}, datastore=_Empty())
+    assert not launched  # multi_gpu false: trains in this process (and fails here: an empty datastore)
+    assert task.stats()["status"] == "FAILED"
+
+
+class _Empty:
+    def list_images(self):
+        return []
+
+
+def test_acquired_images_and_shipped_weights_are_unchanged(server, acquired, shipped, tmp_path):
+    _infer_flair(server, tmp_path, "last")
+    assert {p: _sha256(p) for p in acquired} == acquired
+    assert {p: _sha256(p) for p in sorted((APP / "model").glob("*.pt"))} == shipped
