@@ -4,6 +4,8 @@ A request names one datastore image (``?image=sub01_T1``) and params ``{"target"
 ``{"inputs": {"T2": "<image id>"}}`` replaces or adds contrasts, and ``{"contrast": "T1"}`` names the contrast of an
 image whose file name does not say it. The study of the image is the set of datastore images whose names carry the
 same prefix (``sub01_T1``, ``sub01_T2``, ``sub01_FLAIR``: flat datastore, ``medsynth_app.contrasts.parse_name``).
+A session upload of several files (``PUT /session/``, then ``?session_id=``) makes ``image`` a folder: its images,
+named by contrast (``T1.nii.gz``, ``T2.nii.gz``), are the study, and the first input used gives the output grid.
 
 The result is always a float32 volume on the grid of ``image``, marked synthetic in its header; the client's
 ``result_dtype`` is ignored (a Slicer client asks for uint8, which would destroy a synthetic intensity image) and its
@@ -34,6 +36,7 @@ from medsynth_app.contrasts import BRAIN_MASK, CONTRASTS, LESION_MASK, canonical
 from medsynth_app.imageio import WRITE_EXTENSIONS, read_image, write_image
 from medsynth_app.models import create
 from medsynth_app.pipeline import provenance_for, synthesize
+from medsynth_app.studies import find_studies
 
 logger = logging.getLogger(__name__)
 
@@ -137,14 +140,21 @@ class SynthesisInferTask(BasicInferTask):
             raise SynthesisRequestError(f"intensity must be 'scaled' or 'normalised', not {intensity!r}")
 
         image_path = req.get("image")
-        if not isinstance(image_path, str) or not image_path or not os.path.isfile(image_path):
+        session_dir = isinstance(image_path, str) and bool(image_path) and os.path.isdir(image_path)
+        if session_dir:  # several files uploaded as one session (PUT /session/): the folder is the study
+            study_id, contrast, files = self._session_files(Path(image_path))
+        elif not isinstance(image_path, str) or not image_path or not os.path.isfile(image_path):
             raise SynthesisRequestError(f"image {request.get('image')!r} is not an image file of the datastore "
                                         "(unknown image id?)", 404)
-        study_id, contrast, files = self._study_files(Path(image_path), req.get("contrast"))
+        else:
+            study_id, contrast, files = self._study_files(Path(image_path), req.get("contrast"))
         for name, image_id in self._explicit_inputs(req.get("inputs")).items():
             files[name] = self._resolve_id(image_id)
 
         path, ckpt, used = self._choose(target, files, study_id)
+        if session_dir:  # the first input (in T1 T1C T2 PD FLAIR DWI order) gives the output grid
+            contrast = next(c for c in CONTRASTS if c in used)
+            image_path = str(files[contrast])
         order = ([contrast] if contrast in used else []) + [c for c in used if c != contrast]
         try:
             images = {c: read_image(files[c]) for c in order}
@@ -227,6 +237,23 @@ class SynthesisInferTask(BasicInferTask):
                 logger.warning("cannot list the datastore (%s); using the image's folder", err)
         folder = image_path.parent
         return {p.name: p for p in sorted(folder.iterdir()) if p.is_file() and has_image_extension(p.name)}
+
+    @staticmethod
+    def _session_files(folder: Path) -> Tuple[str, Optional[str], Dict[str, Path]]:
+        """The study of a session upload: the folder's images named by contrast (T1.nii.gz, T2.nii.gz, ...)."""
+        try:
+            studies = find_studies(folder)
+        except ValueError as err:  # StudyError: two files claim one contrast, unreadable manifest
+            raise SynthesisRequestError(str(err), 409) from None
+        if len(studies) != 1:
+            names = ", ".join(sorted(p.name for p in folder.iterdir()))
+            raise SynthesisRequestError(f"a session upload must hold one study's images named by contrast "
+                                        f"(T1.nii.gz, T2.nii.gz, ...); found {len(studies)} studies in: {names}")
+        study = studies[0]
+        files: Dict[str, Path] = dict(study.images)
+        if study.brain_mask is not None:
+            files[BRAIN_MASK] = study.brain_mask
+        return "session", None, files
 
     def _study_files(self, image_path: Path, contrast_param) -> Tuple[str, Optional[str], Dict[str, Path]]:
         parsed = parse_name(image_path.name)
