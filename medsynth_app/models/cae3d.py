@@ -1,0 +1,144 @@
+"""cae3d: the 3-D convolutional autoencoder of Klingelhoefer & Rousseau (valid 3x3x3 convolutions, 32 filters,
+3-pool-3-upsample-2 "base" or 4-4-3 "deep" layout, batch norm before hidden convolutions, He initialisation, Adam,
+MSE).
+
+Training: output patches of ``patch_output`` (16) voxels per side on a grid of step ``step`` (16), kept when their
+centre is in the brain mask, with input patches grown by the receptive-field margin (11 base: 38^3 -> 16^3; 15 deep:
+46^3 -> 16^3), as in the paper. Intensities: the prepared arrays are divided by their brain mean (mean 1); the paper
+divides by 3 x the mean of the non-zero voxels, so the family divides inputs and targets by ``intensity_scale`` (3)
+and multiplies predictions back. Several inputs are stacked as channels; several targets get one autoencoder each,
+trained together (sum of MSEs).
+
+Inference: `medsynth_app.training.inference.predict_tiled` pads the prepared volume by the margin and runs input
+tiles of (tile + 2 margin)^3 (tile = 32: 54^3 -> 32^3 for base) whose outputs abut exactly: the result equals one
+pass over the whole padded volume, without seams; tiles without brain are skipped; ``inference_batch`` tiles per
+forward pass.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..networks.cae3d import LAYOUTS, ConvAutoencoder3D
+from ..preprocessing import PreparedSubject
+from ..training.common import learning_rate, module_device, prefixed_state, unprefixed_state, validation_scores
+from ..training.datasets import PatchDataset
+from ..training.engine import resolve_device, seed_everything, train_network
+from ..training.inference import predict_tiled
+from .base import SynthesisModel, TrainSettings, register
+
+
+class PerTargetAutoencoders(nn.Module):
+    """One `ConvAutoencoder3D` per target; (B, C_in, n, n, n) -> (B, n_targets, m, m, m)."""
+
+    def __init__(self, targets: Sequence[str], in_channels: int, depth: str, features: int) -> None:
+        super().__init__()
+        self.nets = nn.ModuleDict({t: ConvAutoencoder3D(in_channels, depth, features) for t in targets})
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([net(x) for net in self.nets.values()], dim=1)
+
+
+def margin_for(depth: str, output: int = 16) -> int:
+    """Voxels an input patch extends beyond its output patch on each side (11 base, 15 deep)."""
+    return (ConvAutoencoder3D.input_size_for(output, depth) - output) // 2
+
+
+@register
+class ConvAutoencoder3DModel(SynthesisModel):
+    """3-D valid-convolution autoencoder (module docstring)."""
+
+    family = "cae3d"
+    description = "3-D convolutional autoencoder on 38^3 patches, seamless tiled inference (Klingelhoefer & Rousseau)"
+
+    def __init__(self, inputs: Sequence[str], targets: Sequence[str], depth: str = "base", features: int = 32,
+                 intensity_scale: float = 3.0, patch_output: int = 16, step: int = 16, tile: int = 32,
+                 patience: int = 10, min_delta: float = 0.0, max_steps_per_epoch: int | None = None,
+                 inference_batch: int = 2):
+        if depth not in LAYOUTS:
+            raise ValueError(f"cae3d: depth must be one of {', '.join(LAYOUTS)}, not {depth!r}")
+        for name, value in (("patch_output", patch_output), ("tile", tile)):
+            if int(value) < 2 or int(value) % 2:
+                raise ValueError(f"cae3d: {name} must be even and >= 2, got {value}")
+        if float(intensity_scale) <= 0 or int(step) < 1:
+            raise ValueError("cae3d: intensity_scale must be > 0 and step >= 1")
+        super().__init__(inputs, targets, depth=depth, features=int(features), intensity_scale=float(intensity_scale),
+                         patch_output=int(patch_output), step=int(step), tile=int(tile), patience=int(patience),
+                         min_delta=float(min_delta),
+                         max_steps_per_epoch=None if max_steps_per_epoch is None else int(max_steps_per_epoch),
+                         inference_batch=int(inference_batch))
+        self.device = "auto"
+        self.net = self._build()
+
+    def _build(self) -> PerTargetAutoencoders:
+        return PerTargetAutoencoders(self.targets, len(self.inputs), self.hparams["depth"], self.hparams["features"])
+
+    @property
+    def margin(self) -> int:
+        return margin_for(self.hparams["depth"], self.hparams["patch_output"])
+
+    def fit(self, train: list[PreparedSubject], validation: list[PreparedSubject], settings: TrainSettings) -> dict:
+        if not train:
+            raise ValueError("cae3d: no training subject")
+        hp = self.hparams
+        seed_everything(settings.seed)
+        self.net = self._build()
+        dataset = PatchDataset(train, self.inputs, self.targets, hp["patch_output"], self.margin, hp["step"])
+        scale = hp["intensity_scale"]
+
+        def loss(net, batch, device):
+            x, y = (t.to(device, non_blocking=True) / scale for t in batch)
+            return F.mse_loss(net(x).float(), y)
+
+        summary = train_network(
+            self.net, dataset, loss, settings,
+            identity={"family": self.family, "inputs": list(self.inputs), "targets": list(self.targets),
+                      "hparams": {k: v for k, v in hp.items() if k != "max_steps_per_epoch"}},
+            lr=learning_rate(settings, 1e-3), optimizer="adam",  # Keras' Adam defaults (the paper's library)
+            validate=(lambda: validation_scores(self.predict, validation, self.targets)) if validation else None,
+            hparams=hp)
+        summary.update(patch_input=dataset.input_size, patch_output=dataset.output_size,
+                       validation_metric="mean PSNR" if validation else "training loss (no validation subject)")
+        return summary
+
+    def _inference_device(self) -> torch.device:
+        device = module_device(self.net)
+        if device.type == "cpu" and self.device is not None:
+            wanted = resolve_device(self.device)
+            if wanted != device:
+                self.net.to(wanted)
+                device = wanted
+            self.device = None
+        return device
+
+    def predict_volume(self, volume: np.ndarray, mask: np.ndarray | None = None, tile: int | None = None) -> np.ndarray:
+        """(C_in, I, J, K) normalised inputs -> (n_targets, I, J, K), tiled (no masking applied)."""
+        device = self._inference_device()
+        self.net.eval()
+        scale = self.hparams["intensity_scale"]
+        tile = int(tile or self.hparams["tile"])
+        margin = (ConvAutoencoder3D.input_size_for(tile, self.hparams["depth"]) - tile) // 2
+        return predict_tiled(self.net, volume / scale, tile, margin, device, self.hparams["inference_batch"],
+                             mask) * scale
+
+    def predict(self, subject: PreparedSubject, target: str) -> np.ndarray:
+        if target not in self.targets:
+            raise ValueError(f"cae3d: not trained for {target} (trained: {', '.join(self.targets)})")
+        missing = [c for c in self.inputs if c not in subject.images]
+        if missing:
+            raise ValueError(f"cae3d: subject {subject.id} lacks {'+'.join(missing)}")
+        volume = np.stack([subject.images[c] for c in self.inputs])
+        out = self.predict_volume(volume, subject.mask)[self.targets.index(target)]
+        return np.where(subject.mask, out, 0).astype(np.float32)
+
+    def state_dict(self) -> dict:
+        return prefixed_state(self.net)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net = self._build()
+        self.net.load_state_dict(unprefixed_state(state))
+        self.device = "auto"

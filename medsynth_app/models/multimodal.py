@@ -1,0 +1,213 @@
+"""multimodal: Chartsias et al. 2018 latent-fusion synthesis, any non-empty subset of the trained inputs at test time.
+
+Network and cost: `medsynth_app.networks.multimodal.MultimodalSynthesisNet` (one encoder per input, max / mean /
+HeMIS / output-mean fusion, one decoder per target) and `medsynth_app.losses.MultimodalSynthesisLoss` (c1 + c2 + c3).
+Training (paper Sec. V / authors' code): Adam lr 1e-4, batch 16, whole 2-D axial slices of mean-normalised volumes,
+early stopping on validation (here: mean PSNR of whole validation volumes, patience 10).
+
+Beyond the paper:
+- ``input_dropout`` p: at every training batch each input is dropped with probability p (at least one is kept), so
+  one model serves every subset of its inputs (BraSyn-style). Inputs and targets may overlap (T1,T1C,T2,FLAIR ->
+  T1,T1C,T2,FLAIR): a target is never synthesised from itself at prediction time.
+- ``axes`` trains on slices along several axes; ``predict_axes`` (default: ``axes``) predicts slice-wise along each
+  and averages, e.g. [0, 1, 2] averages the sagittal, coronal and axial predictions (Sec. VI-I shows an axially
+  trained model transfers to coronal slices).
+- `MultimodalModel.add_output` adds a decoder for a new contrast to a trained model and trains it alone, encoders
+  and the other decoders frozen (Sec. VI-E).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..losses import MultimodalSynthesisLoss
+from ..networks.multimodal import FUSIONS, MultimodalSynthesisNet
+from ..preprocessing import PreparedSubject
+from ..training.common import (learning_rate, module_device, prefixed_state, unique, unprefixed_state,
+                               validation_scores)
+from ..training.datasets import SliceDataset
+from ..training.engine import resolve_device, seed_everything, train_network
+from ..training.inference import predict_slices
+from .base import SynthesisModel, TrainSettings, register
+
+
+def _axes(value) -> tuple[int, ...]:
+    if isinstance(value, str):
+        value = [part for part in value.replace("+", ",").split(",") if part.strip()]
+    if isinstance(value, (int, np.integer)):
+        value = [value]
+    axes = tuple(int(a) for a in value)
+    if not axes or any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
+        raise ValueError(f"multimodal: axes must be distinct values among 0, 1, 2 (2 = axial), got {value!r}")
+    return axes
+
+
+@register
+class MultimodalModel(SynthesisModel):
+    """Chartsias et al. 2018: per-input encoders, latent fusion, per-target decoders (module docstring)."""
+
+    family = "multimodal"
+    description = "Latent-fusion multi-input multi-output 2-D synthesis, any subset of inputs (Chartsias et al. 2018)"
+
+    def __init__(self, inputs: Sequence[str], targets: Sequence[str], latent_channels: int = 16, fusion: str = "max",
+                 lesion_channel: bool = False, input_dropout: float = 0.0, axes=(2,), predict_axes=None,
+                 min_brain: float = 0.1, c1_weight: float = 1.0, c2_weight: float = 1.0, c3_weight: float = 1.0,
+                 patience: int = 10, min_delta: float = 0.0, max_steps_per_epoch: int | None = None,
+                 inference_batch: int = 16):
+        # Inputs and targets may overlap (a BraSyn-style model completes any missing contrast of T1/T1C/T2/FLAIR),
+        # so the base class's no-overlap check is not applied.
+        if not inputs or not targets:
+            raise ValueError(f"{self.family}: needs at least one input and one target contrast")
+        if fusion not in FUSIONS:
+            raise ValueError(f"multimodal: fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
+        if not 0.0 <= float(input_dropout) < 1.0:
+            raise ValueError(f"multimodal: input_dropout must be in [0, 1), got {input_dropout}")
+        axes = _axes(axes)
+        self.inputs, self.targets = list(inputs), list(targets)
+        if len(set(self.inputs)) != len(self.inputs) or len(set(self.targets)) != len(self.targets):
+            raise ValueError("multimodal: duplicate contrasts in the inputs or targets")
+        self.hparams = dict(latent_channels=int(latent_channels), fusion=str(fusion), lesion_channel=bool(lesion_channel),
+                            input_dropout=float(input_dropout), axes=list(axes),
+                            predict_axes=list(_axes(predict_axes)) if predict_axes is not None else None,
+                            min_brain=float(min_brain), c1_weight=float(c1_weight), c2_weight=float(c2_weight),
+                            c3_weight=float(c3_weight), patience=int(patience), min_delta=float(min_delta),
+                            max_steps_per_epoch=None if max_steps_per_epoch is None else int(max_steps_per_epoch),
+                            inference_batch=int(inference_batch))
+        self.device = "auto"  # inference device of a loaded model; a trained one stays where it was trained
+        self.net = self._build()
+
+    def _build(self) -> MultimodalSynthesisNet:
+        hp = self.hparams
+        return MultimodalSynthesisNet(self.inputs, self.targets, hp["latent_channels"], hp["fusion"],
+                                      hp["lesion_channel"])
+
+    # -- inputs ---------------------------------------------------------------------------------------------------
+    def usable_inputs(self, available: Sequence[str]) -> list[str]:
+        """Every trained input found in ``available`` (any non-empty subset works)."""
+        used = [c for c in self.inputs if c in available]
+        if not used:
+            raise ValueError(f"multimodal needs at least one of {'+'.join(self.inputs)}; got "
+                             f"{'+'.join(available) or 'nothing'}")
+        return used
+
+    def _channels(self, targets: Sequence[str]) -> list[str]:
+        return unique([*self.inputs, *targets]) + (["lesion"] if self.hparams["lesion_channel"] else [])
+
+    # -- training -------------------------------------------------------------------------------------------------
+    def _loss(self, targets: Sequence[str], channels: list[str], input_dropout: float):
+        cost = MultimodalSynthesisLoss(self.hparams["c1_weight"], self.hparams["c2_weight"], self.hparams["c3_weight"])
+        where = {name: i for i, name in enumerate(channels)}
+        lesion_channel = self.hparams["lesion_channel"]
+
+        def loss(net, batch, device):
+            x = batch.to(device, non_blocking=True)
+            present = list(self.inputs)
+            if input_dropout > 0 and len(present) > 1:
+                keep = torch.rand(len(present)) >= input_dropout
+                if not keep.any():
+                    keep[torch.randint(len(present), (1,))] = True
+                present = [name for name, k in zip(present, keep.tolist()) if k]
+            images = {name: x[:, where[name]:where[name] + 1] for name in present}
+            lesion = x[:, where["lesion"]:where["lesion"] + 1] if lesion_channel else None
+            out = net(images, lesion, outputs=list(targets), decode_individual=True)
+            return cost(out, {t: x[:, where[t]:where[t] + 1] for t in targets})
+
+        return loss
+
+    def fit(self, train: list[PreparedSubject], validation: list[PreparedSubject], settings: TrainSettings) -> dict:
+        if not train:
+            raise ValueError("multimodal: no training subject")
+        seed_everything(settings.seed)
+        self.net = self._build()
+        return self._train(self.targets, train, validation, settings, self.net.parameters(), "multimodal")
+
+    def _train(self, targets, train, validation, settings, parameters, tag) -> dict:
+        hp = self.hparams
+        channels = self._channels(targets)
+        dataset = SliceDataset(train, channels, hp["axes"], hp["min_brain"])
+        lr = learning_rate(settings, 1e-4)
+        summary = train_network(
+            self.net, dataset, self._loss(targets, channels, hp["input_dropout"]), settings,
+            identity={"family": tag, "inputs": list(self.inputs), "targets": list(targets),
+                      "hparams": {k: v for k, v in hp.items() if k != "max_steps_per_epoch"}},
+            lr=lr, optimizer="adam", parameters=parameters,
+            validate=(lambda: validation_scores(self.predict, validation, targets)) if validation else None,
+            find_unused_parameters=hp["input_dropout"] > 0 or tag != "multimodal", hparams=hp)
+        summary["validation_metric"] = "mean PSNR" if validation else "training loss (no validation subject)"
+        summary["slice_size"] = list(dataset.size)
+        return summary
+
+    def add_output(self, target: str, train: list[PreparedSubject], validation: list[PreparedSubject],
+                   settings: TrainSettings) -> dict:
+        """Add a decoder synthesising ``target`` to this trained model and train it alone (paper Sec. VI-E): the
+        encoders and the existing decoders are frozen, the new decoder is optimised on c1 + c2 + c3 of ``target``
+        with Adam. ``target`` is appended to ``self.targets``; save with `Checkpoint.from_model` as usual."""
+        if target in self.targets:
+            raise ValueError(f"multimodal: already synthesises {target}")
+        seed_everything(settings.seed)
+        decoder = self.net.add_output(target)
+        self.targets.append(target)
+        frozen = [p for name, p in self.net.named_parameters() if not name.startswith(f"decoders.{target}.")]
+        for parameter in frozen:
+            parameter.requires_grad_(False)
+        try:
+            summary = self._train([target], train, validation, settings, decoder.parameters(), "multimodal+decoder")
+        except BaseException:
+            del self.net.decoders[target]
+            self.targets.remove(target)
+            raise
+        finally:
+            for parameter in frozen:
+                parameter.requires_grad_(True)
+        summary["added_output"] = target
+        return summary
+
+    # -- inference ------------------------------------------------------------------------------------------------
+    def _inference_device(self) -> torch.device:
+        device = module_device(self.net)
+        if device.type == "cpu" and self.device is not None:
+            wanted = resolve_device(self.device)
+            if wanted != device:
+                self.net.to(wanted)
+                device = wanted
+            self.device = None  # placed once
+        return device
+
+    def predict(self, subject: PreparedSubject, target: str, axes: Sequence[int] | None = None,
+                inputs: Sequence[str] | None = None) -> np.ndarray:
+        """``target`` from every trained input the subject holds except ``target`` itself (or only ``inputs``),
+        slice-wise along each of ``axes`` (default: the predict_axes hparam, else the training axes), averaged."""
+        if target not in self.targets:
+            raise ValueError(f"multimodal: not trained for {target} (trained: {', '.join(self.targets)})")
+        available = [c for c in (inputs if inputs is not None else subject.images) if c in subject.images]
+        names = [c for c in self.inputs if c in available and c != target]
+        if not names:
+            raise ValueError(f"multimodal: subject {subject.id} holds none of {'+'.join(self.inputs)} "
+                             f"to synthesise {target} from (a target is never its own input)")
+        axes = _axes(axes if axes is not None else (self.hparams["predict_axes"] or self.hparams["axes"]))
+        lesion_channel = self.hparams["lesion_channel"]
+        arrays = [subject.images[c] for c in names]
+        if lesion_channel:
+            arrays.append(np.zeros(subject.shape, np.float32) if subject.lesion is None
+                          else subject.lesion.astype(np.float32))
+        device = self._inference_device()
+        self.net.eval()
+
+        def run(batch):
+            images = {name: batch[:, i:i + 1] for i, name in enumerate(names)}
+            lesion = batch[:, -1:] if lesion_channel else None
+            return self.net(images, lesion, outputs=[target], decode_individual=False)["outputs"][target]
+
+        total = sum(predict_slices(run, arrays, axis, device, self.hparams["inference_batch"])[0] for axis in axes)
+        return np.where(subject.mask, total / len(axes), 0).astype(np.float32)
+
+    # -- weights --------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return prefixed_state(self.net)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net = self._build()
+        self.net.load_state_dict(unprefixed_state(state))
+        self.device = "auto"

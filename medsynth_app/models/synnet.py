@@ -1,0 +1,117 @@
+"""synnet: the SynNet encoder-decoder (index unpooling, long skips) in its SISO / MISO / MIMO variants, chosen from
+the number of inputs (one encoder arm each) and targets (one decoder arm each).
+
+Network: `medsynth_app.networks.synnet.SynNet`; cost: `medsynth_app.losses.SynNetJointLoss` with ``loss`` = "joint"
+(10 x edge-weighted L2 + 5 x (1 - SSIM) + 0.5 x TV, the paper's default), "l2" or "weighted_l2". Optimiser per the
+paper (NOTES.md): SGD lr 0.01, momentum 0.9, weight decay 1e-4 (the lambda4 of its eq. 6), batch 32 (pass
+``--batch-size 32``; the engine uses TrainSettings.batch_size). ``optimizer=adam`` (lr 1e-3 default) is offered for
+short CPU runs. Whole 2-D axial slices of mean-normalised volumes; early stopping on the validation mean PSNR.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..losses import SYNNET_LOSSES, SynNetJointLoss
+from ..networks.synnet import SynNet
+from ..preprocessing import PreparedSubject
+from ..training.common import learning_rate, module_device, prefixed_state, unprefixed_state, validation_scores
+from ..training.datasets import SliceDataset
+from ..training.engine import resolve_device, seed_everything, train_network
+from ..training.inference import predict_slices
+from .base import SynthesisModel, TrainSettings, register
+
+OPTIMIZERS = {"sgd": 0.01, "adam": 1e-3}  # default learning rates
+
+
+@register
+class SynNetModel(SynthesisModel):
+    """SynNet SISO / MISO / MIMO (module docstring)."""
+
+    family = "synnet"
+    description = "Encoder-decoder with index unpooling, SISO/MISO/MIMO, joint L2+SSIM+TV loss (SynNet)"
+
+    def __init__(self, inputs: Sequence[str], targets: Sequence[str], loss: str = "joint", features: int = 64,
+                 depth: int = 4, optimizer: str = "adam", momentum: float = 0.9, weight_decay: float = 1e-4,
+                 l2_weight: float = 10.0, ssim_weight: float = 5.0, tv_weight: float = 0.5,
+                 edge_weight: float = 10.0, min_brain: float = 0.1, patience: int = 10, min_delta: float = 0.0,
+                 max_steps_per_epoch: int | None = None, inference_batch: int = 16):
+        if loss not in SYNNET_LOSSES:
+            raise ValueError(f"synnet: loss must be one of {', '.join(SYNNET_LOSSES)}, not {loss!r}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"synnet: optimizer must be one of {', '.join(OPTIMIZERS)}, not {optimizer!r}")
+        super().__init__(inputs, targets, loss=loss, features=int(features), depth=int(depth), optimizer=optimizer,
+                         momentum=float(momentum), weight_decay=float(weight_decay), l2_weight=float(l2_weight),
+                         ssim_weight=float(ssim_weight), tv_weight=float(tv_weight), edge_weight=float(edge_weight),
+                         min_brain=float(min_brain), patience=int(patience), min_delta=float(min_delta),
+                         max_steps_per_epoch=None if max_steps_per_epoch is None else int(max_steps_per_epoch),
+                         inference_batch=int(inference_batch))
+        self.device = "auto"
+        self.net = self._build()
+
+    @property
+    def variant(self) -> str:
+        return "MIMO" if len(self.targets) > 1 else "MISO" if len(self.inputs) > 1 else "SISO"
+
+    def _build(self) -> SynNet:
+        return SynNet(len(self.inputs), len(self.targets), self.hparams["features"], self.hparams["depth"])
+
+    def fit(self, train: list[PreparedSubject], validation: list[PreparedSubject], settings: TrainSettings) -> dict:
+        if not train:
+            raise ValueError("synnet: no training subject")
+        hp = self.hparams
+        seed_everything(settings.seed)
+        self.net = self._build()
+        n_in = len(self.inputs)
+        dataset = SliceDataset(train, [*self.inputs, *self.targets], (2,), hp["min_brain"])
+        cost = SynNetJointLoss(hp["loss"], hp["l2_weight"], hp["ssim_weight"], hp["tv_weight"], hp["edge_weight"])
+
+        def loss(net, batch, device):
+            x = batch.to(device, non_blocking=True)
+            return cost(net(x[:, :n_in]).float(), x[:, n_in:])
+
+        options = ({"momentum": hp["momentum"], "weight_decay": hp["weight_decay"]} if hp["optimizer"] == "sgd"
+                   else {"weight_decay": hp["weight_decay"]})
+        summary = train_network(
+            self.net, dataset, loss, settings,
+            identity={"family": self.family, "inputs": list(self.inputs), "targets": list(self.targets),
+                      "hparams": {k: v for k, v in hp.items() if k != "max_steps_per_epoch"}},
+            lr=learning_rate(settings, OPTIMIZERS[hp["optimizer"]]), optimizer=hp["optimizer"],
+            optimizer_options=options,
+            validate=(lambda: validation_scores(self.predict, validation, self.targets)) if validation else None,
+            hparams=hp)
+        summary.update(variant=self.variant, loss=hp["loss"], slice_size=list(dataset.size),
+                       validation_metric="mean PSNR" if validation else "training loss (no validation subject)")
+        return summary
+
+    def _inference_device(self) -> torch.device:
+        device = module_device(self.net)
+        if device.type == "cpu" and self.device is not None:
+            wanted = resolve_device(self.device)
+            if wanted != device:
+                self.net.to(wanted)
+                device = wanted
+            self.device = None
+        return device
+
+    def predict(self, subject: PreparedSubject, target: str) -> np.ndarray:
+        if target not in self.targets:
+            raise ValueError(f"synnet: not trained for {target} (trained: {', '.join(self.targets)})")
+        missing = [c for c in self.inputs if c not in subject.images]
+        if missing:
+            raise ValueError(f"synnet: subject {subject.id} lacks {'+'.join(missing)}")
+        device = self._inference_device()
+        self.net.eval()
+        out = predict_slices(self.net, [subject.images[c] for c in self.inputs], 2, device,
+                             self.hparams["inference_batch"])[self.targets.index(target)]
+        return np.where(subject.mask, out, 0).astype(np.float32)
+
+    def state_dict(self) -> dict:
+        return prefixed_state(self.net)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net = self._build()
+        self.net.load_state_dict(unprefixed_state(state))
+        self.device = "auto"

@@ -1,0 +1,125 @@
+"""Datasets built from PreparedSubjects: 2-D slices (multimodal, synnet) and 3-D patches (cae3d).
+
+Both hold references to the subjects' arrays (no copies of whole volumes for slices) and cut samples on demand, so a
+dataset of twenty MNI-sized subjects costs little more than the prepared subjects themselves.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..preprocessing import PreparedSubject
+
+
+def channel_arrays(subject: PreparedSubject, channels: Sequence[str]) -> list[np.ndarray]:
+    """The subject's arrays in ``channels`` order; "lesion" is its lesion mask (zeros when it has none)."""
+    arrays = []
+    for name in channels:
+        if name == "lesion":
+            lesion = subject.lesion
+            arrays.append(np.zeros(subject.shape, np.float32) if lesion is None else lesion.astype(np.float32))
+        elif name not in subject.images:
+            raise ValueError(f"subject {subject.id} lacks {name} (has {'+'.join(subject.images)})")
+        else:
+            arrays.append(subject.images[name])
+    return arrays
+
+
+def brain_slices(mask: np.ndarray, axis: int = 2, min_brain: float = 0.1) -> list[int]:
+    """Indices of the slices along ``axis`` holding at least ``min_brain`` x the brain area of the subject's largest
+    slice (0 keeps every slice with any brain; slices without brain are never kept)."""
+    area = mask.sum(axis=tuple(a for a in range(3) if a != axis))
+    if not area.any():
+        return []
+    return [int(k) for k in np.flatnonzero((area > 0) & (area >= min_brain * area.max()))]
+
+
+def round_up(value: int, divisor: int) -> int:
+    return -(-int(value) // divisor) * divisor
+
+
+def _pad_centred(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) -> (C, H, W), zeros around, the image centred as `preprocessing` centres its padding."""
+    pads = [(0, 0)]
+    for have, want in zip(image.shape[1:], size):
+        extra = want - have
+        pads.append((extra // 2, extra - extra // 2))
+    return np.pad(image, pads) if any(p != (0, 0) for p in pads) else image
+
+
+class SliceDataset(Dataset):
+    """Every brain slice along ``axes`` of every subject as a (C, H, W) float32 tensor, channels in ``channels``
+    order ("lesion" for the lesion mask). Slices are padded (centred, zeros) to one size for the whole set: the
+    largest slice, rounded up to ``divisor`` (16: both 2-D networks pool 2-4 times)."""
+
+    def __init__(self, subjects: Sequence[PreparedSubject], channels: Sequence[str], axes: Sequence[int] = (2,),
+                 min_brain: float = 0.1, divisor: int = 16) -> None:
+        if not subjects:
+            raise ValueError("no training subject")
+        self.channels = list(channels)
+        self.volumes = [channel_arrays(s, self.channels) for s in subjects]
+        self.index: list[tuple[int, int, int]] = []
+        height = width = divisor
+        for n, subject in enumerate(subjects):
+            for axis in axes:
+                kept = brain_slices(subject.mask, axis, min_brain)
+                self.index += [(n, int(axis), k) for k in kept]
+                if kept:
+                    h, w = (s for a, s in enumerate(subject.shape) if a != axis)
+                    height, width = max(height, h), max(width, w)
+        if not self.index:
+            raise ValueError("no slice holds enough brain")
+        self.size = (round_up(height, divisor), round_up(width, divisor))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: int) -> torch.Tensor:
+        n, axis, k = self.index[item]
+        image = np.stack([np.take(v, k, axis=axis) for v in self.volumes[n]]).astype(np.float32, copy=False)
+        return torch.from_numpy(np.ascontiguousarray(_pad_centred(image, self.size)))
+
+
+class PatchDataset(Dataset):
+    """3-D patches for valid-convolution networks: (inputs (C_in, n_in^3), targets (C_out, n_out^3)) pairs where the
+    output patch starts at every multiple of ``step`` (per axis) whose centre voxel is in the brain mask (the
+    autoencoder paper: step 16, patches kept when their centre is in the mask). The input patch is the output patch
+    grown by ``margin`` voxels on every side, read from the volume zero-padded by ``margin`` (voxels beyond the
+    prepared grid are background), exactly as `predict_tiled` reads its tiles."""
+
+    def __init__(self, subjects: Sequence[PreparedSubject], inputs: Sequence[str], targets: Sequence[str],
+                 output_size: int, margin: int, step: int = 16) -> None:
+        if not subjects:
+            raise ValueError("no training subject")
+        self.output_size, self.margin = int(output_size), int(margin)
+        self.input_size = self.output_size + 2 * self.margin
+        self.inputs, self.targets, self.index = [], [], []
+        for n, subject in enumerate(subjects):
+            x = np.stack(channel_arrays(subject, inputs))
+            y = np.stack(channel_arrays(subject, targets))
+            # left: margin; right: enough for a patch starting at the last voxel
+            self.inputs.append(np.pad(x, [(0, 0)] + [(self.margin, self.input_size)] * 3))
+            self.targets.append(np.pad(y, [(0, 0)] + [(0, self.output_size)] * 3))
+            half = self.output_size // 2
+            grids = [range(0, side, step) for side in subject.shape]
+            for i in grids[0]:
+                for j in grids[1]:
+                    for k in grids[2]:
+                        centre = tuple(min(s + half, side - 1) for s, side in zip((i, j, k), subject.shape))
+                        if subject.mask[centre]:
+                            self.index.append((n, i, j, k))
+        if not self.index:
+            raise ValueError("no patch centre falls in a brain mask")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n, i, j, k = self.index[item]
+        a, b = self.input_size, self.output_size
+        x = self.inputs[n][:, i:i + a, j:j + a, k:k + a]
+        y = self.targets[n][:, i:i + b, j:j + b, k:k + b]
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))

@@ -1,0 +1,334 @@
+"""The training loop shared by the deep families.
+
+`train_network` runs epochs over a Dataset with a progress bar, validates after every epoch (the family's
+``validate`` callable: EVALUATION.md metrics on whole validation subjects; without validation subjects the training
+loss decides), keeps the best weights, stops early after ``patience`` epochs without improvement, calls
+``TrainSettings.on_epoch`` (stopping when it returns True) and writes a partial-training file every epoch so an
+interrupted run resumes where it stopped (``TrainSettings.resume_from``).
+
+Determinism: everything random is drawn from generators re-seeded at every epoch from (seed, epoch): the sampler's
+permutation (DistributedSampler(seed).set_epoch(epoch), also for a single process) and torch's global generator
+(input dropout, ...). A run interrupted after epoch e and resumed therefore draws exactly what an uninterrupted run
+draws, and on the same machine and thread count reaches bitwise the same weights.
+
+Devices: "auto" picks CUDA when available, else the CPU; mixed precision (float16 autocast + GradScaler) is used on
+CUDA only (``settings.extra["amp"] = False`` turns it off). Under torchrun with WORLD_SIZE > 1 the network is wrapped
+in DistributedDataParallel (gloo on CPU, nccl on CUDA), each rank gets its share of every epoch through the
+DistributedSampler, and only rank 0 validates, writes and reports (see `distributed`).
+
+Settings read from ``TrainSettings.extra`` (the family's hparams may set the same): ``patience`` (10),
+``min_delta`` (0), ``max_steps_per_epoch`` (None: every batch), ``partial_path``, ``workers`` (DataLoader worker
+processes, 0), ``amp`` (True). The partial-training file goes to ``partial_path`` (or $MEDSYNTH_PARTIAL_PATH),
+else to ``resume_from`` (updated in place), else to <tmp>/medsynth_partial/<family>_<task>_seed<seed>.pt (deleted
+when that run finishes). $MEDSYNTH_RESUME_FROM stands in for ``resume_from`` (the CLI has no option for it yet).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import random
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from ..atomic import atomic_write
+from .distributed import DistContext
+
+if TYPE_CHECKING:
+    from ..models.base import TrainSettings
+
+logger = logging.getLogger(__name__)
+
+PARTIAL_FORMAT = "medsynth-partial/1"
+
+
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """"auto" (or None/""): CUDA when available, else CPU; otherwise the named device, checked."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (int(seed) * 1_000_003 + 7919 * (epoch + 1)) % 2**63
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def default_partial_path(identity: dict, seed: int) -> Path:
+    name = f"{identity.get('family', 'model')}_{'+'.join(identity.get('inputs', []))}_to_" \
+           f"{'+'.join(identity.get('targets', []))}_seed{seed}"
+    return Path(tempfile.gettempdir()) / "medsynth_partial" / (re.sub(r"[^A-Za-z0-9_+.-]", "_", name) + ".pt")
+
+
+def load_partial(path: str | Path, identity: dict) -> dict:
+    """A partial-training file written by `train_network`, checked against the model it is meant to continue."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such partial-training file to resume from")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # damaged file: torch raises many types
+        raise ValueError(f"{path}: not a readable partial-training file ({type(err).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != PARTIAL_FORMAT:
+        raise ValueError(f"{path}: not a MedSynth partial-training file")
+    for key, value in identity.items():
+        if state["identity"].get(key) != value:
+            raise ValueError(f"{path}: was written for {key} {state['identity'].get(key)!r}, not {value!r}")
+    return state
+
+
+def _setting(settings: TrainSettings, hparams: dict, key: str, default):
+    if key in settings.extra and settings.extra[key] is not None:
+        return settings.extra[key]
+    if hparams.get(key) is not None:
+        return hparams[key]
+    return default
+
+
+def train_network(
+    network: nn.Module,
+    dataset: Dataset,
+    loss_fn: Callable[[nn.Module, Any, torch.device], torch.Tensor],
+    settings: TrainSettings,
+    *,
+    identity: dict,
+    lr: float,
+    optimizer: str = "adam",
+    optimizer_options: dict | None = None,
+    parameters: Iterable[nn.Parameter] | None = None,
+    validate: Callable[[], dict[str, float]] | None = None,
+    batch_size: int | None = None,
+    find_unused_parameters: bool = False,
+    hparams: dict | None = None,
+) -> dict:
+    """Train ``network`` in place; on return it holds the best weights (by validation metric, higher is better).
+
+    Args:
+        network: the module to train (its current weights are the start unless resuming).
+        dataset: training samples; batches are formed by the default collate.
+        loss_fn: (network, batch, device) -> scalar loss. ``network`` is the DistributedDataParallel wrapper when
+            distributed: call it, do not reach into its submodules, for gradients to be averaged.
+        settings: epochs, batch size, device, seed, resume_from, progress, on_epoch, extra (module docstring).
+        identity: {"family", "inputs", "targets", "hparams", ...}: stored in the partial file and checked on resume.
+        lr, optimizer ("adam" | "sgd"), optimizer_options: the optimiser (e.g. momentum, weight_decay for SGD).
+        parameters: what to optimise (default: every parameter that requires a gradient).
+        validate: called on rank 0 after every epoch with the network in eval mode, returns {"metric": higher is
+            better, ...other numbers}; None: the negated mean training loss is the metric.
+        find_unused_parameters: passed to DistributedDataParallel (needed when some parameters may get no gradient
+            in a step, e.g. encoders of dropped inputs).
+        hparams: the family's hyperparameters, searched for patience / min_delta / max_steps_per_epoch after
+            ``settings.extra``.
+    """
+    hparams = hparams or {}
+    epochs = int(settings.epochs)
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    patience = int(_setting(settings, hparams, "patience", 10))
+    min_delta = float(_setting(settings, hparams, "min_delta", 0.0))
+    max_steps = _setting(settings, hparams, "max_steps_per_epoch", None)
+    batch_size = int(batch_size or settings.batch_size)
+    seed = int(settings.seed)
+    device = resolve_device(settings.device)
+    ctx = DistContext.setup(device)
+    device = ctx.device
+    use_amp = device.type == "cuda" and bool(settings.extra.get("amp", True))
+    # The CLI has no --resume option yet: MEDSYNTH_RESUME_FROM / MEDSYNTH_PARTIAL_PATH stand in for
+    # TrainSettings.resume_from / extra["partial_path"] when those are not set.
+    resume_from = settings.resume_from or os.environ.get("MEDSYNTH_RESUME_FROM") or None
+    chosen_partial = settings.extra.get("partial_path") or os.environ.get("MEDSYNTH_PARTIAL_PATH") or resume_from
+    partial_path = Path(chosen_partial or default_partial_path(identity, seed))
+    user_partial = bool(chosen_partial)
+
+    seed_everything(seed)
+    network.to(device)
+    params = [p for p in (parameters if parameters is not None else network.parameters()) if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: no parameter requires a gradient")
+    options = dict(optimizer_options or {})
+    if optimizer == "adam":
+        optim = torch.optim.Adam(params, lr=lr, **options)
+    elif optimizer == "sgd":
+        optim = torch.optim.SGD(params, lr=lr, **options)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected adam or sgd")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_epoch, best_metric, best_epoch, bad_epochs, history, previous_seconds = 0, -math.inf, 0, 0, [], 0.0
+    best_state = None
+    resumed_from = None
+    if resume_from:
+        state = load_partial(resume_from, identity)
+        network.load_state_dict(state["model"])
+        optim.load_state_dict(state["optimizer"])
+        if use_amp and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, best_metric, best_epoch = int(state["epoch"]), float(state["best_metric"]), int(state["best_epoch"])
+        bad_epochs, history = int(state["bad_epochs"]), list(state["history"])
+        previous_seconds = float(state.get("seconds", 0.0))
+        best_state = state.get("best")
+        resumed_from = start_epoch
+        if ctx.is_main:
+            logger.info("resuming %s from epoch %d (%s)", identity.get("family"), start_epoch, resume_from)
+
+    model: nn.Module = network
+    if ctx.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            network, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters)
+    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=int(settings.extra.get("workers", 0)),
+                        pin_memory=device.type == "cuda")
+    steps = len(loader) if max_steps is None else min(len(loader), int(max_steps))
+    if ctx.is_main:
+        logger.info("%s: %d samples, %d steps of %d per epoch on %s x %d; partial-training file %s",
+                    identity.get("family"), len(dataset), steps, batch_size, device, ctx.world_size, partial_path)
+    started = time.time()
+    epoch_times: list[float] = []
+    stopped = "max_epochs" if start_epoch < epochs else "already_done"
+    epoch = start_epoch
+    for epoch in range(start_epoch, epochs):
+        epoch_started = time.time()
+        sampler.set_epoch(epoch)
+        torch.manual_seed(epoch_seed(seed, epoch) + ctx.rank)
+        network.train()
+        total, count = torch.zeros((), dtype=torch.float64), 0
+        bar = tqdm(total=steps, desc=f"{identity.get('family', 'train')} epoch {epoch + 1}/{epochs}", unit="batch",
+                   disable=not (settings.progress and ctx.is_main), leave=False)
+        for step, batch in enumerate(loader):
+            if step >= steps:
+                break
+            optim.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
+                loss = loss_fn(model, batch, device)
+            if not torch.isfinite(loss.detach()):
+                raise ValueError(f"{identity.get('family')}: training diverged (loss {loss.item()}) at epoch "
+                                 f"{epoch + 1}; lower the learning rate or choose another optimizer")
+            scaler.scale(loss).backward()
+            scaler.step(optim)
+            scaler.update()
+            total += loss.detach().double().cpu()
+            count += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.close()
+        train_loss = float(total) / max(count, 1)
+        if ctx.distributed:
+            # DDP syncs buffers at the start of each forward pass, so after the last step every rank holds batch-norm
+            # statistics updated by its own batch: take rank 0's, so that all ranks end every epoch identical.
+            for buffer in network.buffers():
+                torch.distributed.broadcast(buffer.data, src=0)
+            reduced = torch.tensor([train_loss], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(reduced)
+            train_loss = float(reduced) / ctx.world_size
+        train_seconds = time.time() - epoch_started
+        epoch_times.append(train_seconds)
+
+        decisions = [False, False, False, best_metric]  # improved, stop by callback, early stop, best metric
+        if ctx.is_main:
+            network.eval()
+            with torch.no_grad():
+                scores = dict(validate()) if validate is not None else {"metric": -train_loss}
+            network.train()
+            metric = float(scores.pop("metric"))
+            improved = metric > best_metric + min_delta or best_state is None
+            if improved:
+                best_metric, best_epoch, bad_epochs = metric, epoch + 1, 0
+            else:
+                bad_epochs += 1
+            row = {"epoch": epoch + 1, "loss": round(train_loss, 6), "metric": round(metric, 4),
+                   "train_seconds": round(train_seconds, 1), **{k: round(float(v), 4) for k, v in scores.items()}}
+            history.append(row)
+            if settings.progress:
+                logger.info("%s epoch %d/%d %s", identity.get("family"), epoch + 1, epochs, row)
+            if improved:
+                best_state = _cpu_state(network)
+            total_time = previous_seconds + time.time() - started
+            _write_partial(partial_path, identity, network, optim, scaler, use_amp, epoch + 1, best_state,
+                           best_metric, best_epoch, bad_epochs, history, total_time)
+            stop = bool(settings.on_epoch({"epoch": epoch + 1, "total_epochs": epochs, "best_metric": best_metric,
+                                           "total_time": round(total_time, 1), "loss": train_loss, "metric": metric,
+                                           "best_epoch": best_epoch})) if settings.on_epoch else False
+            decisions = [improved, stop, bad_epochs >= patience, best_metric]
+        improved, stop, early, best_metric = ctx.broadcast(decisions)
+        if improved and not ctx.is_main:
+            best_state = _cpu_state(network)  # DDP keeps every rank's weights identical to rank 0's
+        if stop or early:
+            stopped = "callback" if stop else "early_stopping"
+            break
+
+    if best_state is not None:
+        network.load_state_dict(best_state)
+    # every rank returns rank 0's account of the run (only rank 0 validated)
+    history, best_metric, best_epoch, stopped = ctx.broadcast([history, best_metric, best_epoch, stopped])
+    ctx.barrier()
+    world = ctx.world_size
+    ctx.close()
+    if ctx.is_main and stopped in ("max_epochs", "early_stopping") and not user_partial and partial_path.exists():
+        partial_path.unlink()  # finished: a default temporary partial file has no further use
+    return {
+        "epochs": (history[-1]["epoch"] if history else start_epoch),
+        "best_epoch": best_epoch,
+        "best_metric": None if not math.isfinite(best_metric) else round(best_metric, 4),
+        "stopped": stopped,
+        "history": history,
+        "seconds": round(previous_seconds + time.time() - started, 1),
+        "seconds_per_epoch": round(float(np.mean(epoch_times)), 1) if epoch_times else None,
+        "steps_per_epoch": steps,
+        "batch_size": batch_size,
+        "samples_per_epoch": len(dataset),
+        "learning_rate": lr,
+        "optimizer": optimizer,
+        "device": str(device),
+        "mixed_precision": use_amp,
+        "world_size": world,
+        "resumed_from_epoch": resumed_from,
+        "partial": str(partial_path) if (stopped == "callback" or user_partial) else None,
+    }
+
+
+def _write_partial(path: Path, identity: dict, network: nn.Module, optim, scaler, use_amp: bool, epoch: int,
+                   best_state, best_metric: float, best_epoch: int, bad_epochs: int, history: list,
+                   seconds: float) -> None:
+    data = {
+        "format": PARTIAL_FORMAT,
+        "identity": copy.deepcopy(identity),
+        "epoch": epoch,
+        "model": _cpu_state(network),
+        "optimizer": optim.state_dict(),
+        "scaler": scaler.state_dict() if use_amp else None,
+        "best": best_state,
+        "best_metric": best_metric,
+        "best_epoch": best_epoch,
+        "bad_epochs": bad_epochs,
+        "history": history,
+        "seconds": seconds,
+    }
+    atomic_write(path, lambda tmp: torch.save(data, tmp))

@@ -1,0 +1,73 @@
+"""Whole-volume inference: slice-wise for the 2-D networks, exact tiling of the valid outputs for the 3-D one."""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .datasets import _pad_centred, round_up
+
+
+@torch.no_grad()
+def predict_slices(run: Callable[[torch.Tensor], torch.Tensor], arrays: Sequence[np.ndarray], axis: int,
+                   device: torch.device, batch_size: int = 16, divisor: int = 16) -> np.ndarray:
+    """Apply ``run`` ((B, C, H, W) tensor on ``device`` -> (B, T, H, W)) to every slice along ``axis`` of the C
+    co-registered volumes ``arrays``; returns (T, I, J, K) float32. Slices are padded (centred, zeros) to multiples
+    of ``divisor`` and cropped back."""
+    volume = np.stack(arrays).astype(np.float32, copy=False)  # (C, I, J, K)
+    n = volume.shape[1 + axis]
+    h, w = (s for a, s in enumerate(volume.shape[1:]) if a != axis)
+    size = (round_up(h, divisor), round_up(w, divisor))
+    top, left = (size[0] - h) // 2, (size[1] - w) // 2
+    out = None
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        chunk = np.moveaxis(np.take(volume, range(start, stop), axis=1 + axis), 1 + axis, 0)  # (B, C, h, w)
+        batch = np.stack([_pad_centred(s, size) for s in chunk])
+        y = run(torch.from_numpy(batch).to(device)).float()[:, :, top:top + h, left:left + w].cpu().numpy()
+        if out is None:
+            out = np.zeros((y.shape[1], *volume.shape[1:]), np.float32)
+        index = [slice(None)] * 4
+        index[1 + axis] = slice(start, stop)
+        out[tuple(index)] = np.moveaxis(y, 0, 1 + axis)
+    return out
+
+
+@torch.no_grad()
+def predict_tiled(net: torch.nn.Module, volume: np.ndarray, tile: int, margin: int, device: torch.device,
+                  batch_size: int = 4, mask: np.ndarray | None = None) -> np.ndarray:
+    """Valid-convolution inference over a whole (C, I, J, K) volume; returns (T, I, J, K) float32.
+
+    The volume is zero-padded by ``margin`` (the network's receptive-field margin: input side = output side + 2
+    margin) and cut into input tiles of side tile + 2 margin starting at multiples of ``tile`` (even), whose tile^3
+    outputs abut exactly; the last tiles along an axis reach past the volume and are cropped. Because every tile
+    starts at an even offset, the 2x2x2 pooling sees the same grid as a single pass over the whole padded volume:
+    the result equals that single pass (to float rounding), with no seams. Tiles whose output holds no voxel of
+    ``mask`` are skipped (left at 0)."""
+    if tile % 2:
+        raise ValueError(f"the output tile side must be even (the network pools by 2), got {tile}")
+    channels, *shape = volume.shape
+    counts = [-(-side // tile) for side in shape]
+    padded = np.pad(volume.astype(np.float32, copy=False),
+                    [(0, 0)] + [(margin, n * tile - side + margin) for n, side in zip(counts, shape)])
+    starts = [s for s in itertools.product(*(range(0, n * tile, tile) for n in counts))
+              if mask is None or mask[s[0]:s[0] + tile, s[1]:s[1] + tile, s[2]:s[2] + tile].any()]
+    out = None
+    side = tile + 2 * margin
+    for first in range(0, len(starts), batch_size):
+        group = starts[first:first + batch_size]
+        batch = np.stack([padded[:, i:i + side, j:j + side, k:k + side] for i, j, k in group])
+        y = net(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+        if y.shape[-3:] != (tile,) * 3:
+            raise ValueError(f"tile input {side}^3 gave a {y.shape[-3:]} output, expected {tile}^3: wrong margin")
+        if out is None:
+            out = np.zeros((y.shape[1], *(n * tile for n in counts)), np.float32)
+        for (i, j, k), block in zip(group, y):
+            out[:, i:i + tile, j:j + tile, k:k + tile] = block
+    if out is None:  # nothing to predict
+        with torch.no_grad():
+            probe = net(torch.zeros(1, channels, side, side, side, device=device))
+        return np.zeros((probe.shape[1], *shape), np.float32)
+    return np.ascontiguousarray(out[:, :shape[0], :shape[1], :shape[2]])

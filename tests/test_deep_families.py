@@ -1,0 +1,224 @@
+"""The deep families (multimodal, synnet, cae3d) end to end on small crops of real MS subjects: one short epoch,
+whole-volume prediction, any input subset, three-view averaging, a decoder added to a trained model, seamless
+tiling, checkpoint round trips."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from medsynth_app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from medsynth_app.models import TrainSettings, create
+from medsynth_app.pipeline import prepare_study
+from medsynth_app.studies import find_studies
+from medsynth_app.training.inference import predict_tiled
+
+CONTRASTS = ["T1", "T2", "FLAIR"]
+QUICK = {"max_steps_per_epoch": 2}
+ONE_STEP = {"max_steps_per_epoch": 1}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def shrink(subject, size=(32, 48, 16)):
+    """A sub-box of the prepared subject around its brain's centre (sizes stay multiples of 16 where needed)."""
+    centre = np.round(np.argwhere(subject.mask).mean(axis=0)).astype(int)
+    box = []
+    for c, want, have in zip(centre, size, subject.shape):
+        start = int(np.clip(c - want // 2, 0, max(have - want, 0)))
+        box.append(slice(start, start + want))
+    box = tuple(box)
+    return dataclasses.replace(subject, images={k: np.ascontiguousarray(v[box]) for k, v in subject.images.items()},
+                               mask=np.ascontiguousarray(subject.mask[box]),
+                               lesion=None if subject.lesion is None else np.ascontiguousarray(subject.lesion[box]))
+
+
+@pytest.fixture(scope="module")
+def subjects(mni_crops):
+    """Three real MS subjects (mni patients 07, 19, 26) prepared and cut to 32x48x16 voxels around the brain."""
+    studies = find_studies(mni_crops)
+    prepared = [shrink(prepare_study(s, CONTRASTS, "FLAIR", CONTRASTS)) for s in studies]
+    assert all(p.shape == (32, 48, 16) and p.mask.sum() > 1000 for p in prepared)
+    return prepared
+
+
+@pytest.fixture(scope="module")
+def small(subjects):
+    """The third subject cut to 32x32x8 voxels: predictions that are repeated many times stay cheap."""
+    return shrink(subjects[2], (32, 32, 8))
+
+
+def _settings(**kw):
+    return TrainSettings(**{"epochs": 1, "batch_size": 4, "progress": False, "seed": 0, **kw})
+
+
+FAMILIES = {
+    "multimodal": {"input_dropout": 0.5, **QUICK},
+    "synnet": {"features": 8, **QUICK},
+    "cae3d": {"features": 8, "step": 8, "tile": 16, **QUICK},
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_trains_one_epoch_and_predicts_a_volume(family, subjects, tmp_path):
+    model = create(family, ["T1", "T2"], ["FLAIR"], **FAMILIES[family])
+    summary = model.fit(subjects[:2], subjects[2:], _settings(extra={"partial_path": str(tmp_path / "p.pt")}))
+    assert summary["epochs"] == 1 and summary["device"] == "cpu" and summary["world_size"] == 1
+    assert summary["steps_per_epoch"] <= 2
+    row = summary["history"][0]
+    assert {"loss", "val_psnr", "val_ssim", "val_mae"} <= set(row) and np.isfinite(row["loss"])
+    prediction = model.predict(subjects[2], "FLAIR")
+    assert prediction.shape == subjects[2].shape and prediction.dtype == np.float32
+    assert np.isfinite(prediction).all() and not prediction[~subjects[2].mask].any()
+    assert (tmp_path / "p.pt").is_file()  # the partial-training file of every epoch
+
+
+def test_multimodal_predicts_from_every_subset(small):
+    """A model of three inputs predicts from each of their 7 non-empty subsets (weights untrained: shapes only;
+    the trained case is the next test)."""
+    inputs = ["T1", "T2", "FLAIR"]
+    model = create("multimodal", inputs, ["T1C"])
+    predictions = []
+    for k in (1, 2, 3):
+        for subset in itertools.combinations(inputs, k):
+            assert model.usable_inputs(list(subset) + ["PD"]) == list(subset)
+            y = model.predict(small, "T1C", inputs=subset)
+            assert y.shape == small.shape and np.isfinite(y).all()
+            predictions.append(y)
+    assert len({p.tobytes() for p in predictions}) == 7
+    with pytest.raises(ValueError, match="at least one"):
+        model.usable_inputs(["PD"])
+
+
+def test_multimodal_brasyn_completes_every_missing_contrast(subjects, small):
+    """A BraSyn-style model (inputs = targets, input dropout) synthesises each contrast from every non-empty subset
+    of the others; a target is never its own input."""
+    model = create("multimodal", CONTRASTS, CONTRASTS, input_dropout=0.5, **ONE_STEP)
+    model.fit(subjects[:2], [], _settings())
+    subject = small
+    outputs = {}
+    for target in CONTRASTS:
+        others = [c for c in CONTRASTS if c != target]
+        for k in (1, 2):
+            for subset in itertools.combinations(others, k):
+                y = model.predict(subject, target, inputs=subset)
+                assert y.shape == subject.shape and np.isfinite(y).all()
+                outputs[target, subset] = y
+        # the target's own image is ignored: all available = the two others
+        assert np.array_equal(model.predict(subject, target), outputs[target, tuple(others)])
+        with pytest.raises(ValueError, match="never its own input"):
+            model.predict(subject, target, inputs=[target])
+    assert not np.array_equal(outputs["FLAIR", ("T1",)], outputs["FLAIR", ("T2",)])
+
+
+def test_multimodal_three_view_average_and_lesion_channel(subjects, small):
+    model = create("multimodal", ["T1", "T2"], ["FLAIR"], lesion_channel=True, **ONE_STEP)
+    model.fit(subjects[:1], [], _settings())
+    subject = small
+    views = [model.predict(subject, "FLAIR", axes=[a]) for a in (0, 1, 2)]
+    averaged = model.predict(subject, "FLAIR", axes=[0, 1, 2])
+    np.testing.assert_allclose(averaged, np.mean(views, axis=0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(views[0], views[2])
+    model.hparams["predict_axes"] = [0, 1, 2]
+    np.testing.assert_allclose(model.predict(subject, "FLAIR"), averaged, rtol=1e-6)
+
+
+def test_multimodal_add_output_trains_only_the_new_decoder(subjects, small, tmp_path):
+    model = create("multimodal", ["T1"], ["T2"], **ONE_STEP)
+    model.fit(subjects[:1], [], _settings())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    summary = model.add_output("FLAIR", subjects[:1], [small], _settings())
+    assert summary["added_output"] == "FLAIR" and model.targets == ["T2", "FLAIR"]
+    after = model.state_dict()
+    assert set(after) - set(before) and all(k.startswith("net.decoders.FLAIR.") for k in set(after) - set(before))
+    assert all(torch.equal(before[k], after[k]) for k in before)  # encoders and the T2 decoder frozen
+    assert all(p.requires_grad for p in model.net.parameters())
+    path = save_checkpoint(Checkpoint.from_model(model), tmp_path / "mm.pt")
+    rebuilt = load_checkpoint(path).build()
+    assert rebuilt.targets == ["T2", "FLAIR"]
+    np.testing.assert_array_equal(rebuilt.predict(small, "FLAIR"), model.predict(small, "FLAIR"))
+    with pytest.raises(ValueError, match="already"):
+        model.add_output("T2", subjects[:1], [], _settings())
+
+
+@pytest.mark.parametrize(("inputs", "targets", "variant"),
+                         [(["T1"], ["T2"], "SISO"), (["T1", "T2"], ["FLAIR"], "MISO"), (["T1"], ["T2", "FLAIR"], "MIMO")])
+def test_synnet_variants(inputs, targets, variant, subjects, small):
+    model = create("synnet", inputs, targets, features=4, depth=2, loss="l2", **ONE_STEP)
+    assert model.variant == variant
+    assert len(model.net.encoders) == len(inputs) and len(model.net.decoders) == len(targets)
+    if variant == "MIMO":
+        summary = model.fit(subjects[:1], [], _settings(learning_rate=1e-3))
+        assert summary["variant"] == "MIMO"
+        for t in targets:
+            assert model.predict(small, t).shape == small.shape
+
+
+def test_cae3d_tiling_has_no_seams():
+    """Tiles of several sizes and one pass over the whole padded volume give the same output (odd-sized volume, so
+    the last tiles reach past it)."""
+    torch.manual_seed(0)
+    model = create("cae3d", ["T1"], ["T2"], features=4)
+    net = model.net
+    for module in net.modules():  # non-trivial batch-norm statistics
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    net.eval()
+    volume = np.random.default_rng(0).random((1, 36, 30, 26)).astype(np.float32) * 3
+    margin = model.margin
+    assert margin == 11
+    with torch.no_grad():
+        padded = np.pad(volume, [(0, 0)] + [(margin, margin)] * 3)
+        single = net(torch.from_numpy(padded)[None])[0].numpy()  # (36 + 22) - 22 = 36 per axis: all even
+    assert single.shape == (1, 36, 30, 26)
+    for tile in (16, 24, 40):
+        tiled = predict_tiled(net, volume, tile, margin, torch.device("cpu"), batch_size=3)
+        np.testing.assert_allclose(tiled, single, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(model.predict_volume(volume * 3, tile=16), single * 3, atol=3e-5, rtol=0)
+    with pytest.raises(ValueError, match="even"):
+        predict_tiled(net, volume, 15, margin, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_checkpoint_round_trip(family, subjects, small, tmp_path):
+    model = create(family, ["T1", "T2"], ["FLAIR"], **{**FAMILIES[family], **ONE_STEP})
+    model.fit(subjects[:1], [], _settings())
+    path = save_checkpoint(Checkpoint.from_model(model), tmp_path / f"{family}.pt")
+    loaded = load_checkpoint(path)
+    assert loaded.family == family and loaded.hparams == Checkpoint.from_model(model).hparams
+    rebuilt = loaded.build()
+    np.testing.assert_array_equal(rebuilt.predict(small, "FLAIR"), model.predict(small, "FLAIR"))
+
+
+@pytest.mark.parametrize(("family", "inputs", "targets"), [
+    ("multimodal", ["T1", "T1C", "T2", "FLAIR"], ["T1", "T1C", "T2", "FLAIR"]),
+    ("synnet", ["T1", "T2"], ["FLAIR"]),
+    ("cae3d", ["T1"], ["T2"]),
+])
+def test_default_checkpoints_are_small(family, inputs, targets, tmp_path):
+    model = create(family, inputs, targets)
+    path = save_checkpoint(Checkpoint.from_model(model), tmp_path / "c.pt")
+    assert path.stat().st_size < 20e6
+
+
+def test_hparam_errors():
+    with pytest.raises(ValueError, match="fusion"):
+        create("multimodal", ["T1"], ["T2"], fusion="min")
+    with pytest.raises(ValueError, match="axes"):
+        create("multimodal", ["T1"], ["T2"], axes=[3])
+    with pytest.raises(ValueError, match="loss"):
+        create("synnet", ["T1"], ["T2"], loss="l1")
+    with pytest.raises(ValueError, match="depth"):
+        create("cae3d", ["T1"], ["T2"], depth="wide")
+    with pytest.raises(ValueError, match="both an input and a target"):
+        create("synnet", ["T1"], ["T1"])

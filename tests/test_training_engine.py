@@ -1,0 +1,189 @@
+"""The shared training engine: datasets, slice/tile inference, validation-driven early stopping, the on_epoch
+callback, resume after interruption (bitwise equal to an uninterrupted run), devices, and DistributedDataParallel
+with two gloo processes."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from medsynth_app.models import TrainSettings, create
+from medsynth_app.pipeline import prepare_study
+from medsynth_app.studies import find_studies
+from medsynth_app.training.engine import default_partial_path
+from medsynth_app.training import (PatchDataset, SliceDataset, brain_slices, load_partial, predict_slices,
+                                   resolve_device)
+
+CONTRASTS = ["T1", "T2", "FLAIR"]
+SYNNET = {"features": 4, "depth": 2, "loss": "l2", "optimizer": "sgd", "max_steps_per_epoch": 2}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _shrink(subject, size):
+    centre = np.round(np.argwhere(subject.mask).mean(axis=0)).astype(int)
+    box = tuple(slice(int(np.clip(c - w // 2, 0, max(h - w, 0))), int(np.clip(c - w // 2, 0, max(h - w, 0))) + w)
+                for c, w, h in zip(centre, size, subject.shape))
+    return dataclasses.replace(subject, images={k: np.ascontiguousarray(v[box]) for k, v in subject.images.items()},
+                               mask=np.ascontiguousarray(subject.mask[box]),
+                               lesion=None if subject.lesion is None else np.ascontiguousarray(subject.lesion[box]))
+
+
+@pytest.fixture(scope="module")
+def subjects(mni_crops):
+    """Three real MS subjects (mni), prepared and cut to 32x32x16 voxels around the brain."""
+    return [_shrink(prepare_study(s, CONTRASTS, "FLAIR", CONTRASTS), (32, 32, 16)) for s in find_studies(mni_crops)]
+
+
+def _settings(**kw):
+    return TrainSettings(**{"epochs": 1, "batch_size": 4, "progress": False, "seed": 3, **kw})
+
+
+# --- datasets and inference ---------------------------------------------------------------------------------------
+
+
+def test_slice_dataset(subjects):
+    kept = brain_slices(subjects[0].mask, 2, 0.5)
+    area = subjects[0].mask.sum(axis=(0, 1))
+    assert kept == [k for k in range(16) if area[k] >= 0.5 * area.max()]
+    dataset = SliceDataset(subjects[:2], ["T1", "FLAIR", "lesion"], axes=(2, 0), min_brain=0.0)
+    assert dataset.size == (32, 32)
+    assert len(dataset) == sum(len(brain_slices(s.mask, a, 0.0)) for s in subjects[:2] for a in (2, 0))
+    n, axis, k = dataset.index[0]
+    sample = dataset[0]
+    assert sample.shape == (3, 32, 32) and sample.dtype == torch.float32
+    np.testing.assert_array_equal(sample[1].numpy(), subjects[n].images["FLAIR"][:, :, k])
+    axial_0 = next(i for i, (n_, a, _) in enumerate(dataset.index) if a == 0)
+    assert dataset[axial_0].shape == (3, 32, 32)  # (32, 16) sagittal slices padded to the common size
+
+
+def test_patch_dataset_alignment(subjects):
+    """Input patches are output patches grown by the margin, read from the zero-padded volume; centres in the
+    brain mask."""
+    dataset = PatchDataset(subjects[:1], ["T1"], ["T1"], output_size=16, margin=11, step=8)
+    assert len(dataset) > 0
+    for item in range(len(dataset)):
+        x, y = dataset[item]
+        assert x.shape == (1, 38, 38, 38) and y.shape == (1, 16, 16, 16)
+        torch.testing.assert_close(x[:, 11:27, 11:27, 11:27], y)
+        _, i, j, k = dataset.index[item]
+        centre = tuple(min(a + 8, s - 1) for a, s in zip((i, j, k), subjects[0].shape))
+        assert subjects[0].mask[centre]
+
+
+def test_predict_slices_identity_along_every_axis():
+    volume = np.random.default_rng(1).random((20, 28, 12)).astype(np.float32)  # not multiples of 16: padded
+    for axis in (0, 1, 2):
+        out = predict_slices(lambda x: x[:, :1] * 2, [volume, volume + 1], axis, torch.device("cpu"), batch_size=5)
+        np.testing.assert_array_equal(out[0], volume * 2)
+
+
+def test_devices():
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="device"):
+        resolve_device("gpu0")
+
+
+# --- the loop -----------------------------------------------------------------------------------------------------
+
+
+def test_on_epoch_callback_and_early_stopping(subjects, tmp_path):
+    seen = []
+    model = create("synnet", ["T1"], ["T2"], **SYNNET, patience=1, min_delta=1e9)  # nothing counts as improving
+    summary = model.fit(subjects[:2], subjects[2:], _settings(epochs=5, on_epoch=lambda info: seen.append(info),
+                                                              extra={"partial_path": str(tmp_path / "p.pt")}))
+    assert summary["stopped"] == "early_stopping" and summary["epochs"] == 2 and summary["best_epoch"] == 1
+    assert [s["epoch"] for s in seen] == [1, 2]
+    assert {"epoch", "total_epochs", "best_metric", "total_time"} <= set(seen[0]) and seen[0]["total_epochs"] == 5
+    assert seen[0]["best_metric"] == pytest.approx(summary["history"][0]["val_psnr"], abs=1e-3)
+    # the model holds the best (epoch 1) weights, not the last ones
+    partial = load_partial(tmp_path / "p.pt", {"family": "synnet"})
+    assert partial["epoch"] == 2 and partial["best_epoch"] == 1
+    best = {k[4:]: v for k, v in model.state_dict().items()}
+    assert all(torch.equal(best[k], v) for k, v in partial["best"].items())
+    assert not all(torch.equal(best[k], v) for k, v in partial["model"].items())
+
+
+def test_resume_reaches_the_uninterrupted_weights(subjects, tmp_path):
+    """Interrupted after epoch 1 by on_epoch, resumed from the partial file: bitwise the weights (current and best)
+    of an uninterrupted 2-epoch run with the same seed (SGD momentum state and batch-norm statistics included)."""
+    def run(settings):
+        model = create("synnet", ["T1"], ["T2"], **SYNNET)
+        return model, model.fit(subjects[:2], subjects[2:], settings)
+
+    full, full_summary = run(_settings(epochs=2, extra={"partial_path": str(tmp_path / "full.pt")}))
+    part = tmp_path / "part.pt"
+    _, first = run(_settings(epochs=2, on_epoch=lambda info: True, extra={"partial_path": str(part)}))
+    assert first["stopped"] == "callback" and first["epochs"] == 1 and load_partial(part, {})["epoch"] == 1
+    resumed, second = run(_settings(epochs=2, resume_from=str(part)))
+    assert second["resumed_from_epoch"] == 1 and second["epochs"] == 2
+    assert [r["loss"] for r in second["history"]] == [r["loss"] for r in full_summary["history"]]
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    current_full, current_resumed = load_partial(tmp_path / "full.pt", {}), load_partial(part, {})
+    assert all(torch.equal(current_full["model"][k], current_resumed["model"][k]) for k in current_full["model"])
+    with pytest.raises(ValueError, match="written for"):
+        create("synnet", ["T1"], ["FLAIR"], **SYNNET).fit(subjects[:2], [], _settings(epochs=2, resume_from=str(part)))
+    with pytest.raises(ValueError, match="no such"):
+        run(_settings(resume_from=str(tmp_path / "absent.pt")))
+
+
+def test_default_partial_file_is_removed_after_a_finished_run(subjects):
+    model = create("cae3d", ["T1"], ["T2"], features=4, step=16, max_steps_per_epoch=1)
+    summary = model.fit(subjects[:1], [], _settings(seed=12345))
+    assert summary["partial"] is None and summary["stopped"] == "max_epochs"
+    default = default_partial_path({"family": "cae3d", "inputs": ["T1"], "targets": ["T2"]}, 12345)
+    assert default.name == "cae3d_T1_to_T2_seed12345.pt" and not default.exists()
+    assert summary["best_metric"] == pytest.approx(-summary["history"][0]["loss"], abs=1e-4)
+
+
+# --- DistributedDataParallel: 2 processes, gloo -------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, subjects, out_dir):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    model = create("synnet", ["T1"], ["T2"], **SYNNET)
+    # CPU + gloo even where CUDA exists (forked processes cannot use a CUDA context of their parent)
+    summary = model.fit(subjects[:2], subjects[2:], _settings(device="cpu",
+                                                              extra={"partial_path": f"{out_dir}/partial.pt"}))
+    torch.save({"state": model.state_dict(), "summary": summary}, f"{out_dir}/rank{rank}.pt")
+
+
+def test_ddp_two_gloo_processes_end_identical(subjects, tmp_path):
+    # fork: the workers inherit the imported library (spawning fresh interpreters costs ~10 s each on a busy CPU);
+    # `torchrun --nproc_per_node=2` runs the same code path from the environment variables set in _ddp_worker.
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), subjects[:3], str(tmp_path)), nprocs=2, join=True,
+                       start_method="fork")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["summary"]["world_size"] == 2 and r1["summary"]["world_size"] == 2
+    # only rank 0 validates; every rank returns its account
+    assert r0["summary"]["history"] and r1["summary"]["history"] == r0["summary"]["history"]
+    assert r0["state"].keys() == r1["state"].keys()
+    assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])
+    assert (tmp_path / "partial.pt").is_file()  # written by rank 0 only
+    # each rank saw half of every epoch's batches
+    single = SliceDataset(subjects[:2], ["T1", "T2"])
+    assert r0["summary"]["samples_per_epoch"] == len(single)
