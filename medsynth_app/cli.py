@@ -17,6 +17,7 @@ from .imageio import ImageError, read_image, write_image
 from .metrics import summarise
 from .models import TrainSettings, families
 from .studies import StudyError, find_studies
+from .training.distributed import is_main_process
 from . import pipeline, weights
 
 
@@ -72,13 +73,16 @@ def cmd_train(args) -> int:
     validation = [s for i, s in enumerate(train) if i in picked]
     train = [s for i, s in enumerate(train) if i not in picked]
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                             device=args.device, seed=args.seed, progress=not args.quiet)
+                             device=args.device, seed=args.seed, progress=not args.quiet, resume_from=args.resume,
+                             extra={"partial_path": args.partial} if args.partial else {})
     print(f"training {args.model} {'+'.join(inputs)}->{'+'.join(targets)} on {len(train)} studies "
           f"({len(validation)} for validation)", file=sys.stderr)
     checkpoint = pipeline.train(args.model, inputs, targets, train, validation, hparams=dict(args.hparam),
                                 settings=settings, normalisation=args.normalisation)
     if args.fold:
         checkpoint.training["fold"] = str(args.fold)
+    if not is_main_process():  # under torchrun every rank trains; rank 0 alone writes
+        return 0
     path = save_checkpoint(checkpoint, args.out)
     print(json.dumps({"checkpoint": str(path), **checkpoint.training}, indent=2, default=str))
     return 0
@@ -231,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--normalisation", default="mean", choices=("mean", "percentile", "zscore"))
+    p.add_argument("--resume", help="continue an interrupted run from its partial-training file")
+    p.add_argument("--partial", help="where to keep the partial-training file (default: a temporary folder)")
     p.add_argument("--out", required=True)
     training_options(p)
     p.set_defaults(func=cmd_train)

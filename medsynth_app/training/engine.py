@@ -18,16 +18,15 @@ DistributedSampler, and only rank 0 validates, writes and reports (see `distribu
 
 Settings read from ``TrainSettings.extra`` (the family's hparams may set the same): ``patience`` (10),
 ``min_delta`` (0), ``max_steps_per_epoch`` (None: every batch), ``partial_path``, ``workers`` (DataLoader worker
-processes, 0), ``amp`` (True). The partial-training file goes to ``partial_path`` (or $MEDSYNTH_PARTIAL_PATH),
+processes, 0), ``amp`` (True). The partial-training file goes to ``partial_path``,
 else to ``resume_from`` (updated in place), else to <tmp>/medsynth_partial/<family>_<task>_seed<seed>.pt (deleted
-when that run finishes). $MEDSYNTH_RESUME_FROM stands in for ``resume_from`` (the CLI has no option for it yet).
+when that run finishes). The CLI sets them with ``train --partial`` and ``--resume``.
 """
 from __future__ import annotations
 
 import copy
 import logging
 import math
-import os
 import random
 import re
 import tempfile
@@ -160,10 +159,8 @@ def train_network(
     ctx = DistContext.setup(device)
     device = ctx.device
     use_amp = device.type == "cuda" and bool(settings.extra.get("amp", True))
-    # The CLI has no --resume option yet: MEDSYNTH_RESUME_FROM / MEDSYNTH_PARTIAL_PATH stand in for
-    # TrainSettings.resume_from / extra["partial_path"] when those are not set.
-    resume_from = settings.resume_from or os.environ.get("MEDSYNTH_RESUME_FROM") or None
-    chosen_partial = settings.extra.get("partial_path") or os.environ.get("MEDSYNTH_PARTIAL_PATH") or resume_from
+    resume_from = settings.resume_from or None
+    chosen_partial = settings.extra.get("partial_path") or resume_from
     partial_path = Path(chosen_partial or default_partial_path(identity, seed))
     user_partial = bool(chosen_partial)
 
