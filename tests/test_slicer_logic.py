@@ -89,7 +89,8 @@ def test_contrast_rules_load_from_the_source_tree_without_medsynth_app(tmp_path)
             "print('medsynth_app' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(SLICER_MODULE_DIR)
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+    # -S: no site-packages, so an installed medsynth_app (editable install) stays out of reach, as in Slicer.
+    out = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          check=True).stdout.splitlines()
     assert out[0].startswith("source tree:") and out[0].endswith("medsynth_app/contrasts.py")
     assert out[1] == "ParsedName(prefix='sub01', contrast='T1C')"
