@@ -60,17 +60,24 @@ def _linear(weight: Tensor, bias: Tensor) -> nn.Linear:
 
 
 @torch.no_grad()
-def shrink(net: Network, s: Tensor, x: Tensor | None, fraction: float) -> Network:
+def shrink(net: Network, s: Tensor, x: Tensor | None, fraction: float | Sequence[float]) -> Network:
     """Copy of `net` with every hidden layer k reduced to T(k) = max(1, round(fraction * p_k)) nodes (eqs. 10-12).
+    `fraction` may also be one fraction per hidden layer (1.0 keeps a layer whole).
 
     Layers are shrunk in order k = 2, ..., K-1, each on the responses of the network already shrunk below it, so A(k)
     also absorbs the approximation error of the lower layers. F(k), b(k) keep the rows in I(k) (and the latent
     coordinates in I(2)); F(k+1) <- F(k+1) A(k)[:, I(k)]; b(k+1) is unchanged, as in eq. (12).
     """
     small = copy.deepcopy(net)
-    for j in range(len(small.layers) - 1):
+    n_hidden = len(small.layers) - 1
+    fractions = [float(fraction)] * n_hidden if isinstance(fraction, (int, float)) else [float(f) for f in fraction]
+    if len(fractions) != n_hidden:
+        raise ValueError(f"{len(fractions)} fractions for {n_hidden} hidden layers")
+    for j in range(n_hidden):
+        if fractions[j] >= 1:
+            continue
         h = responses(small, s, x)[j]
-        keep, coefficients = somp(h, h, max(1, round(fraction * h.shape[1])))
+        keep, coefficients = somp(h, h, max(1, round(fractions[j] * h.shape[1])))
         layer, above = small.layers[j], small.layers[j + 1]
         small.layers[j] = _linear(layer.weight[keep], layer.bias[keep])
         small.layers[j + 1] = _linear(above.weight @ coefficients.T.to(above.weight.dtype), above.bias)
