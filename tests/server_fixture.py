@@ -54,7 +54,7 @@ def launcher() -> str | None:
 
 
 @contextlib.contextmanager
-def running_server(datastore: Path, work: Path, conf_models: str = "linear") -> Iterator[str]:
+def running_server(datastore: Path, work: Path, conf_models: str = "linear", app: Path = APP) -> Iterator[str]:
     """Start ``monailabel start_server`` on a free port; yields its URL; kills its process group on exit.
     Raises RuntimeError with the log's tail when it does not come up."""
     import requests
@@ -73,6 +73,7 @@ def running_server(datastore: Path, work: Path, conf_models: str = "linear") -> 
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
         OMP_NUM_THREADS="2",
     )
+    env.pop("MEDSYNTH_WEIGHTS", None)  # serve the app's own model/ folder only
     import monailabel
 
     config = (Path(monailabel.__file__).parent / "logging.json").read_text()
@@ -80,7 +81,7 @@ def running_server(datastore: Path, work: Path, conf_models: str = "linear") -> 
     log_config.write_text(config.replace("${LOGFILE}", str(work / "app.log")).replace("${LOGDIR}", str(work)))
     log_path = work / "server.log"
     log = open(log_path, "wb")
-    cmd = [exe, "start_server", "--app", str(APP), "--studies", str(datastore), "--host", "127.0.0.1",
+    cmd = [exe, "start_server", "--app", str(app), "--studies", str(datastore), "--host", "127.0.0.1",
            "--port", str(port), "--log_config", str(log_config), "--conf", "models", conf_models]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -104,6 +105,10 @@ def running_server(datastore: Path, work: Path, conf_models: str = "linear") -> 
             time.sleep(0.5)
         yield url
     finally:
+        try:  # a training subprocess outlives the server: stop it first
+            requests.delete(f"{url}/train/", timeout=30)
+        except requests.RequestException:
+            pass
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=20)

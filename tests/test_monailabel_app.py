@@ -5,14 +5,8 @@ One server for the module (starting it takes ~10-30 s); it is stopped by killing
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,99 +14,28 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import SHARED
+from server_fixture import running_server, write_crops
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
 requests = pytest.importorskip("requests")
 pytest.importorskip("monailabel")
 
-REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "apps" / "medsynth"
-PATIENT = SHARED / "open_ms_data" / "mni" / "patient07"
-# SimpleITK (i, j, k) order: centred left-right, from the back of the head (j = 0), through the ventricles. The crop
-# must reach the background on some face: the automatic brain mask finds the background from the volume's faces,
-# and a crop lying wholly inside the brain gets a mask of a few percent of its voxels.
-CROP_START, CROP_SIZE = [51, 0, 70], [80, 96, 24]
-STARTUP_SECONDS = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _launcher() -> str:
-    beside = Path(sys.executable).parent / "monailabel"
-    found = str(beside) if beside.exists() else shutil.which("monailabel")
-    if not found:
-        pytest.skip("the monailabel launcher is not installed")
-    return found
-
 
 @pytest.fixture(scope="module")
 def datastore(tmp_path_factory) -> Path:
     """Flat datastore: sub01_T1/T2/FLAIR (crops of mni patient07) and sub02_T1 alone (a study lacking T2)."""
-    root = tmp_path_factory.mktemp("datastore")
-    for contrast in ("T1", "T2", "FLAIR"):
-        image = sitk.ReadImage(str(PATIENT / f"{contrast}.nii.gz"))
-        sitk.WriteImage(sitk.RegionOfInterest(image, CROP_SIZE, CROP_START), str(root / f"sub01_{contrast}.nii.gz"))
+    root = write_crops(SHARED, tmp_path_factory.mktemp("datastore"))
     shutil.copy(root / "sub01_T1.nii.gz", root / "sub02_T1.nii.gz")
     return root
 
 
 @pytest.fixture(scope="module")
 def server(datastore, tmp_path_factory):
-    work = tmp_path_factory.mktemp("server")
-    port = _free_port()
-    env = dict(os.environ)
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # the launcher runs `python`
-        MONAILABEL_PYEXE=sys.executable,
-        MONAI_LABEL_TRACKING_ENABLED="false",
-        MONAI_LABEL_SESSION_PATH=str(work / "sessions"),
-        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
-        OMP_NUM_THREADS="2",
-    )
-    # Without --log_config, MONAI Label writes <app>/logs/app.log into the repository; keep it in the temp folder.
-    import monailabel
-
-    config = (Path(monailabel.__file__).parent / "logging.json").read_text()
-    log_config = work / "logging.json"
-    log_config.write_text(config.replace("${LOGFILE}", str(work / "app.log")).replace("${LOGDIR}", str(work)))
-    log = open(work / "server.log", "wb")
-    cmd = [_launcher(), "start_server", "--app", str(APP), "--studies", str(datastore),
-           "--host", "127.0.0.1", "--port", str(port), "--log_config", str(log_config)]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-
-    def log_tail() -> str:
-        log.flush()
-        return (work / "server.log").read_text(errors="replace")[-4000:]
-
     try:
-        deadline = time.time() + STARTUP_SECONDS
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with status {proc.returncode}:\n{log_tail()}")
-            try:
-                if requests.get(f"{url}/info/", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"server not up after {STARTUP_SECONDS} s:\n{log_tail()}")
-            time.sleep(1)
-        yield url
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
+        with running_server(datastore, tmp_path_factory.mktemp("server"), conf_models="all") as url:
+            yield url
+    except RuntimeError as err:
+        pytest.fail(str(err))
 
 
 def _infer(url: str, image: str, params: dict, output: str = "image"):

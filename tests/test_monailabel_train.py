@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +21,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import SHARED
+from server_fixture import running_server
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
 requests = pytest.importorskip("requests")
@@ -35,23 +33,8 @@ MNI = SHARED / "open_ms_data" / "mni"
 SUBJECTS = {"sub01": "patient07", "sub02": "patient19", "sub03": "patient26"}
 # SimpleITK (i, j, k): centred left-right, from the back of the head (j = 0, background) through the ventricles.
 CROP_START, CROP_SIZE = [51, 0, 70], [80, 96, 24]
-STARTUP_SECONDS = 240
 TRAIN_SECONDS = 150
 FLAIR_CKPT = "linear_T1+T2_to_FLAIR.pt"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _launcher() -> str:
-    beside = Path(sys.executable).parent / "monailabel"
-    found = str(beside) if beside.exists() else shutil.which("monailabel")
-    if not found:
-        pytest.skip("the monailabel launcher is not installed")
-    return found
 
 
 def _sha256(path: Path) -> str:
@@ -95,62 +78,11 @@ def shipped() -> dict:
 
 @pytest.fixture(scope="module")
 def server(datastore, acquired, app_copy, shipped, tmp_path_factory):
-    work = tmp_path_factory.mktemp("server")
-    port = _free_port()
-    env = dict(os.environ)
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        MONAILABEL_PYEXE=sys.executable,
-        MONAI_LABEL_TRACKING_ENABLED="false",
-        MONAI_LABEL_SESSION_PATH=str(work / "sessions"),
-        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
-        OMP_NUM_THREADS="2",
-    )
-    env.pop("MEDSYNTH_WEIGHTS", None)  # the app copy's model/ must be what is served
-    import monailabel
-
-    config = (Path(monailabel.__file__).parent / "logging.json").read_text()
-    log_config = work / "logging.json"
-    log_config.write_text(config.replace("${LOGFILE}", str(work / "app.log")).replace("${LOGDIR}", str(work)))
-    log = open(work / "server.log", "wb")
-    cmd = [_launcher(), "start_server", "--app", str(app_copy), "--studies", str(datastore),
-           "--host", "127.0.0.1", "--port", str(port), "--log_config", str(log_config),
-           "--conf", "models", "linear"]  # the family list selects trainers too
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-
-    def log_tail() -> str:
-        log.flush()
-        return (work / "server.log").read_text(errors="replace")[-4000:]
-
-    try:
-        deadline = time.time() + STARTUP_SECONDS
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with status {proc.returncode}:\n{log_tail()}")
-            try:
-                if requests.get(f"{url}/info/", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"server not up after {STARTUP_SECONDS} s:\n{log_tail()}")
-            time.sleep(1)
-        yield url
-    finally:
-        try:  # a training subprocess outlives the server: stop it first
-            requests.delete(f"{url}/train/", timeout=30)
-        except requests.RequestException:
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
+    try:  # the family list of --conf models selects trainers too
+        with running_server(datastore, tmp_path_factory.mktemp("server"), conf_models="linear", app=app_copy) as url:
+            yield url
+    except RuntimeError as err:
+        pytest.fail(str(err))
 
 
 def _infer_flair(url: str, tmp_path: Path, tag: str) -> np.ndarray:
