@@ -25,9 +25,9 @@ from torch import Tensor, nn
 
 from ..networks.cae3d import LAYOUTS, ConvAutoencoder3D
 from ..preprocessing import PreparedSubject
-from ..training.common import learning_rate, module_device, prefixed_state, unprefixed_state, validation_scores
+from ..training.common import learning_rate, prefixed_state, unprefixed_state, validation_scores
 from ..training.datasets import PatchDataset
-from ..training.engine import resolve_device, seed_everything, train_network
+from ..training.engine import place_for_inference, seed_everything, train_network
 from ..training.inference import predict_tiled
 from .base import SynthesisModel, TrainSettings, register
 
@@ -106,13 +106,8 @@ class ConvAutoencoder3DModel(SynthesisModel):
         return summary
 
     def _inference_device(self) -> torch.device:
-        device = module_device(self.net)
-        if device.type == "cpu" and self.device is not None:
-            wanted = resolve_device(self.device)
-            if wanted != device:
-                self.net.to(wanted)
-                device = wanted
-            self.device = None
+        device = place_for_inference(self.net, self.device)
+        self.device = None  # placed once
         return device
 
     def predict_volume(self, volume: np.ndarray, mask: np.ndarray | None = None, tile: int | None = None) -> np.ndarray:

@@ -17,9 +17,9 @@ import torch
 from ..losses import SYNNET_LOSSES, SynNetJointLoss
 from ..networks.synnet import SynNet
 from ..preprocessing import PreparedSubject
-from ..training.common import learning_rate, module_device, prefixed_state, unprefixed_state, validation_scores
+from ..training.common import learning_rate, prefixed_state, unprefixed_state, validation_scores
 from ..training.datasets import SliceDataset
-from ..training.engine import resolve_device, seed_everything, train_network
+from ..training.engine import place_for_inference, seed_everything, train_network
 from ..training.inference import predict_slices
 from .base import SynthesisModel, TrainSettings, register
 
@@ -87,13 +87,8 @@ class SynNetModel(SynthesisModel):
         return summary
 
     def _inference_device(self) -> torch.device:
-        device = module_device(self.net)
-        if device.type == "cpu" and self.device is not None:
-            wanted = resolve_device(self.device)
-            if wanted != device:
-                self.net.to(wanted)
-                device = wanted
-            self.device = None
+        device = place_for_inference(self.net, self.device)
+        self.device = None  # placed once
         return device
 
     def predict(self, subject: PreparedSubject, target: str) -> np.ndarray:

@@ -44,6 +44,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from ..atomic import atomic_write
+from .common import module_device
 from .distributed import DistContext
 
 if TYPE_CHECKING:
@@ -329,3 +330,14 @@ def _write_partial(path: Path, identity: dict, network: nn.Module, optim, scaler
         "seconds": seconds,
     }
     atomic_write(path, lambda tmp: torch.save(data, tmp))
+
+
+def place_for_inference(net: torch.nn.Module, wanted: str | None) -> torch.device:
+    """Move a network that sits on the CPU to the ``wanted`` device ("auto", "cuda", ...) once; returns its device."""
+    device = module_device(net)
+    if device.type == "cpu" and wanted is not None:
+        target = resolve_device(wanted)
+        if target != device:
+            net.to(target)
+            device = target
+    return device
