@@ -22,10 +22,10 @@ from medsynth_app.studies import find_studies
 
 SETTINGS = TrainSettings(progress=False, seed=0)
 FAST = {
-    "lsdn": dict(epochs=3, voxels_per_subject=12_000, shrink_samples=8_000, retrain_epochs=1),
-    "vdn": dict(epochs=2, voxels_per_subject=10_000, hidden=[100, 10]),
-    "cdn": dict(epochs=2, voxels_per_subject=10_000, hidden=[100, 10]),
-    "replica": dict(n_estimators=10, max_samples=30_000, min_samples_leaf=10, max_depth=16),
+    "lsdn": dict(epochs=2, voxels_per_subject=12_000, shrink_samples=8_000, retrain_epochs=1),
+    "vdn": dict(epochs=1, voxels_per_subject=10_000, hidden=[100, 10]),
+    "cdn": dict(epochs=1, voxels_per_subject=10_000, hidden=[100, 10]),
+    "replica": dict(n_estimators=8, max_samples=20_000, min_samples_leaf=10, max_depth=16),
     "mp": dict(k=3, search_radius=1, max_atlases=1),
 }
 
