@@ -50,6 +50,19 @@ class Checkpoint:
             raise CheckpointError(f"{self.family} checkpoint has no intensity scale for {target}")
         return IntensityNorm.from_dict(self.target_norms[target])
 
+    def input_roles(self) -> tuple[list[str], list[str]]:
+        """(required, optional) inputs: an input is optional when the family still accepts the others without it
+        (families that take subsets override ``usable_inputs``)."""
+        model = create(self.family, self.inputs, self.targets, **self.hparams)
+        required, optional = [], []
+        for contrast in self.inputs:
+            try:
+                model.usable_inputs([c for c in self.inputs if c != contrast])
+                optional.append(contrast)
+            except ValueError:
+                required.append(contrast)
+        return required, optional
+
     @property
     def task(self) -> str:
         return f"{'+'.join(self.inputs)}->{'+'.join(self.targets)}"

@@ -25,9 +25,9 @@ from torch import Tensor, nn
 
 from ..networks.cae3d import LAYOUTS, ConvAutoencoder3D
 from ..preprocessing import PreparedSubject
-from ..training.common import learning_rate, prefixed_state, unprefixed_state, validation_scores
+from ..training.common import learning_rate, validation_scores
 from ..training.datasets import PatchDataset
-from ..training.engine import place_for_inference, seed_everything, train_network
+from ..training.engine import NetworkWeights, seed_everything, train_network
 from ..training.inference import predict_tiled
 from .base import SynthesisModel, TrainSettings, register
 
@@ -49,7 +49,7 @@ def margin_for(depth: str, output: int = 16) -> int:
 
 
 @register
-class ConvAutoencoder3DModel(SynthesisModel):
+class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
     """3-D valid-convolution autoencoder (module docstring)."""
 
     family = "cae3d"
@@ -105,11 +105,6 @@ class ConvAutoencoder3DModel(SynthesisModel):
                        validation_metric="mean PSNR" if validation else "training loss (no validation subject)")
         return summary
 
-    def _inference_device(self) -> torch.device:
-        device = place_for_inference(self.net, self.device)
-        self.device = None  # placed once
-        return device
-
     def predict_volume(self, volume: np.ndarray, mask: np.ndarray | None = None, tile: int | None = None) -> np.ndarray:
         """(C_in, I, J, K) normalised inputs -> (n_targets, I, J, K), tiled (no masking applied)."""
         device = self._inference_device()
@@ -129,11 +124,3 @@ class ConvAutoencoder3DModel(SynthesisModel):
         volume = np.stack([subject.images[c] for c in self.inputs])
         out = self.predict_volume(volume, subject.mask)[self.targets.index(target)]
         return np.where(subject.mask, out, 0).astype(np.float32)
-
-    def state_dict(self) -> dict:
-        return prefixed_state(self.net)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.net = self._build()
-        self.net.load_state_dict(unprefixed_state(state))
-        self.device = "auto"

@@ -25,10 +25,9 @@ import torch
 from ..losses import MultimodalSynthesisLoss
 from ..networks.multimodal import FUSIONS, MultimodalSynthesisNet
 from ..preprocessing import PreparedSubject
-from ..training.common import (learning_rate, prefixed_state, unique, unprefixed_state,
-                               validation_scores)
+from ..training.common import learning_rate, unique, validation_scores
 from ..training.datasets import SliceDataset
-from ..training.engine import place_for_inference, seed_everything, train_network
+from ..training.engine import NetworkWeights, seed_everything, train_network
 from ..training.inference import predict_slices
 from .base import SynthesisModel, TrainSettings, register
 
@@ -45,7 +44,7 @@ def _axes(value) -> tuple[int, ...]:
 
 
 @register
-class MultimodalModel(SynthesisModel):
+class MultimodalModel(NetworkWeights, SynthesisModel):
     """Chartsias et al. 2018: per-input encoders, latent fusion, per-target decoders (module docstring)."""
 
     family = "multimodal"
@@ -165,11 +164,6 @@ class MultimodalModel(SynthesisModel):
         return summary
 
     # -- inference ------------------------------------------------------------------------------------------------
-    def _inference_device(self) -> torch.device:
-        device = place_for_inference(self.net, self.device)
-        self.device = None  # placed once
-        return device
-
     def predict(self, subject: PreparedSubject, target: str, axes: Sequence[int] | None = None,
                 inputs: Sequence[str] | None = None) -> np.ndarray:
         """``target`` from every trained input the subject holds except ``target`` itself (or only ``inputs``),
@@ -197,12 +191,3 @@ class MultimodalModel(SynthesisModel):
 
         total = sum(predict_slices(run, arrays, axis, device, self.hparams["inference_batch"])[0] for axis in axes)
         return np.where(subject.mask, total / len(axes), 0).astype(np.float32)
-
-    # -- weights --------------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return prefixed_state(self.net)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.net = self._build()
-        self.net.load_state_dict(unprefixed_state(state))
-        self.device = "auto"

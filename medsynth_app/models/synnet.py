@@ -17,9 +17,9 @@ import torch
 from ..losses import SYNNET_LOSSES, SynNetJointLoss
 from ..networks.synnet import SynNet
 from ..preprocessing import PreparedSubject
-from ..training.common import learning_rate, prefixed_state, unprefixed_state, validation_scores
+from ..training.common import learning_rate, validation_scores
 from ..training.datasets import SliceDataset
-from ..training.engine import place_for_inference, seed_everything, train_network
+from ..training.engine import NetworkWeights, seed_everything, train_network
 from ..training.inference import predict_slices
 from .base import SynthesisModel, TrainSettings, register
 
@@ -27,7 +27,7 @@ OPTIMIZERS = {"sgd": 0.01, "adam": 1e-3}  # default learning rates
 
 
 @register
-class SynNetModel(SynthesisModel):
+class SynNetModel(NetworkWeights, SynthesisModel):
     """SynNet SISO / MISO / MIMO (module docstring)."""
 
     family = "synnet"
@@ -86,11 +86,6 @@ class SynNetModel(SynthesisModel):
                        validation_metric="mean PSNR" if validation else "training loss (no validation subject)")
         return summary
 
-    def _inference_device(self) -> torch.device:
-        device = place_for_inference(self.net, self.device)
-        self.device = None  # placed once
-        return device
-
     def predict(self, subject: PreparedSubject, target: str) -> np.ndarray:
         if target not in self.targets:
             raise ValueError(f"synnet: not trained for {target} (trained: {', '.join(self.targets)})")
@@ -102,11 +97,3 @@ class SynNetModel(SynthesisModel):
         out = predict_slices(self.net, [subject.images[c] for c in self.inputs], 2, device,
                              self.hparams["inference_batch"])[self.targets.index(target)]
         return np.where(subject.mask, out, 0).astype(np.float32)
-
-    def state_dict(self) -> dict:
-        return prefixed_state(self.net)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.net = self._build()
-        self.net.load_state_dict(unprefixed_state(state))
-        self.device = "auto"

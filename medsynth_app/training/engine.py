@@ -44,7 +44,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from ..atomic import atomic_write
-from .common import module_device
+from .common import module_device, prefixed_state, unprefixed_state
 from .distributed import DistContext
 
 if TYPE_CHECKING:
@@ -341,3 +341,21 @@ def place_for_inference(net: torch.nn.Module, wanted: str | None) -> torch.devic
             net.to(target)
             device = target
     return device
+
+
+class NetworkWeights:
+    """Mixin for families holding one torch network ``self.net`` (built by ``self._build()``) and a wanted inference
+    device ``self.device``: weights in and out of checkpoints, and placing the network once before inference."""
+
+    def state_dict(self) -> dict:
+        return prefixed_state(self.net)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net = self._build()
+        self.net.load_state_dict(unprefixed_state(state))
+        self.device = "auto"
+
+    def _inference_device(self) -> torch.device:
+        device = place_for_inference(self.net, self.device)
+        self.device = None  # placed once
+        return device

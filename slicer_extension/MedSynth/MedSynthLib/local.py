@@ -31,20 +31,6 @@ def local_available() -> bool:
     return True
 
 
-def _roles(checkpoint):
-    from medsynth_app.models import create
-
-    model = create(checkpoint.family, checkpoint.inputs, checkpoint.targets, **checkpoint.hparams)
-    required, optional = [], []
-    for contrast in checkpoint.inputs:
-        try:
-            model.usable_inputs([c for c in checkpoint.inputs if c != contrast])
-            optional.append(contrast)
-        except ValueError:
-            required.append(contrast)
-    return required, optional
-
-
 def local_models() -> Dict[str, Dict[str, Any]]:
     """family -> an ``/info``-like entry (type, targets, checkpoints per target with required/optional inputs)."""
     from medsynth_app.weights import installed
@@ -57,7 +43,7 @@ def local_models() -> Dict[str, Dict[str, Any]]:
         seen.add(path.name)
         entry = models.setdefault(ckpt.family, {"type": "synthesis", "targets": [], "checkpoints": {},
                                                 "description": f"local {ckpt.family} checkpoints"})
-        required, optional = _roles(ckpt)
+        required, optional = ckpt.input_roles()
         for target in ckpt.targets:
             if target not in entry["targets"]:
                 entry["targets"].append(target)

@@ -54,20 +54,6 @@ class SynthesisRequestError(HTTPException):
         return str(self.detail)
 
 
-def input_roles(checkpoint: Checkpoint) -> Tuple[list, list]:
-    """(required, optional) input contrasts of a checkpoint: an input is optional when the family still accepts the
-    others without it (families that take subsets override ``usable_inputs``)."""
-    model = create(checkpoint.family, checkpoint.inputs, checkpoint.targets, **checkpoint.hparams)
-    required, optional = [], []
-    for contrast in checkpoint.inputs:
-        try:
-            model.usable_inputs([c for c in checkpoint.inputs if c != contrast])
-            optional.append(contrast)
-        except ValueError:
-            required.append(contrast)
-    return required, optional
-
-
 class SynthesisInferTask(BasicInferTask):
     """Synthesise one target contrast of the study of the requested image with one family's checkpoints."""
 
@@ -95,7 +81,7 @@ class SynthesisInferTask(BasicInferTask):
         info = super().info()
         variants = {}
         for path, ckpt in self.checkpoints:
-            required, optional = input_roles(ckpt)
+            required, optional = ckpt.input_roles()
             for target in ckpt.targets:
                 variants.setdefault(target, []).append({
                     "checkpoint": path.name,

@@ -52,7 +52,7 @@ from medsynth_app.pipeline import train as pipeline_train
 from medsynth_app.studies import Study
 from medsynth_app.weights import checkpoint_name
 
-from lib.infers.synthesis import TASK_TYPE, input_roles
+from lib.infers.synthesis import TASK_TYPE
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class SynthesisTrainTask(TrainTask):
         info = super().info()
         tasks = {}
         for path, ckpt in self._served():
-            required, optional = input_roles(ckpt)
+            required, optional = ckpt.input_roles()
             for target in ckpt.targets:
                 tasks.setdefault(target, []).append({
                     "checkpoint": path.name,
