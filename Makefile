@@ -1,10 +1,13 @@
 # `make demo` and `make test` each create .venv when missing, install MedSynth into it, and run.
+# `make benchmark` regenerates docs/benchmarks.md, its figures and the README's table (hours on a CPU; resumes).
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
+BENCHMARK_DATA ?= ../shared/data
+BENCHMARK_OUT ?= benchmark_output
 STAMP := $(VENV)/.installed-$(shell cksum setup.py | cut -d' ' -f1)
 
-.PHONY: install demo test clean
+.PHONY: install demo test benchmark clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +23,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+benchmark: $(STAMP)
+	$(VENV)/bin/medsynth benchmark --studies $(BENCHMARK_DATA) --out $(BENCHMARK_OUT) --secondary \
+		--report docs/benchmarks.md --readme README.md
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

@@ -1,4 +1,4 @@
-"""The ``medsynth`` command line: studies, train, synthesize, evaluate, models, demo-data, demo."""
+"""The ``medsynth`` command line: studies, train, synthesize, evaluate, models, benchmark, demo-data, demo."""
 from __future__ import annotations
 
 import argparse
@@ -197,6 +197,24 @@ def cmd_demo_data(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    from .benchmark import run_benchmark
+
+    command = "medsynth benchmark " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["benchmark"] else "medsynth benchmark"
+    summary = run_benchmark(args.studies, args.out, tasks=args.tasks, secondary=args.secondary,
+                            models=args.models.split(",") if args.models else None, plan_path=args.plan,
+                            folds_path=args.folds, device=args.device, timing_repeats=args.timing_repeats,
+                            report=args.report, readme=args.readme, report_only=args.report_only,
+                            progress=not args.quiet, command=command)
+    for task, result in summary["tasks"].items():
+        for name, model in result["models"].items():
+            pooled = model["summary"]["pooled"]
+            print(f"{task:14s} {name:12s} folds {len(model['folds'])}  PSNR {pooled['psnr']['mean']:.2f}  "
+                  f"SSIM {pooled['ssim']['mean']:.3f}")
+    print(f"report: {args.report or Path(args.out) / 'benchmarks.md'}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -275,6 +293,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm")
     p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser("benchmark", help="train and score every family on the evaluation folds; write the report")
+    p.add_argument("--studies", required=True)
+    p.add_argument("--out", required=True, help="results folder (a run resumes from what is there)")
+    p.add_argument("--tasks", nargs="+", help="e.g. T1+T2->FLAIR T1->T2 (default: the primary tasks)")
+    p.add_argument("--secondary", action="store_true", help="also the secondary tasks of the plan")
+    p.add_argument("--models", help="comma list of the plan's model names (default: all)")
+    p.add_argument("--plan", help="benchmark plan JSON (default: medsynth_app/data/benchmark.json)")
+    p.add_argument("--folds", help="folds file (default: the EVALUATION.md folds)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--timing-repeats", type=int, default=5, help="syntheses timed per model (0: no timing)")
+    p.add_argument("--report", help="markdown report (default: OUT/benchmarks.md)")
+    p.add_argument("--readme", help="README whose benchmark table to update")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from the results folder")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("demo", help="synthesise FLAIR for a demo study end to end")
     p.add_argument("--out", default="demo_output")

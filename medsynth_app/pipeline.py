@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -142,10 +142,12 @@ def synthesize(
 
 
 def evaluate(checkpoint: Checkpoint, studies: Sequence[Study], target: str, inputs: Sequence[str] | None = None,
-             progress: bool = True) -> list[dict]:
+             progress: bool = True,
+             on_prediction: Callable[[PreparedSubject, np.ndarray], None] | None = None) -> list[dict]:
     """Per-subject metrics (EVALUATION.md) of a checkpoint on every study holding the inputs and the target.
 
-    A study that cannot be read or prepared gets a row with its "error" instead of metrics."""
+    A study that cannot be read or prepared gets a row with its "error" instead of metrics. ``on_prediction`` sees
+    every prepared subject with its normalised prediction (the benchmark keeps slices of some for its figures)."""
     model = checkpoint.build()
     inputs = list(inputs or checkpoint.inputs)
     used = model.usable_inputs(inputs)
@@ -162,6 +164,8 @@ def evaluate(checkpoint: Checkpoint, studies: Sequence[Study], target: str, inpu
         prediction = np.clip(model.predict(subject, target), 0, None)
         rows.append({"id": study.id, **score_subject(prediction, subject, target),
                      "seconds": round(time.time() - started, 2)})
+        if on_prediction is not None:
+            on_prediction(subject, prediction)
     return rows
 
 

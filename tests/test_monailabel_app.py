@@ -114,3 +114,15 @@ def test_default_request_is_multipart_with_the_first_target(server):
     assert params["target"] == "FLAIR" and params["dtype"] == "float32"
     assert list(params["inputs"]) == ["T2", "T1"]  # the requested image's contrast first: its grid is the output's
     assert any(b'name="image"' in p.headers[b"Content-Disposition"] and len(p.content) > 1000 for p in parts)
+
+
+def test_save_keeps_the_synthetic_under_labels_synthetic_target_only(server, datastore):
+    before = {p.name: p.read_bytes() for p in datastore.glob("*.nii.gz")}
+    response = _infer(server, "sub01_T1", {"target": "FLAIR", "save": True}, output="json")
+    assert response.status_code == 200, response.text
+    assert response.json()["saved"] == "labels/synthetic_FLAIR/sub01_T1.nii.gz"
+    saved = datastore / "labels" / "synthetic_FLAIR" / "sub01_T1.nii.gz"
+    image = sitk.ReadImage(str(saved))
+    assert image.GetPixelID() == sitk.sitkFloat32 and image.GetMetaData("descrip").startswith("SYNTHETIC FLAIR")
+    assert not list((datastore / "labels" / "final").glob("*"))  # never a training label
+    assert {p.name: p.read_bytes() for p in datastore.glob("*.nii.gz")} == before  # image folder untouched

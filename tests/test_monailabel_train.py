@@ -79,7 +79,7 @@ def shipped() -> dict:
 @pytest.fixture(scope="module")
 def server(datastore, acquired, app_copy, shipped, tmp_path_factory):
     try:  # the family list of --conf models selects trainers too
-        with running_server(datastore, tmp_path_factory.mktemp("server"), conf_models="linear", app=app_copy) as url:
+        with running_server(datastore, tmp_path_factory.mktemp("server"), conf_models="all", app=app_copy) as url:
             yield url
     except RuntimeError as err:
         pytest.fail(str(err))
@@ -160,6 +160,45 @@ def test_train_replaces_the_checkpoint_and_inference_serves_it(server, app_copy,
     after_output = _infer_flair(server, tmp_path, "after")
     assert after_output.shape == before_output.shape
     assert not np.allclose(after_output, before_output)
+
+
+# One short epoch per family, on the crops (hyper-parameters shrunk so that each runs in seconds).
+TINY = {
+    "replica": {"n_estimators": 4, "max_samples": 5000},
+    "mp": {"max_atlases": 2},
+    "lsdn": {"voxels_per_subject": 2000, "shrink": False},
+    "vdn": {"voxels_per_subject": 2000},
+    "cdn": {"voxels_per_subject": 2000},
+    "synnet": {"features": 8, "max_steps_per_epoch": 2},
+    "multimodal": {"max_steps_per_epoch": 2},
+    "cae3d": {"features": 8, "max_steps_per_epoch": 2},
+}
+
+
+def test_every_family_has_a_trainer(server):
+    info = requests.get(f"{server}/info/", timeout=60).json()
+    assert {"linear", *TINY} <= set(info["trainers"]) and {"linear", *TINY} <= set(info["models"])
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_one_epoch_of_every_trainer_is_served_without_restart(server, app_copy, family, tmp_path):
+    from medsynth_app.checkpoint import load_checkpoint
+
+    response = requests.post(f"{server}/train/{family}", params={"run_sync": "true"}, timeout=900,
+                             json={"target": "T2", "inputs": ["T1"], "epochs": 1, "hparams": TINY[family]})
+    assert response.status_code == 200, response.text
+    ckpt = load_checkpoint(app_copy / "model" / f"{family}_T1_to_T2.pt")
+    assert ckpt.family == family and ckpt.inputs == ["T1"] and ckpt.targets == ["T2"]
+    assert len(ckpt.training["subjects"]) == 2 and ckpt.training["validation"]["T2"]["psnr"] > 0
+    model = requests.get(f"{server}/info/", timeout=60).json()["models"][family]
+    assert ckpt.created in [c["created"] for c in model["checkpoints"]["T2"]]
+    result = requests.post(f"{server}/infer/{family}", params={"image": "sub02_T1", "output": "image"},
+                           files={"params": (None, json.dumps({"target": "T2"}))}, timeout=300)
+    assert result.status_code == 200, result.text
+    out = tmp_path / "synthetic.nii.gz"
+    out.write_bytes(result.content)
+    image = sitk.ReadImage(str(out))
+    assert image.GetPixelID() == sitk.sitkFloat32 and image.GetSize() == tuple(CROP_SIZE)
 
 
 def test_training_without_a_study_holding_the_target_fails_with_a_message(server):

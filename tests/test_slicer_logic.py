@@ -448,3 +448,7 @@ def test_widget_flow_connect_prefill_synthesize(widget_module, server, crops):
     ui["t2Selector"].setCurrentNode(None)
     assert not ui["synthesizeButton"].enabled and "missing T2" in ui["synthesizeButton"].toolTip
     widget.cleanup()
+
+
+def test_a_model_with_nothing_trained_yet_is_not_offered():
+    assert model_choices({"synnet": {"type": "synthesis", "targets": [], "checkpoints": {}}}) == {}

@@ -4,8 +4,8 @@ from the datastore with one "synthesis" train task per family.
     monailabel start_server --app apps/medsynth --studies <flat datastore> [--conf models linear]
 
 ``--conf models`` is "all" (default) or a comma list of families; a family is a module of ``lib/configs`` holding a
-TaskConfig subclass. Its infer task is served when at least one of its checkpoints is installed (``medsynth
-models``); its trainer (``POST /train/<family>``) is offered for every selected family. Mirrors the layout of MONAI
+TaskConfig subclass. Every selected family gets an infer task serving its installed checkpoints (``medsynth
+models``; 404 while it has none, until its trainer writes one) and a trainer (``POST /train/<family>``). Mirrors the layout of MONAI
 Label's radiology sample app (main.py, lib/configs, lib/infers, lib/trainers).
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ import lib.configs  # noqa: E402  (MONAI Label puts the app folder on sys.path o
 import lib.trainers  # noqa: E402,F401  (imported now for the same reason: trainers are built after loading)
 from lib.infers.synthesis import TASK_TYPE  # noqa: E402
 
+from fastapi import HTTPException  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.interfaces.config import TaskConfig  # noqa: E402
 from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: E402
@@ -103,8 +104,19 @@ class MyApp(MONAILabelApp):
         return trainers
 
     def infer(self, request, datastore=None):
-        # A synthetic image is not a label: never let a client store it under labels/ of the datastore.
         task = self._infers.get(request.get("model"))
-        if task is not None and getattr(task, "type", None) == TASK_TYPE:
-            request = dict(request, save_label=False)
-        return super().infer(request, datastore)
+        if task is None or getattr(task, "type", None) != TASK_TYPE:
+            return super().infer(request, datastore)
+        # A synthetic image is not a label: MONAI Label's own saving (labels/final, what trainers read) is never used
+        # for it. With {"save": true} it is kept under labels/synthetic_<TARGET>/ of the datastore image instead.
+        save = str(request.get("save", False)).lower() in ("true", "1", "yes")
+        image_id = request.get("image")
+        datastore = datastore or self.datastore()
+        if save and (not isinstance(image_id, str) or os.path.exists(image_id)):
+            raise HTTPException(422, "save: true needs an image of the datastore; a session's result is not stored")
+        result = super().infer(dict(request, save_label=False), datastore)
+        if save:
+            tag = f"synthetic_{result['params']['target']}"
+            datastore.save_label(image_id, result["file"], tag, {"synthetic": True, "params": result["params"]})
+            result["params"]["saved"] = f"labels/{tag}/{os.path.basename(datastore.get_label_uri(image_id, tag))}"
+        return result

@@ -108,9 +108,10 @@ class SynthesisTaskConfig(TaskConfig):
             return changed
 
     def infer(self) -> Dict[str, InferTask]:
+        """The family's infer task, also without a checkpoint (it answers 404 until a training writes one)."""
         if not self.checkpoints:
-            logger.warning("no installed %s checkpoint; the %s model is not served", self.family, self.name)
-            return {}
+            logger.warning("no installed %s checkpoint yet; /infer/%s answers 404 until one is trained",
+                           self.family, self.name)
         task = _ReloadingInferTask(self, self.family, self.checkpoints, self.description)
         self._tasks.append(task)
         return {self.name: task}

@@ -59,10 +59,12 @@ class ModelChoice:
 
 def model_choices(models: Mapping[str, Mapping[str, Any]]) -> Dict[str, ModelChoice]:
     """name -> :class:`ModelChoice` from the ``synthesis`` entries of ``/info`` (``MedSynthClient.synthesis_models``
-    or ``local.local_models``)."""
+    or ``local.local_models``); a model with no trained checkpoint yet (no targets) is left out."""
     out = {}
     for name, entry in models.items():
         targets = [str(t) for t in entry.get("targets") or []]
+        if not targets:
+            continue
         variants = {}
         for target, rows in (entry.get("checkpoints") or {}).items():
             variants[target] = [Variant(str(r.get("checkpoint", "")), list(r.get("inputs") or []),

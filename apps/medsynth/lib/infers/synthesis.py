@@ -59,8 +59,6 @@ class SynthesisInferTask(BasicInferTask):
 
     def __init__(self, family: str, checkpoints: Sequence[Tuple[Path, Checkpoint]], description: str = "",
                  datastore=None):
-        if not checkpoints:
-            raise ValueError(f"no {family} checkpoint to serve")
         self.family = family
         self.checkpoints = [(Path(p), c) for p, c in checkpoints]
         self.targets = list(dict.fromkeys(t for _, c in self.checkpoints for t in c.targets))
@@ -71,7 +69,7 @@ class SynthesisInferTask(BasicInferTask):
             type=TASK_TYPE,
             labels=[],  # labels are segmentation classes to MONAI Label clients; a synthesis has none
             dimension=3,
-            description=description or f"MedSynth {family}: synthesise {', '.join(self.targets)}",
+            description=description or f"MedSynth {family}: synthesise {', '.join(self.targets) or 'nothing yet'}",
             # A list value is shown by the Slicer module as a drop-down; the first item is the default.
             config={"target": list(self.targets), "intensity": ["scaled", "normalised"]},
         )
@@ -100,7 +98,8 @@ class SynthesisInferTask(BasicInferTask):
             targets=self.targets,
             checkpoints=variants,
             output="float32 on the grid of the requested image, 0 outside the brain, header marked SYNTHETIC",
-            params={"target": f"one of {', '.join(self.targets)} (default {self.targets[0]})",
+            params={"target": (f"one of {', '.join(self.targets)} (default {self.targets[0]})" if self.targets
+                               else f"none yet: no trained {self.family} checkpoint (POST /train/{self.family})"),
                     "inputs": 'optional {"<contrast>": "<image id>"} overriding the study\'s own images',
                     "contrast": "optional contrast of `image` when its name does not say it",
                     "intensity": "scaled (training data's typical target scale, default) or normalised"},
@@ -117,6 +116,9 @@ class SynthesisInferTask(BasicInferTask):
     # ---- request handling ---------------------------------------------------------------------------------------
     def __call__(self, request, callbacks=None):
         begin = time.time()
+        if not self.checkpoints:
+            raise SynthesisRequestError(f"no trained {self.family} checkpoint yet; train one with "
+                                        f"POST /train/{self.family}", 404)
         req = dict(self._config)
         req.update(request)
         target = self._target(req.get("target"))

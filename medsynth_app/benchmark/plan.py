@@ -1,0 +1,99 @@
+"""What the benchmark runs: tasks ("T1+T2->FLAIR") and model entries (a family with its schedule), read from
+``medsynth_app/data/benchmark.json`` or a copy of it."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..contrasts import canonical_contrast
+from ..models import families
+
+DEFAULT_PLAN = Path(__file__).resolve().parents[1] / "data" / "benchmark.json"
+
+
+@dataclass(frozen=True)
+class Task:
+    inputs: tuple[str, ...]
+    target: str
+
+    @classmethod
+    def parse(cls, text: str) -> Task:
+        left, arrow, right = text.partition("->")
+        if not arrow or not left.strip() or not right.strip():
+            raise ValueError(f"a task reads INPUT[+INPUT...]->TARGET, e.g. T1+T2->FLAIR; got {text!r}")
+        return cls(tuple(canonical_contrast(c) for c in left.split("+") if c.strip()), canonical_contrast(right))
+
+    @property
+    def name(self) -> str:
+        return f"{'+'.join(self.inputs)}->{self.target}"
+
+    @property
+    def slug(self) -> str:
+        """The task's name as a file name: T1+T2_to_FLAIR."""
+        return f"{'+'.join(self.inputs)}_to_{self.target}"
+
+    @property
+    def contrasts(self) -> list[str]:
+        return [*self.inputs, self.target]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the report: a family trained with ``epochs`` and ``hparams``; ``validation`` carves one subject out
+    of each fold's training subjects for early stopping (EVALUATION.md), for the families that stop early."""
+
+    name: str
+    family: str
+    epochs: int = 10
+    hparams: dict = field(default_factory=dict)
+    validation: bool = False
+
+    @property
+    def slug(self) -> str:
+        return self.name.replace("+", "_").replace("/", "_")
+
+
+@dataclass(frozen=True)
+class Plan:
+    primary: tuple[Task, ...]
+    secondary: tuple[Task, ...]
+    entries: tuple[Entry, ...]
+    baselines: tuple[str, ...]
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Plan:
+        path = Path(path or DEFAULT_PLAN)
+        try:
+            data = json.loads(path.read_text())
+            entries = tuple(Entry(name=str(m["name"]), family=str(m["family"]), epochs=int(m.get("epochs", 10)),
+                                  hparams=dict(m.get("hparams", {})), validation=bool(m.get("validation", False)))
+                            for m in data["models"])
+            plan = cls(tuple(Task.parse(t) for t in data["tasks"]["primary"]),
+                       tuple(Task.parse(t) for t in data["tasks"].get("secondary", [])),
+                       entries, tuple(data.get("baselines", [])))
+        except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: not a benchmark plan ({err})") from None
+        unknown = sorted({e.family for e in entries} - set(families()))
+        if unknown:
+            raise ValueError(f"{path}: unknown model famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}")
+        names = [e.name for e in entries]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{path}: model names must be unique")
+        return plan
+
+    def tasks(self, wanted: list[str] | None = None, secondary: bool = False) -> list[Task]:
+        """The primary tasks (and the secondary ones with ``secondary``), or exactly ``wanted``."""
+        if wanted:
+            return [Task.parse(t) for t in wanted]
+        return [*self.primary, *(self.secondary if secondary else ())]
+
+    def select(self, names: list[str] | None = None) -> list[Entry]:
+        if not names:
+            return list(self.entries)
+        by_name = {e.name.lower(): e for e in self.entries}
+        missing = [n for n in names if n.lower() not in by_name]
+        if missing:
+            raise ValueError(f"no model {', '.join(missing)} in the benchmark plan; it has "
+                             f"{', '.join(e.name for e in self.entries)}")
+        return [by_name[n.lower()] for n in names]

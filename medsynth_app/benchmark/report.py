@@ -1,0 +1,217 @@
+"""The benchmark report: summary JSON, markdown tables (docs/benchmarks.md), figures, and the README's short table,
+all derived from the per-fold result files of `runner` and nothing else."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..folds import Folds
+from ..metrics import paired_ttest, summarise
+from .figures import box_plots, montage
+from .plan import Entry, Task
+
+README_START, README_END = "<!-- benchmark-table:start -->", "<!-- benchmark-table:end -->"
+
+
+def collect(out: Path, task: Task, entry: Entry, folds: Folds) -> dict | None:
+    """Everything measured for one model on one task, or None when no fold has finished."""
+    base = Path(out) / "runs" / task.slug / entry.slug
+    runs = {f: json.loads((base / f"fold{f}.json").read_text()) for f in folds.folds if (base / f"fold{f}.json").exists()}
+    if not runs:
+        return None
+    rows = [r for run in runs.values() for r in run["subjects"] if "error" not in r]
+    timing = json.loads((base / "timing.json").read_text()) if (base / "timing.json").exists() else None
+    cohorts = sorted({r["cohort"] for r in rows})
+    return {"model": entry.name, "family": entry.family, "epochs": entry.epochs, "hparams": entry.hparams,
+            "folds": sorted(runs), "complete": len(runs) == len(folds.folds), "rows": rows,
+            "errors": [r for run in runs.values() for r in run["subjects"] if "error" in r],
+            "summary": {"pooled": summarise(rows), **{c: summarise([r for r in rows if r["cohort"] == c])
+                                                      for c in cohorts}},
+            "train_seconds": [runs[f]["train_seconds"] for f in sorted(runs)],
+            "training": {f: runs[f]["training"] for f in sorted(runs)},
+            "device": next(iter(runs.values()))["device"], "timing": timing}
+
+
+def compare(a: dict, b: dict, metric: str) -> dict | None:
+    """Paired t-test of ``metric`` between two models over the test subjects both were scored on."""
+    left = {r["id"]: r[metric] for r in a["rows"] if metric in r}
+    right = {r["id"]: r[metric] for r in b["rows"] if metric in r}
+    common = sorted(set(left) & set(right))
+    if len(common) < 2:
+        return None
+    return paired_ttest([left[i] for i in common], [right[i] for i in common])
+
+
+def best_baseline(results: dict[str, dict], baselines: tuple[str, ...]) -> str | None:
+    """The complete baseline (by family) with the highest pooled mean PSNR."""
+    done = [r for r in results.values() if r["family"] in baselines and r["complete"]]
+    return max(done, key=lambda r: r["summary"]["pooled"]["psnr"]["mean"])["model"] if done else None
+
+
+def _ms(summary: dict, metric: str, digits: int) -> str:
+    if metric not in summary:
+        return "–"
+    return f"{summary[metric]['mean']:.{digits}f} ± {summary[metric]['sd']:.{digits}f}"
+
+
+def _pair(summary: dict | None, digits=(2, 3), prefix="") -> str:
+    if not summary or f"{prefix}psnr" not in summary:
+        return "–"
+    return f"{summary[prefix + 'psnr']['mean']:.{digits[0]}f} / {summary[prefix + 'ssim']['mean']:.{digits[1]}f}"
+
+
+def _delta(test: dict | None, digits: int) -> str:
+    if test is None:
+        return "–"
+    mark = "**" if test["p"] < 0.05 else ""
+    return f"{mark}{test['mean_difference']:+.{digits}f}{mark} (p={test['p']:.2g})"
+
+
+def task_table(results: dict[str, dict], baseline: str | None, cohorts: list[str]) -> list[str]:
+    head = ["model", "n", "PSNR (dB)", "SSIM", "SNR (dB)", "MAE", *[f"{c} PSNR / SSIM" for c in cohorts]]
+    if baseline:
+        head += [f"ΔPSNR vs {baseline}", f"ΔSSIM vs {baseline}"]
+    head += ["lesion PSNR / SSIM", "s / volume", "peak MB", "train min / fold"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in results.items():
+        pooled = r["summary"]["pooled"]
+        n = pooled["psnr"]["n"] if "psnr" in pooled else 0
+        folds = "" if r["complete"] else f" ({len(r['folds'])} fold{'s' if len(r['folds']) > 1 else ''})"
+        cells = [f"{name}{folds}", str(n), _ms(pooled, "psnr", 2), _ms(pooled, "ssim", 3), _ms(pooled, "snr", 2),
+                 _ms(pooled, "mae", 3), *[_pair(r["summary"].get(c)) for c in cohorts]]
+        if baseline:
+            other = results[baseline]
+            cells += ["–", "–"] if name == baseline else [_delta(compare(r, other, "psnr"), 2),
+                                                          _delta(compare(r, other, "ssim"), 3)]
+        timing = r["timing"]
+        cells += [_pair(pooled, prefix="lesion_"),
+                  f"{timing['median_seconds']:.1f}" if timing else "–",
+                  f"{timing['peak_memory_mb']:.0f}" if timing else "–",
+                  f"{np.mean(r['train_seconds']) / 60:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def shrink_rows(results: dict[str, dict]) -> list[str]:
+    """ShrinkConnect per network: sizes before and after, multiply-adds, errors and forward speed-up (mean of folds)."""
+    lines = []
+    for name, r in results.items():
+        reports = [t["shrink_connect"] for training in r["training"].values()
+                   for t in training.get("targets", {}).values() if "shrink_connect" in t]
+        if not reports:
+            continue
+        sizes = sorted({(tuple(s["sizes_before"]), tuple(s["sizes_after"])) for s in reports})
+        mean = lambda key: float(np.mean([s[key] for s in reports]))  # noqa: E731
+        lines.append(f"| {name} | " + "; ".join(f"{list(a)} → {list(b)}" for a, b in sizes)
+                     + f" | {mean('multiply_adds_before'):.0f} → {mean('multiply_adds_after'):.0f} | "
+                     f"{mean('error_before'):.5f} / {mean('error_after_shrink'):.5f} / "
+                     f"{mean('error_after_retraining'):.5f} | {mean('forward_speedup'):.2f}x | {len(reports)} |")
+    if not lines:
+        return []
+    return ["| network | sizes before → after | multiply-adds per voxel | training error before / shrunk / "
+            "retrained | forward speed-up | folds |", "|---|---|---|---|---|---|", *lines]
+
+
+def ordering_lines(results: dict[str, dict]) -> list[str]:
+    """The LSDN paper's claim LSDN > CDN > VDN in SNR, checked with paired t-tests over the test subjects."""
+    pick = {fam: next((r for r in results.values() if r["family"] == fam and r["complete"]), None)
+            for fam in ("lsdn", "cdn", "vdn")}
+    if any(v is None for v in pick.values()):
+        return []
+    lines = []
+    for better, worse in (("lsdn", "cdn"), ("cdn", "vdn")):
+        a, b = pick[better], pick[worse]
+        test = compare(a, b, "snr")
+        verdict = "holds" if test["mean_difference"] > 0 else "does not hold"
+        significance = "significant" if test["p"] < 0.05 else "not significant"
+        lines.append(f"- SNR {a['model']} {a['summary']['pooled']['snr']['mean']:.2f} dB vs {b['model']} "
+                     f"{b['summary']['pooled']['snr']['mean']:.2f} dB: {verdict} (difference "
+                     f"{test['mean_difference']:+.2f} dB, p = {test['p']:.2g}, {significance}, n = {test['n']}).")
+    return lines
+
+
+def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: tuple[str, ...], folds: Folds,
+                 report: Path, command: str, readme: Path | None = None) -> dict:
+    report = Path(report)
+    figures_dir = report.parent / "figures" / "benchmark"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"generated": time.strftime("%Y-%m-%d %H:%M"), "command": command, "tasks": {}}
+    body: list[str] = []
+    devices: set[str] = set()
+    for task in tasks:
+        results = {e.name: r for e in entries if (r := collect(out, task, e, folds)) is not None}
+        if not results:
+            continue
+        devices |= {r["device"] for r in results.values()}
+        baseline = best_baseline(results, baselines)
+        cohorts = sorted({c for r in results.values() for c in r["summary"] if c != "pooled"})
+        summary["tasks"][task.name] = {"best_baseline": baseline, "models": {
+            name: {k: v for k, v in r.items() if k not in ("rows", "training")} for name, r in results.items()}}
+        body += [f"## {task.name}", ""]
+        body += task_table(results, baseline, cohorts)
+        body += ["", f"Mean ± sd over test subjects (pooled n per row); cohort columns give mean PSNR / SSIM. Δ: "
+                 f"paired t-test against the best complete baseline ({baseline or 'none yet'}), bold where p < 0.05."
+                 " s / volume: end to end (read, preprocess, predict, write) on the largest fold-1 test volume, "
+                 "median of the runs; peak MB: resident memory of that process.", ""]
+        stem = task.slug
+        slices = Path(out) / "slices" / task.slug
+        made = montage(task, slices, [e for e in entries if e.name in results], figures_dir / f"{stem}_montage.png")
+        box_plots(task, results, figures_dir / f"{stem}_boxplots.png")
+        relative = lambda p: os.path.relpath(p, report.parent)  # noqa: E731
+        if made:
+            body += [f"![{task.name}: inputs, acquired target, every model and its absolute error]"
+                     f"({relative(made)})", ""]
+        body += [f"![{task.name}: PSNR and SSIM per test subject]({relative(figures_dir / f'{stem}_boxplots.png')})",
+                 ""]
+        shrink = shrink_rows(results)
+        if shrink:
+            body += ["ShrinkConnect (eqs. 9-12):", "", *shrink, ""]
+        ordering = ordering_lines(results)
+        if ordering:
+            body += ["The LSDN paper's ordering (LSDN > CDN > VDN in SNR):", "", *ordering, ""]
+        missing = [e.name for e in entries if e.name not in results]
+        if missing:
+            body += [f"Not run for this task yet: {', '.join(missing)}.", ""]
+    header = ["# Benchmarks", "",
+              f"Generated by `{command}` on {summary['generated']} from the per-fold result files; do not edit by "
+              "hand. Protocol: the three subject-wise folds, metrics and brain masks of EVALUATION.md (normalised "
+              "volumes, brain mask). Every number is a test number: each fold's model never saw its test subjects.",
+              "", f"Devices: {'; '.join(sorted(devices)) or 'none'}. Schedules (epochs, samples) are those of the "
+              "benchmark plan `medsynth_app/data/benchmark.json`, sized for a 2-core CPU; GPU numbers appear here "
+              "only when the benchmark was run on a GPU.", ""]
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text("\n".join(header + body).rstrip() + "\n")
+    (Path(out) / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    if readme is not None:
+        update_readme(Path(readme), summary, tasks, os.path.relpath(report, Path(readme).parent))
+    return summary
+
+
+def readme_table(summary: dict, tasks: list[Task]) -> list[str]:
+    names = list(dict.fromkeys(m for t in tasks for m in summary["tasks"].get(t.name, {}).get("models", {})))
+    shown = [t for t in tasks if t.name in summary["tasks"]]
+    lines = ["| model | " + " | ".join(f"{t.name} PSNR / SSIM" for t in shown) + " |", "|---|" + "---|" * len(shown)]
+    for name in names:
+        cells = []
+        for t in shown:
+            model = summary["tasks"][t.name]["models"].get(name)
+            cells.append(_pair(model["summary"]["pooled"]) if model and model["complete"] else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def update_readme(readme: Path, summary: dict, tasks: list[Task], report_link: str) -> None:
+    """Replace the table between the README's benchmark markers (the markers must be there)."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme}: no {README_START} ... {README_END} markers for the benchmark table")
+    table = "\n".join([*readme_table(summary, tasks), "",
+                       f"Pooled test subjects of the three folds, mean PSNR (dB) / SSIM; generated "
+                       f"{summary['generated']} by `{summary['command']}` (details: [{report_link}]({report_link}))."])
+    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+    readme.write_text(pattern.sub(lambda _: f"{README_START}\n{table}\n{README_END}", text))

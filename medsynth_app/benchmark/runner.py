@@ -1,0 +1,155 @@
+"""Train and score every benchmark entry on every fold of every task; one JSON file per (task, model, fold).
+
+Layout of the output folder:
+
+    runs/<task>/<model>/fold<k>.json      per-subject metrics, training summary and seconds of that fold
+    runs/<task>/<model>/timing.json       end-to-end seconds per volume (median of N) and peak memory
+    slices/<task>/<model>/<subject>.npz   one axial slice of inputs, acquired target, prediction and mask (figures)
+    checkpoints/<task>/<model>/fold<k>.pt the fold's weights (timing uses fold 1's)
+    partial/...                           partial-training files of the deep families while a fold trains
+
+A file that exists is a step already done: running the same command again resumes where it stopped (an
+interrupted deep-family fold continues from its partial-training file).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import pipeline
+from ..atomic import atomic_write
+from ..checkpoint import save_checkpoint
+from ..folds import Folds
+from ..models import TrainSettings
+from ..preprocessing import PreparedSubject
+from ..studies import Study
+from .machine import describe_device
+from .plan import Entry, Task
+from .timing import measure_in_subprocess
+
+logger = logging.getLogger(__name__)
+
+
+def write_json(path: Path, data) -> None:
+    text = json.dumps(data, indent=1, default=float)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def figure_subjects(studies: list[Study], folds: Folds, task: Task) -> dict[str, str]:
+    """cohort -> the first test subject of that cohort, in fold order, holding the task's contrasts."""
+    have = {s.id for s in studies if s.has(task.contrasts)}
+    chosen: dict[str, str] = {}
+    for fold in folds.folds:
+        for sid in folds.test_ids(fold):
+            if sid in have:
+                chosen.setdefault(folds.cohort(sid), sid)
+    return chosen
+
+
+def timing_subject(studies: list[Study], folds: Folds, task: Task) -> Study | None:
+    """The largest fold-1 test volume holding the task's contrasts (240x240x155 on the shared data)."""
+    _, test = folds.split([s for s in studies if s.has(task.contrasts)], next(iter(folds.folds)))
+    return max(test, key=lambda s: int(np.prod(s.describe()["shape"])), default=None)
+
+
+def figure_slice(subject: PreparedSubject) -> int:
+    """The axial slice with the most lesion voxels when there is a lesion mask, else the brain's middle slice."""
+    if subject.lesion is not None and (subject.lesion & subject.mask).any():
+        return int(np.argmax((subject.lesion & subject.mask).sum(axis=(0, 1))))
+    slices = np.flatnonzero(subject.mask.any(axis=(0, 1)))
+    return int(slices[len(slices) // 2])
+
+
+def save_slices(path: Path, subject: PreparedSubject, prediction: np.ndarray, task: Task) -> None:
+    k = figure_slice(subject)
+    arrays = {f"input_{c}": subject.images[c][:, :, k] for c in task.inputs}
+    arrays.update(target=subject.images[task.target][:, :, k], prediction=prediction[:, :, k],
+                  mask=subject.mask[:, :, k])
+    if subject.lesion is not None:
+        arrays["lesion"] = subject.lesion[:, :, k]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
+
+
+class Benchmark:
+    def __init__(self, studies: list[Study], folds: Folds, out: Path, device: str = "auto", progress: bool = True,
+                 timing_repeats: int = 5):
+        self.studies, self.folds, self.out = studies, folds, Path(out)
+        self.device, self.progress, self.timing_repeats = device, progress, timing_repeats
+
+    def _path(self, kind: str, task: Task, entry: Entry, name: str) -> Path:
+        return self.out / kind / task.slug / entry.slug / name
+
+    def run(self, tasks: list[Task], entries: list[Entry]) -> None:
+        for task in tasks:
+            usable = [s for s in self.studies if s.has(task.contrasts)]
+            if not usable:
+                logger.warning("no study holds %s; task %s skipped", "+".join(task.contrasts), task.name)
+                continue
+            for entry in entries:
+                for fold in self.folds.folds:
+                    self.run_fold(task, entry, fold)
+                if self.timing_repeats > 0:
+                    self.run_timing(task, entry)
+
+    def run_fold(self, task: Task, entry: Entry, fold: str) -> dict:
+        result_path = self._path("runs", task, entry, f"fold{fold}.json")
+        if result_path.exists():
+            return json.loads(result_path.read_text())
+        train, test = self.folds.split([s for s in self.studies if s.has(task.contrasts)], fold)
+        validation = [train.pop(len(train) // 2)] if entry.validation and len(train) > 1 else []
+        self._say(f"{task.name} {entry.name} fold {fold}: training on {len(train)} studies"
+                  f"{f' (+1 validation: {validation[0].id})' if validation else ''}, testing on {len(test)}")
+        partial = self._path("partial", task, entry, f"fold{fold}.pt")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        settings = TrainSettings(epochs=entry.epochs, device=self.device, progress=self.progress,
+                                 resume_from=str(partial) if partial.exists() else None,
+                                 extra={"partial_path": str(partial)})
+        started = time.time()
+        checkpoint = pipeline.train(entry.family, task.inputs, [task.target], train, validation,
+                                    hparams=entry.hparams, settings=settings)
+        train_seconds = time.time() - started
+        save_checkpoint(checkpoint, self._path("checkpoints", task, entry, f"fold{fold}.pt"))
+        partial.unlink(missing_ok=True)
+        figures = set(figure_subjects(self.studies, self.folds, task).values())
+
+        def keep_slices(subject: PreparedSubject, prediction: np.ndarray) -> None:
+            if subject.id in figures:
+                save_slices(self._path("slices", task, entry, subject.id.replace("/", "__") + ".npz"),
+                            subject, prediction, task)
+
+        rows = pipeline.evaluate(checkpoint, test, task.target, task.inputs, progress=self.progress,
+                                 on_prediction=keep_slices)
+        for row in rows:
+            row["cohort"] = self.folds.cohort(row["id"])
+        result = {"task": task.name, "model": entry.name, "family": entry.family, "fold": fold,
+                  "epochs": entry.epochs, "hparams": entry.hparams, "train_subjects": [s.id for s in train],
+                  "validation_subjects": [s.id for s in validation], "train_seconds": round(train_seconds, 1),
+                  "training": checkpoint.training, "subjects": rows, "device": describe_device(self.device),
+                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        write_json(result_path, result)
+        return result
+
+    def run_timing(self, task: Task, entry: Entry) -> dict | None:
+        path = self._path("runs", task, entry, "timing.json")
+        if path.exists():
+            return json.loads(path.read_text())
+        study = timing_subject(self.studies, self.folds, task)
+        weights = self._path("checkpoints", task, entry, f"fold{next(iter(self.folds.folds))}.pt")
+        if study is None or not weights.exists():
+            return None
+        self._say(f"{task.name} {entry.name}: timing {self.timing_repeats} syntheses of {study.id}")
+        result = measure_in_subprocess(weights, {c: study.images[c] for c in task.inputs}, task.target,
+                                       self.timing_repeats, self.device, self.out / "timing_scratch")
+        result.update(study=study.id, shape=study.describe()["shape"], device=describe_device(self.device))
+        write_json(path, result)
+        return result
+
+    def _say(self, text: str) -> None:
+        if self.progress:
+            print(text, file=sys.stderr, flush=True)

@@ -1,0 +1,106 @@
+"""`medsynth benchmark` on crops of three real MS subjects: per-fold result files, resume, report, figures, README."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medsynth_app.benchmark.plan import Plan, Task
+from medsynth_app.cli import main
+from medsynth_app.metrics import paired_ttest
+
+MODELS = [
+    {"name": "linear", "family": "linear"},
+    {"name": "replica", "family": "replica", "hparams": {"n_estimators": 4, "max_samples": 6000}},
+    {"name": "VDN+SC", "family": "vdn", "epochs": 2, "hparams": {"shrink": True, "voxels_per_subject": 3000,
+                                                               "retrain_epochs": 1, "shrink_samples": 2000}},
+    {"name": "CDN", "family": "cdn", "epochs": 2, "hparams": {"voxels_per_subject": 3000}},
+    {"name": "LSDN-1", "family": "lsdn", "epochs": 2, "hparams": {"shrink": False, "voxels_per_subject": 3000}},
+]
+
+
+@pytest.fixture(scope="module")
+def bench(mni_crops, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    plan = root / "plan.json"
+    plan.write_text(json.dumps({"tasks": {"primary": ["T1->T2"], "secondary": ["T2->T1"]},
+                                "baselines": ["linear", "replica"], "models": MODELS}))
+    folds = root / "folds.json"
+    folds.write_text(json.dumps({"cohorts": {"MS": ["patient"]},
+                                 "folds": {"1": ["patient07"], "2": ["patient19"], "3": ["patient26"]}}))
+    readme = root / "README.md"
+    readme.write_text("# x\n<!-- benchmark-table:start -->\nOLD-TABLE\n<!-- benchmark-table:end -->\ntail\n")
+    args = ["benchmark", "--studies", str(mni_crops), "--out", str(root / "out"), "--plan", str(plan), "--folds",
+            str(folds), "--timing-repeats", "1", "--report", str(root / "docs" / "benchmarks.md"), "--readme",
+            str(readme), "--quiet"]
+    assert main(args) == 0
+    return root, args
+
+
+def test_plan_parses_tasks_and_rejects_unknown_families(tmp_path):
+    assert Task.parse("t1 + T2 -> flair") == Task(("T1", "T2"), "FLAIR")
+    with pytest.raises(ValueError, match="INPUT"):
+        Task.parse("T1 T2")
+    bad = tmp_path / "plan.json"
+    bad.write_text(json.dumps({"tasks": {"primary": ["T1->T2"]}, "models": [{"name": "x", "family": "nope"}]}))
+    with pytest.raises(ValueError, match="unknown model family nope"):
+        Plan.load(bad)
+    default = Plan.load()
+    assert [t.name for t in default.tasks()] == ["T1+T2->FLAIR", "T1->T2"]
+    assert {"linear", "replica", "mp", "vdn", "cdn", "lsdn", "synnet", "multimodal", "cae3d"} == \
+        {e.family for e in default.entries}
+
+
+def test_every_fold_of_every_model_is_a_result_file_scored_on_its_held_out_subject(bench):
+    root, _ = bench
+    for model in ("linear", "replica", "VDN_SC", "CDN", "LSDN-1"):
+        for fold, subject in (("1", "patient07"), ("2", "patient19"), ("3", "patient26")):
+            result = json.loads((root / "out" / "runs" / "T1_to_T2" / model / f"fold{fold}.json").read_text())
+            assert [r["id"] for r in result["subjects"]] == [subject]
+            assert subject not in result["train_subjects"] and len(result["train_subjects"]) == 2
+            row = result["subjects"][0]
+            assert 5 < row["psnr"] < 40 and 0 < row["ssim"] < 1 and row["cohort"] == "MS"
+            assert "lesion_psnr" in row  # the crops keep the consensus lesion mask
+        timing = json.loads((root / "out" / "runs" / "T1_to_T2" / model / "timing.json").read_text())
+        assert timing["repeats"] == 1 and timing["median_seconds"] > 0 and timing["peak_memory_mb"] > 100
+        assert len(list((root / "out" / "slices" / "T1_to_T2" / model).glob("*.npz"))) == 1  # one per cohort
+
+
+def test_report_numbers_are_the_means_of_the_result_files(bench):
+    root, _ = bench
+    summary = json.loads((root / "out" / "summary.json").read_text())
+    task = summary["tasks"]["T1->T2"]
+    runs = root / "out" / "runs" / "T1_to_T2"
+    for name, slug in (("linear", "linear"), ("LSDN-1", "LSDN-1")):
+        psnr = [json.loads((runs / slug / f"fold{f}.json").read_text())["subjects"][0]["psnr"] for f in "123"]
+        assert task["models"][name]["summary"]["pooled"]["psnr"]["mean"] == pytest.approx(np.mean(psnr))
+        assert task["models"][name]["summary"]["pooled"]["psnr"]["sd"] == pytest.approx(np.std(psnr, ddof=1))
+    best = task["best_baseline"]
+    assert best in ("linear", "replica")
+    assert task["models"][best]["summary"]["pooled"]["psnr"]["mean"] == max(
+        task["models"][b]["summary"]["pooled"]["psnr"]["mean"] for b in ("linear", "replica"))
+    report = (root / "docs" / "benchmarks.md").read_text()
+    lsdn = [line for line in report.splitlines() if line.startswith("| LSDN-1 |")][0]
+    psnr = [json.loads((runs / "LSDN-1" / f"fold{f}.json").read_text())["subjects"][0]["psnr"] for f in "123"]
+    other = [json.loads((runs / best / f"fold{f}.json").read_text())["subjects"][0]["psnr"] for f in "123"]
+    test = paired_ttest(psnr, other)
+    assert f"{np.mean(psnr):.2f} ± {np.std(psnr, ddof=1):.2f}" in lsdn
+    assert f"{test['mean_difference']:+.2f}" in lsdn and f"p={test['p']:.2g}" in lsdn
+    assert "ShrinkConnect" in report and "| VDN+SC |" in report
+    assert "LSDN > CDN > VDN" in report
+    for figure in ("T1_to_T2_montage.png", "T1_to_T2_boxplots.png"):
+        path = root / "docs" / "figures" / "benchmark" / figure
+        assert path.stat().st_size > 10_000 and f"figures/benchmark/{figure}" in report
+    readme = (root / "README.md").read_text()
+    assert "OLD-TABLE" not in readme and readme.endswith("tail\n")
+    assert f"{task['models']['LSDN-1']['summary']['pooled']['psnr']['mean']:.2f}" in readme
+
+
+def test_a_second_run_resumes_without_retraining(bench, capsys):
+    root, args = bench
+    files = sorted((root / "out" / "runs").rglob("*.json"))
+    stamps = [p.stat().st_mtime_ns for p in files]
+    assert main(args) == 0
+    assert [p.stat().st_mtime_ns for p in files] == stamps
+    assert "LSDN-1" in capsys.readouterr().out
