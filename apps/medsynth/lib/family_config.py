@@ -108,7 +108,8 @@ class SynthesisTaskConfig(TaskConfig):
             return changed
 
     def infer(self) -> Dict[str, InferTask]:
-        """The family's infer task, also without a checkpoint (it answers 404 until a training writes one)."""
+        """The family's infer task, also without a checkpoint: MONAI Label leaves it out of /info until a training
+        writes one (it has no valid path), and the task answers 404 meanwhile."""
         if not self.checkpoints:
             logger.warning("no installed %s checkpoint yet; /infer/%s answers 404 until one is trained",
                            self.family, self.name)
@@ -147,3 +148,9 @@ class _ReloadingInferTask(SynthesisInferTask):
     def info(self):
         self._owner.refresh()
         return super().info()
+
+    def is_valid(self) -> bool:
+        # MONAI Label lists (and serves) only valid tasks and asks before info(): a family whose first checkpoint
+        # was just trained must be re-read here to appear without a restart.
+        self._owner.refresh()
+        return bool(self.checkpoints)
