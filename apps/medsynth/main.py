@@ -16,6 +16,7 @@ import logging
 import os
 import pkgutil
 import sys
+import tempfile
 from typing import Dict
 
 # The library lives two folders up when the app runs from the repository; make it importable without PYTHONPATH.
@@ -112,6 +113,7 @@ class MyApp(MONAILabelApp):
         save = str(request.get("save", False)).lower() in ("true", "1", "yes")
         image_id = request.get("image")
         datastore = datastore or self.datastore()
+        self._check_image_source(image_id, datastore)
         if save and (not isinstance(image_id, str) or os.path.exists(image_id)):
             raise HTTPException(422, "save: true needs an image of the datastore; a session's result is not stored")
         result = super().infer(dict(request, save_label=False), datastore)
@@ -120,3 +122,21 @@ class MyApp(MONAILabelApp):
             datastore.save_label(image_id, result["file"], tag, {"synthetic": True, "params": result["params"]})
             result["params"]["saved"] = f"labels/{tag}/{os.path.basename(datastore.get_label_uri(image_id, tag))}"
         return result
+
+    def _check_image_source(self, image, datastore) -> None:
+        """Only a datastore image id, a session folder (PUT /session/) or a file uploaded with the request: MONAI
+        Label also takes server paths as image ids and lets params override ``image``, which would let a client
+        read any file of the server."""
+        if not isinstance(image, str) or not image:
+            raise HTTPException(422, "no image: give a datastore image id, a session_id or an uploaded file")
+        if not os.path.isabs(image) and datastore.get_image_uri(image):
+            return
+        real = os.path.realpath(image)
+        sessions = self.sessions()
+        roots = [sessions.store_path] if sessions is not None else []
+        if any(os.path.commonpath([real, os.path.realpath(r)]) == os.path.realpath(r) for r in roots):
+            return
+        # a file uploaded with the request, which MONAI Label keeps as tempfile.NamedTemporaryFile in the temp dir
+        if os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()) and os.path.basename(real).startswith("tmp"):
+            return
+        raise HTTPException(404, f"image {image!r} is not an image of the datastore, a session or an uploaded file")

@@ -10,6 +10,8 @@ shipped ``apps/medsynth/model`` (the same folder when the app runs from the repo
 The served set is re-read whenever a checkpoint file appears, disappears or changes (modification time, size or
 inode; ``save_checkpoint`` renames a new file over the old one): a trainer running in MONAI Label's training
 subprocess writes its checkpoint, and the next infer request or ``/info`` of the server serves it, without restart.
+A file that was served and is then replaced by one that does not load (damaged, truncated) is logged as an error and
+the weights loaded from it before keep being served.
 """
 from __future__ import annotations
 
@@ -90,8 +92,9 @@ class SynthesisTaskConfig(TaskConfig):
                         try:
                             ckpt = load_checkpoint(path)
                         except CheckpointError as err:
-                            logger.warning("skipping %s", err)
-                            ckpt = None
+                            # A damaged file over a checkpoint already served: keep serving what was loaded.
+                            ckpt = cached[1] if cached is not None else None
+                            logger.error("%s%s", err, "; keeping the weights loaded before" if ckpt else "; skipped")
                     cache[key] = (signature, ckpt)
                     if ckpt is not None and ckpt.family == self.family and path.name not in names:
                         names.add(path.name)

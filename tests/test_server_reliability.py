@@ -1,0 +1,125 @@
+"""Reliability of a real MedSynth server: concurrent identical requests, memory over many requests, inference while
+a training runs, a corrupt checkpoint, path traversal in ids. Runs on a copy of the app (its model/ folder is
+damaged on purpose) and a flat datastore of real crops.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED
+from server_fixture import APP, running_server, write_crops
+
+pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
+requests = pytest.importorskip("requests")
+pytest.importorskip("monailabel")
+
+CONCURRENT, SEQUENTIAL = 16, 50
+
+
+@pytest.fixture(scope="module")
+def datastore(tmp_path_factory) -> Path:
+    root = write_crops(SHARED, tmp_path_factory.mktemp("datastore"))
+    write_crops(SHARED, root, prefix="sub02_")
+    return root
+
+
+@pytest.fixture(scope="module")
+def app_copy(tmp_path_factory) -> Path:
+    app = tmp_path_factory.mktemp("app") / "medsynth"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__", "logs", "train_stats_*.json"))
+    return app
+
+
+@pytest.fixture(scope="module")
+def server(datastore, app_copy, tmp_path_factory):
+    with running_server(datastore, tmp_path_factory.mktemp("server"), conf_models="linear", app=app_copy) as url:
+        yield url
+
+
+def infer(url: str, image: str = "sub01_T1", timeout: float = 300) -> requests.Response:
+    return requests.post(f"{url}/infer/linear", params={"image": image, "output": "image"},
+                         files={"params": (None, json.dumps({"target": "FLAIR"}))}, timeout=timeout)
+
+
+def server_rss_mb(url: str) -> float:
+    """Resident memory of the process listening on the server's port (the uvicorn worker)."""
+    import psutil
+
+    port = int(url.rsplit(":", 1)[1])
+    for conn in psutil.net_connections("tcp"):
+        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+            return psutil.Process(conn.pid).memory_info().rss / 2**20
+    raise RuntimeError(f"no process listens on port {port}")
+
+
+def test_concurrent_identical_requests_all_succeed_with_identical_outputs(server):
+    with ThreadPoolExecutor(CONCURRENT) as pool:
+        responses = list(pool.map(lambda _: infer(server, timeout=600), range(CONCURRENT)))
+    assert [r.status_code for r in responses] == [200] * CONCURRENT
+    digests = {hashlib.sha256(gzip.decompress(r.content)).hexdigest() for r in responses}
+    assert len(digests) == 1  # byte-identical NIfTI files (the gzip wrapper names the temporary file)
+
+
+def test_memory_does_not_grow_over_sequential_requests(server):
+    for _ in range(5):  # warm-up: caches, allocator pools
+        assert infer(server).status_code == 200
+    before = server_rss_mb(server)
+    for _ in range(SEQUENTIAL):
+        assert infer(server).status_code == 200
+    growth = server_rss_mb(server) - before
+    print(f"server RSS {before:.0f} MB -> +{growth:.1f} MB over {SEQUENTIAL} requests")
+    assert growth < 50, growth
+
+
+def test_inference_keeps_working_while_training_runs(server):
+    task = requests.post(f"{server}/train/linear", json={"target": "FLAIR", "inputs": ["T1", "T2"]}, timeout=60)
+    assert task.status_code == 200, task.text
+    try:
+        assert infer(server).status_code == 200
+        assert requests.get(f"{server}/info/", timeout=60).status_code == 200
+    finally:
+        deadline = time.time() + 120
+        while (requests.get(f"{server}/train/", timeout=30).json() or {}).get("status") in ("SUBMITTED", "RUNNING"):
+            assert time.time() < deadline
+            time.sleep(0.5)
+
+
+def test_a_corrupt_checkpoint_keeps_the_previous_weights_served(server, app_copy):
+    before = gzip.decompress(infer(server).content)
+    path = app_copy / "model" / "linear_T1+T2_to_FLAIR.pt"
+    path.write_bytes(b"not a checkpoint" * 100)
+    response = infer(server)
+    assert response.status_code == 200 and gzip.decompress(response.content) == before
+    info = requests.get(f"{server}/info/", timeout=60).json()
+    assert "FLAIR" in info["models"]["linear"]["targets"]
+
+
+@pytest.mark.parametrize("image", ["../sub01_T1", "..%2F..%2Fetc%2Fpasswd", "/etc/passwd", "sub01_T1/../../x"])
+def test_path_traversal_in_image_ids_is_refused(server, image):
+    response = infer(server, image)
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:200])
+
+
+def test_server_files_outside_the_datastore_are_not_images(server):
+    outside = str(SHARED / "open_ms_data" / "mni" / "patient07" / "T1.nii.gz")
+    response = infer(server, outside)
+    assert response.status_code == 404 and "not an image of the datastore" in response.json()["detail"]
+    # params are merged into the request after the query: they must not smuggle a path in either
+    response = requests.post(f"{server}/infer/linear", params={"image": "sub01_T1", "output": "json"},
+                             files={"params": (None, json.dumps({"target": "FLAIR", "image": outside}))}, timeout=300)
+    assert response.status_code == 404
+
+
+def test_path_traversal_in_explicit_inputs_is_refused(server):
+    params = {"target": "FLAIR", "inputs": {"T2": "../../../../etc/passwd"}}
+    response = requests.post(f"{server}/infer/linear", params={"image": "sub01_T1", "output": "json"},
+                             files={"params": (None, json.dumps(params))}, timeout=300)
+    assert response.status_code == 404 and "no image" in response.json()["detail"]
