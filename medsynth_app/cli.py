@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from . import __version__
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .contrasts import canonical_contrast
 from .folds import Folds
-from .imageio import ImageError, read_image, write_image
+from .imageio import ImageError, is_dicom_folder, read_image, write_image
 from .metrics import summarise
 from .models import TrainSettings, families
 from .studies import StudyError, find_studies
@@ -103,6 +104,8 @@ def cmd_synthesize(args) -> int:
         pairs.append((canonical_contrast(name), path))
     inputs = [c for c, _ in pairs]
     target = canonical_contrast(args.target) if args.target else None
+    if args.dicom_reference and not args.out.endswith(("/", os.sep)):
+        raise ValueError("--dicom-reference needs a DICOM output: give --out a folder path ending with /")
     if args.weights:
         path, checkpoint = Path(args.weights), load_checkpoint(args.weights)
     else:
@@ -118,7 +121,9 @@ def cmd_synthesize(args) -> int:
         intensity=args.intensity,
     )
     used = checkpoint.build().usable_inputs(inputs)
-    write_image(image, args.out, pipeline.provenance_for(checkpoint, used, target))
+    dicom_reference = args.dicom_reference or next((p for _, p in pairs if is_dicom_folder(Path(p))), None)
+    write_image(image, args.out, pipeline.provenance_for(checkpoint, used, target),
+                dicom_reference=Path(dicom_reference) if dicom_reference else None)
     print(f"wrote {args.out} (SYNTHETIC {target} by {checkpoint.family} from {'+'.join(used)}, "
           f"weights {path}, {time.time() - started:.1f} s)")
     return 0
@@ -267,7 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target")
     p.add_argument("--brain-mask")
     p.add_argument("--intensity", default="scaled", choices=("scaled", "normalised"))
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output file (.nii.gz, .nii, .nrrd), or a folder path ending with / "
+                                                "to write a DICOM series there")
+    p.add_argument("--dicom-reference", metavar="DIR",
+                   help="DICOM series folder whose patient and study a DICOM output joins (default: the first "
+                        "input that is a DICOM series folder; without one, a new study of a placeholder patient)")
     p.set_defaults(func=cmd_synthesize)
 
     p = sub.add_parser("evaluate", help="score a model on studies with the EVALUATION.md metrics")

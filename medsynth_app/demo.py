@@ -1,83 +1,171 @@
-"""`medsynth demo`: synthesise FLAIR from T1+T2 for one study end to end and show it.
+"""`medsynth demo`: FLAIR from T1+T2 for one study through a local MONAI Label server and the Slicer module's client.
 
-Uses the studies under $MEDSYNTH_DATA when set, else builds the simulated demo cohort. Writes the synthetic NIfTI,
-a PNG montage (inputs, acquired FLAIR, synthetic FLAIR, absolute error) and the metrics against the acquired FLAIR.
+Uses the first suitable study under $MEDSYNTH_DATA when set, else builds the simulated demo cohort; lays it out as a
+flat datastore, starts apps/medsynth on 127.0.0.1 with the shipped weights, uploads T1+T2 as a session and infers as
+the Slicer module does, then writes the synthetic NIfTI, a PNG montage and the metrics against the acquired FLAIR.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
-
-from . import pipeline, weights  # noqa: E402
-from .imageio import read_image, write_image  # noqa: E402
-from .simulation import simulate_cohort  # noqa: E402
-from .studies import find_studies  # noqa: E402
+from . import serving
+from .comparison import montage, prepare_comparison, score
+from .imageio import read_image
+from .simulation import simulate_cohort
+from .slicer_lib import import_medsynth_lib
+from .studies import Study, find_studies
 
 INPUTS, TARGET = ("T1", "T2"), "FLAIR"
+PREFERRED_MODELS = ("lsdn", "replica", "linear")  # best first; the first one the server offers for T1+T2->FLAIR
+SINGLE_FILE = (".nii.gz", ".nii", ".nrrd", ".mha")  # formats a session upload and the flat datastore take
 
 
-def demo_studies(out: Path):
-    root = os.environ.get("MEDSYNTH_DATA")
-    if root:
-        return find_studies(root)
-    cohort = out / "demo_studies"
-    if not (cohort / "README.txt").exists():
-        print(f"building the simulated demo cohort in {cohort} ...", flush=True)
-        simulate_cohort(cohort, n_subjects=1, seed=2026)
-    return find_studies(cohort)
+class DemoError(ValueError):
+    """The demo cannot run; the command line prints the one-line message."""
 
 
-def montage(images: dict[str, np.ndarray], error: np.ndarray, path: Path, title: str) -> Path:
-    """Middle axial slice of each image in one row, plus the absolute error on its own colour scale."""
-    k = images[TARGET].shape[2] // 2
-    panels = [*images.items(), ("|error|", error)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.4))
-    for ax, (name, volume) in zip(axes, panels):
-        data = np.rot90(volume[:, :, k])
-        vmax = np.percentile(volume[volume > 0], 99.5) if (volume > 0).any() else 1
-        ax.imshow(data, cmap="magma" if name == "|error|" else "gray", vmin=0, vmax=vmax)
-        ax.set_title(name, fontsize=9)
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def run_demo(out: Path) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    studies = [s for s in demo_studies(out) if s.has([*INPUTS, TARGET])]
-    if not studies:
-        raise ValueError("no demo study with T1, T2 and FLAIR")
-    study = studies[0]
-    path, checkpoint = weights.find("linear", TARGET, INPUTS)
-    print(f"study {study.id}: synthesising {TARGET} from {'+'.join(INPUTS)} with {path.name}", flush=True)
+@contextlib.contextmanager
+def step(name: str, seconds: dict[str, float]) -> Iterator[None]:
+    """Print the step's start and its elapsed time; record the time in ``seconds``."""
+    print(f"[{len(seconds) + 1}] {name}...", flush=True)
     started = time.time()
-    images = {c: read_image(study.images[c]) for c in INPUTS}
-    brain = read_image(study.brain_mask) if study.brain_mask else None
-    synthetic = pipeline.synthesize(checkpoint, images, TARGET, brain_mask=brain)
-    seconds = time.time() - started
-    nifti = write_image(synthetic, out / f"{study.id.replace('/', '_')}_FLAIR_synthetic.nii.gz",
-                        pipeline.provenance_for(checkpoint, INPUTS, TARGET))
-    rows = pipeline.evaluate(checkpoint, [study], TARGET, INPUTS, progress=False)
-    metrics = {k: round(v, 4) for k, v in rows[0].items() if isinstance(v, float)}
-    to_xyz = lambda img: sitk.GetArrayFromImage(img).transpose(2, 1, 0)  # noqa: E731
-    acquired = to_xyz(read_image(study.images[TARGET]))
-    shown = {c: to_xyz(images[c]) for c in INPUTS} | {TARGET: acquired, f"{TARGET} synthetic": to_xyz(synthetic)}
-    scale = np.percentile(acquired[acquired > 0], 99) / np.percentile(shown[f"{TARGET} synthetic"][acquired > 0], 99)
-    figure = montage(shown, np.abs(acquired - shown[f"{TARGET} synthetic"] * scale), out / "demo_montage.png",
-                     f"{study.id}: PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} (normalised, in brain)")
-    report = {"study": study.id, "weights": str(path), "synthetic": str(nifti), "montage": str(figure),
-              "metrics": metrics, "seconds": round(seconds, 2)}
-    (out / "demo_metrics.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    yield
+    seconds[name] = round(time.time() - started, 1)
+    print(f"    done in {seconds[name]:.1f} s", flush=True)
+
+
+def _extension(path: Path) -> str | None:
+    return next((ext for ext in SINGLE_FILE if path.name.lower().endswith(ext)), None)
+
+
+def demo_study(out: Path) -> Study:
+    """The first study with T1, T2 and FLAIR as single files: under $MEDSYNTH_DATA, else the simulated cohort."""
+    root = os.environ.get("MEDSYNTH_DATA")
+    if not root:
+        root = out / "demo_studies"
+        if not (root / "README.txt").exists():
+            print(f"    building the simulated demo cohort in {root}", flush=True)
+            simulate_cohort(root, n_subjects=1, seed=2026)
+    for study in find_studies(root):
+        files = [study.images.get(c) for c in (*INPUTS, TARGET)]
+        if all(f is not None and f.is_file() and _extension(f) for f in files):
+            return study
+    raise DemoError(f"no study under {root} has T1, T2 and FLAIR as single files ({', '.join(SINGLE_FILE)})")
+
+
+def build_datastore(study: Study, folder: Path) -> dict[str, Path]:
+    """A fresh flat datastore of symbolic links to the study's files (<study>_T1.nii.gz, ...; the originals are never
+    touched); returns contrast -> link."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    prefix = study.id.replace("/", "_")
+    sources = {c: study.images[c] for c in (*INPUTS, TARGET)}
+    sources |= {name: path for name, path in (("brainmask", study.brain_mask), ("lesion", study.lesion_mask))
+                if path is not None and _extension(path)}
+    links = {}
+    for name, source in sources.items():
+        links[name] = folder / f"{prefix}_{name}{_extension(source)}"
+        links[name].symlink_to(source.resolve())
+    return links
+
+
+def choose_model(choices: dict[str, Any]) -> Any:
+    """The first of PREFERRED_MODELS whose served checkpoints synthesise FLAIR from T1+T2 (``MedSynthLib.logic``
+    ModelChoice objects from the server's /info)."""
+    import_medsynth_lib()
+    from MedSynthLib.logic import choose_inputs
+
+    for name in PREFERRED_MODELS:
+        choice = choices.get(name)
+        if choice is None or TARGET not in choice.targets:
+            continue
+        try:
+            if choose_inputs(choice, TARGET, INPUTS) == list(INPUTS):
+                return choice
+        except ValueError:
+            continue
+    raise DemoError(f"the server offers none of {', '.join(PREFERRED_MODELS)} for {'+'.join(INPUTS)}->{TARGET}; "
+                    f"it serves: {', '.join(choices) or 'no synthesis model'}")
+
+
+def synthesise_on_server(url: str, files: dict[str, Path], folder: Path) -> Any:
+    """Upload the inputs as one session and infer with the Slicer module's own client and workflow; returns the
+    finished ``SynthesisJob`` (result_path in ``folder``, the server's params)."""
+    import_medsynth_lib()
+    from MedSynthLib.client import MedSynthClient, MedSynthError
+    from MedSynthLib.logic import model_choices
+    from MedSynthLib.workflow import SynthesisJob, SynthesisWorkflow
+
+    client = MedSynthClient(url)
+    try:
+        model = choose_model(model_choices(client.synthesis_models()))
+        print(f"    model {model.name} (preferred: {', '.join(PREFERRED_MODELS)})", flush=True)
+        job = SynthesisJob(model.name, TARGET, list(INPUTS), node_ids={}, transform_id=None, folder=folder,
+                           node_names={c: files[c].name for c in INPUTS}, files={c: str(files[c]) for c in INPUTS})
+        return SynthesisWorkflow(None, client).run(job, lambda fraction, message: print(f"    {message}", flush=True))
+    except MedSynthError as err:
+        raise DemoError(f"synthesis on {url} failed: {err}") from None
+    finally:
+        client.close()
+
+
+def write_outputs(study: Study, job: Any, out: Path) -> dict[str, Any]:
+    """The synthetic NIfTI (the server's file, renamed), the montage and the metrics; returns the report."""
+    nifti = Path(job.result_path).replace(out / f"{study.id.replace('/', '_')}_{TARGET}_synthetic.nii.gz")
+    subject = prepare_comparison(study, read_image(nifti), TARGET, INPUTS)
+    metrics = {k: round(v, 4) for k, v in score(subject, TARGET).items()}
+    figure = montage(subject, TARGET, INPUTS, out / "demo_montage.png",
+                     f"{study.id}: {job.model} on the server, PSNR {metrics['psnr']:.2f} dB, SSIM "
+                     f"{metrics['ssim']:.3f} (normalised, in brain)")
+    return {"study": study.id, "model": job.model, "checkpoint": job.params.get("checkpoint"),
+            "inputs": job.params.get("inputs"), "synthetic": str(nifti), "montage": str(figure), "metrics": metrics}
+
+
+def serve_and_synthesise(out: Path, files: dict[str, Path], seconds: dict[str, float]) -> tuple[str, Any]:
+    """Start the server on 127.0.0.1 over ``out``/datastore, synthesise through it, stop it; (its URL, the job)."""
+    with contextlib.ExitStack() as server:
+        with step("starting the MONAI Label server with the shipped weights", seconds):
+            url = server.enter_context(serving.running_server(
+                out / "datastore", out / "server", conf_models=",".join(PREFERRED_MODELS), host="127.0.0.1",
+                progress=lambda message: print(f"    {message}", flush=True)))
+        with step(f"synthesising {TARGET} from {'+'.join(INPUTS)} with the Slicer module's client", seconds):
+            job = synthesise_on_server(url, files, out)
+        with step("stopping the server", seconds):
+            server.close()
+    return url, job
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    metrics, seconds = report["metrics"], report["seconds"]
+    print(f"\n{report['study']}: PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} with {report['model']} "
+          f"({sum(seconds.values()):.0f} s in all)")
+    for name in ("synthetic", "montage", "metrics_file", "datastore", "server_log"):
+        print(f"  {name.replace('_', ' '):13s} {report[name]}", flush=True)
+
+
+def run_demo(out: Path) -> dict[str, Any]:
+    if serving.launcher() is None:
+        raise DemoError("the `monailabel` launcher is not installed beside this Python or on PATH "
+                        "(install MedSynth with `make install` or `pip install -e .`)")
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    with step("building or finding the demo study", seconds):
+        study = demo_study(out)
+        print(f"    study {study.id}", flush=True)
+    with step("laying out the datastore", seconds):
+        files = build_datastore(study, out / "datastore")
+    url, job = serve_and_synthesise(out, files, seconds)
+    with step("scoring and drawing the montage", seconds):
+        report = write_outputs(study, job, out)
+    report |= {"metrics_file": str(out / "demo_metrics.json"), "server": url, "datastore": str(out / "datastore"),
+               "server_log": str(out / "server" / "server.log"), "seconds": seconds}
+    Path(report["metrics_file"]).write_text(json.dumps(report, indent=2))
+    print_summary(report)
     return report

@@ -1,10 +1,12 @@
 """Reading and writing volumes: NIfTI, NRRD, MHA/MHD and DICOM series folders, through SimpleITK.
 
 Every reader error names the file and the problem. Writers are atomic (temporary file, fsync, rename), mark the
-image as synthetic in its header and refuse to replace a file that is not itself a synthetic image.
+image as synthetic in its header and refuse to replace a file that is not itself a synthetic image. An output path
+ending with "/" is written as a DICOM series folder (``dicom_output``).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,11 +155,18 @@ def is_synthetic_file(path: Path) -> bool:
     return False
 
 
-def write_image(image: sitk.Image, path: str | Path, provenance: Provenance) -> Path:
-    """Atomically write a synthetic float32 volume as NIfTI or NRRD, marked synthetic in its header."""
+def write_image(image: sitk.Image, path: str | Path, provenance: Provenance,
+                dicom_reference: Path | sitk.Image | None = None) -> Path:
+    """Atomically write a synthetic float32 volume as NIfTI or NRRD, marked synthetic in its header; a ``path``
+    ending with "/" is written as a DICOM series in the patient and study of ``dicom_reference`` (if given)."""
+    if str(path).endswith(("/", os.sep)):
+        from .dicom_output import write_dicom_series  # imports this module
+
+        return write_dicom_series(image, Path(path), provenance, dicom_reference)
     path = Path(path)
     if not path.name.lower().endswith(WRITE_EXTENSIONS):
-        raise ImageError(f"{path}: output must end with one of {', '.join(WRITE_EXTENSIONS)}")
+        raise ImageError(f"{path}: output must end with one of {', '.join(WRITE_EXTENSIONS)}, "
+                         "or with / for a DICOM series folder")
     if path.exists() and not is_synthetic_file(path):
         raise ImageError(f"{path}: exists and is not a synthetic image; refusing to overwrite it")
     image = sitk.Cast(image, sitk.sitkFloat32)

@@ -1,0 +1,116 @@
+"""`medsynth demo` end to end: simulated study, real MONAI Label server on 127.0.0.1, the Slicer module's client."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+
+from medsynth_app import demo, serving
+from medsynth_app.cli import main
+from medsynth_app.imageio import is_synthetic_file
+from medsynth_app.slicer_lib import import_medsynth_lib
+
+
+def _app_files() -> dict[str, tuple[int, int]]:
+    """Every file and folder of apps/medsynth (bytecode caches aside) with its size and modification time."""
+    found = {}
+    for folder, dirs, files in os.walk(serving.APP):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in [*dirs, *files]:
+            stat = os.stat(os.path.join(folder, name), follow_symlinks=False)
+            found[os.path.relpath(os.path.join(folder, name), serving.APP)] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(entry.name))
+        except OSError:  # the process ended while being read
+            continue
+    return pids
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    pytest.importorskip("monailabel")
+    out = tmp_path_factory.mktemp("demo_output")
+    before = _app_files()
+    saved = os.environ.pop("MEDSYNTH_DATA", None)
+    try:
+        report = demo.run_demo(out)
+    finally:
+        if saved is not None:
+            os.environ["MEDSYNTH_DATA"] = saved
+    return out, report, before
+
+
+def test_demo_synthesises_flair_through_the_server(demo_run):
+    out, report, _ = demo_run
+    assert report["study"] == "sim01" and report["model"] in demo.PREFERRED_MODELS
+    assert report["server"].startswith("http://127.0.0.1:")
+    nifti = Path(report["synthetic"])
+    assert nifti == out / "sim01_FLAIR_synthetic.nii.gz" and is_synthetic_file(nifti)
+    synthetic, t1 = sitk.ReadImage(str(nifti)), sitk.ReadImage(str(out / "demo_studies" / "sim01" / "T1.nii.gz"))
+    assert synthetic.GetPixelID() == sitk.sitkFloat32
+    assert synthetic.GetSize() == t1.GetSize()
+    for got, want in ((synthetic.GetSpacing(), t1.GetSpacing()), (synthetic.GetOrigin(), t1.GetOrigin()),
+                      (synthetic.GetDirection(), t1.GetDirection())):
+        assert got == pytest.approx(want, abs=1e-4)
+    assert Path(report["montage"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((out / "demo_metrics.json").read_text())
+    assert saved["metrics"]["psnr"] > 15 and 0 < saved["metrics"]["ssim"] <= 1
+    assert set(saved["seconds"]) >= {"starting the MONAI Label server with the shipped weights", "stopping the server"}
+
+
+def test_demo_datastore_links_the_originals(demo_run):
+    out, _, _ = demo_run
+    links = sorted(p.name for p in (out / "datastore").iterdir() if p.is_symlink())
+    assert links == ["sim01_FLAIR.nii.gz", "sim01_T1.nii.gz", "sim01_T2.nii.gz", "sim01_brainmask.nii.gz",
+                     "sim01_lesion.nii.gz"]
+    assert (out / "datastore" / "sim01_T1.nii.gz").resolve() == out / "demo_studies" / "sim01" / "T1.nii.gz"
+
+
+def test_demo_stops_its_server_and_leaves_the_app_folder_alone(demo_run):
+    import requests
+
+    out, report, before = demo_run
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{report['server']}/info/", timeout=5)
+    assert _processes_mentioning(str(out / "datastore")) == []
+    assert _app_files() == before
+
+
+def test_demo_without_the_launcher_is_a_one_line_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(serving, "launcher", lambda: None)
+    assert main(["demo", "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "monailabel" in error
+
+
+def test_demo_prefers_lsdn_then_replica_then_linear():
+    import_medsynth_lib()
+    from MedSynthLib.logic import model_choices
+
+    def entry(*inputs):
+        return {"targets": ["FLAIR"], "checkpoints": {"FLAIR": [{"checkpoint": "c.pt", "inputs": list(inputs)}]}}
+
+    served = {"linear": entry("T1", "T2"), "replica": entry("T1", "T2"), "lsdn": entry("T1")}
+    assert demo.choose_model(model_choices(served)).name == "replica"  # lsdn lacks T2 as an input
+    served["lsdn"] = entry("T1", "T2")
+    assert demo.choose_model(model_choices(served)).name == "lsdn"
+    with pytest.raises(demo.DemoError, match="linear"):
+        demo.choose_model(model_choices({"mp": entry("T1", "T2")}))
+
+
+def test_library_imports_neither_monailabel_nor_the_slicer_package():
+    code = ("import sys, medsynth_app.demo, medsynth_app.serving; "
+            "assert not {'monailabel', 'MedSynthLib'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(serving.REPO)})
