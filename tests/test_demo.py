@@ -17,10 +17,14 @@ from medsynth_app.slicer_lib import import_medsynth_lib
 
 
 def _app_files() -> dict[str, tuple[int, int]]:
-    """Every file and folder of apps/medsynth (bytecode caches aside) with its size and modification time."""
+    """Every file and folder of apps/medsynth with its size and modification time.
+
+    Bytecode caches and the logs/ and bin/ folders that the MONAI Label launcher itself creates in any app folder
+    are left out.
+    """
     found = {}
     for folder, dirs, files in os.walk(serving.APP):
-        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        dirs[:] = [d for d in dirs if d != "__pycache__" and not (folder == str(serving.APP) and d in ("logs", "bin"))]
         for name in [*dirs, *files]:
             stat = os.stat(os.path.join(folder, name), follow_symlinks=False)
             found[os.path.relpath(os.path.join(folder, name), serving.APP)] = (stat.st_size, stat.st_mtime_ns)
