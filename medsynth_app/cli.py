@@ -117,7 +117,7 @@ def cmd_synthesize(args) -> int:
     images = {c: read_image(p) for c, p in pairs}
     image = pipeline.synthesize(
         checkpoint, images, target,
-        brain_mask=read_image(args.brain_mask) if args.brain_mask else None,
+        brain_mask=read_image(args.brain_mask, mask=True) if args.brain_mask else None,
         intensity=args.intensity,
     )
     used = checkpoint.build().usable_inputs(inputs)

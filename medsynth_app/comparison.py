@@ -26,8 +26,8 @@ def prepare_comparison(study: Study, synthetic: sitk.Image, target: str, inputs:
     contrasts = [*inputs, target]
     images = {c: read_image(study.images[c]) for c in contrasts} | {SYNTHETIC: synthetic}
     return prepare(images, inputs[0],
-                   brain_mask=read_image(study.brain_mask) if study.brain_mask else None,
-                   lesion_mask=read_image(study.lesion_mask) if study.lesion_mask else None,
+                   brain_mask=read_image(study.brain_mask, mask=True) if study.brain_mask else None,
+                   lesion_mask=read_image(study.lesion_mask, mask=True) if study.lesion_mask else None,
                    mask_from=tuple(contrasts), normalisation="mean", subject_id=study.id)
 
 

@@ -19,6 +19,9 @@ from .contrasts import has_image_extension
 
 SYNTHETIC_TAG = "SYNTHETIC"
 WRITE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")
+MAX_VOXELS_VARIABLE = "MEDSYNTH_MAX_VOXELS"
+# 64 M voxels (e.g. 400^3): synthesis peaks near 200 bytes per voxel (1.8 GB for 240x240x155), so about 13 GB.
+DEFAULT_MAX_VOXELS = 64 * 1024 * 1024
 
 
 class ImageError(ValueError):
@@ -107,12 +110,45 @@ def read_header(path: str | Path) -> dict:
             "orientation": orientation}
 
 
-def read_image(path: str | Path) -> sitk.Image:
-    """Read a 3-D scalar volume as float32; raises ImageError naming the file for anything unusable."""
+def max_voxels() -> int:
+    """The configured largest volume, in voxels (environment variable MEDSYNTH_MAX_VOXELS)."""
+    value = os.environ.get(MAX_VOXELS_VARIABLE, "")
+    try:
+        return int(value) if value else DEFAULT_MAX_VOXELS
+    except ValueError:
+        raise ValueError(f"{MAX_VOXELS_VARIABLE}={value!r} is not a whole number of voxels") from None
+
+
+def _check_size(path: Path, reader: sitk.ImageFileReader | sitk.ImageSeriesReader) -> None:
+    """Refuse a volume above the memory limit before its voxels are loaded."""
+    if isinstance(reader, sitk.ImageSeriesReader):
+        first = sitk.ImageFileReader()
+        first.SetFileName(reader.GetFileNames()[0])
+        first.ReadImageInformation()
+        size = (*first.GetSize()[:2], len(reader.GetFileNames()))
+    else:
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as err:
+            raise ImageError(f"{path}: not a readable image ({_first_line(err)})") from None
+        size = reader.GetSize()
+    voxels = int(np.prod(size, dtype=np.int64))
+    limit = max_voxels()
+    if voxels > limit:
+        raise ImageError(f"{path}: {'x'.join(map(str, size))} = {voxels / 1e6:.1f} M voxels exceeds the limit of "
+                         f"{limit / 1e6:.1f} M voxels ({MAX_VOXELS_VARIABLE})")
+
+
+def read_image(path: str | Path, *, mask: bool = False) -> sitk.Image:
+    """Read a 3-D scalar volume as float32; raises ImageError naming the file for anything unusable.
+
+    An intensity image (``mask=False``) must hold more than one value; a mask may be all zero (no lesion).
+    """
     path = Path(path)
     reader = _reader_for(path)
     if path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")):
         _check_nifti(path)
+    _check_size(path, reader)
     try:
         image = reader.Execute()
     except RuntimeError as err:
@@ -130,6 +166,8 @@ def read_image(path: str | Path) -> sitk.Image:
     voxels = sitk.GetArrayViewFromImage(image)
     if not np.isfinite(voxels).all():
         raise ImageError(f"{path}: contains {int((~np.isfinite(voxels)).sum())} NaN or infinite voxels")
+    if not mask and voxels.min() == voxels.max():
+        raise ImageError(f"{path}: every voxel is {voxels.min():g}; the volume holds no image")
     return image
 
 

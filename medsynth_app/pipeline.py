@@ -37,8 +37,8 @@ def prepare_study(
     return prepare(
         images,
         reference,
-        brain_mask=read_image(study.brain_mask) if study.brain_mask else None,
-        lesion_mask=read_image(study.lesion_mask) if study.lesion_mask else None,
+        brain_mask=read_image(study.brain_mask, mask=True) if study.brain_mask else None,
+        lesion_mask=read_image(study.lesion_mask, mask=True) if study.lesion_mask else None,
         mask_from=tuple(mask_from),
         normalisation=normalisation,
         divisor=divisor,

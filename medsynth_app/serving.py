@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Callable, Iterator, Mapping
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "apps" / "medsynth"
@@ -34,7 +34,7 @@ def launcher() -> str | None:
     return str(beside) if beside.exists() else shutil.which("monailabel")
 
 
-def server_env(work: Path) -> dict[str, str]:
+def server_env(work: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
@@ -45,6 +45,7 @@ def server_env(work: Path) -> dict[str, str]:
         OMP_NUM_THREADS="2",
     )
     env.pop("MEDSYNTH_WEIGHTS", None)  # serve the app's own model/ folder only
+    env.update(extra or {})
     return env
 
 
@@ -104,10 +105,11 @@ def _stop(proc: subprocess.Popen, url: str) -> None:
 @contextlib.contextmanager
 def running_server(datastore: Path, work: Path, conf_models: str = "all", host: str = "127.0.0.1",
                    startup_seconds: float = STARTUP_SECONDS, progress: Progress | None = None,
-                   app: Path = APP) -> Iterator[str]:
+                   app: Path = APP, conf: Mapping[str, str] | None = None,
+                   env: Mapping[str, str] | None = None) -> Iterator[str]:
     """Start ``monailabel start_server`` on a free port of ``host`` serving ``datastore``; yields its URL; kills its
     process group on exit. FileNotFoundError when the launcher is missing; RuntimeError with the log's tail when
-    the server does not come up."""
+    the server does not come up. ``conf`` adds ``--conf`` pairs, ``env`` environment variables of the server."""
     exe = launcher()
     if not exe:
         raise FileNotFoundError("the monailabel launcher is not installed")
@@ -117,10 +119,12 @@ def running_server(datastore: Path, work: Path, conf_models: str = "all", host: 
     log_path = work / "server.log"
     cmd = [exe, "start_server", "--app", str(app), "--studies", str(datastore), "--host", host, "--port", str(port),
            "--log_config", str(log_config(work)), "--conf", "models", conf_models]
+    for key, value in (conf or {}).items():
+        cmd += ["--conf", key, str(value)]
     if progress:
         progress(f"starting the MONAI Label server at {url} (log: {log_path})")
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(work), cwd=work,
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(work, env), cwd=work,
                                 start_new_session=True)
         try:
             _wait_until_up(proc, url, log, log_path, startup_seconds, progress)

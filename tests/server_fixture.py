@@ -8,7 +8,7 @@ whole process group is killed when the module is done.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ContextManager
+from typing import ContextManager, Mapping
 
 import SimpleITK as sitk
 
@@ -34,6 +34,7 @@ def write_crops(shared: Path, root: Path, prefix: str = "sub01_", contrasts=("T1
     return root
 
 
-def running_server(datastore: Path, work: Path, conf_models: str = "linear", app: Path = APP) -> ContextManager[str]:
+def running_server(datastore: Path, work: Path, conf_models: str = "linear", app: Path = APP,
+                   conf: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> ContextManager[str]:
     """:func:`medsynth_app.serving.running_server` on 127.0.0.1, serving only ``linear`` unless told otherwise."""
-    return serving.running_server(datastore, work, conf_models=conf_models, app=app)
+    return serving.running_server(datastore, work, conf_models=conf_models, app=app, conf=conf, env=env)

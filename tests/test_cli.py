@@ -91,6 +91,13 @@ def test_errors_are_one_line_naming_the_problem(trained, mni_crops, tmp_path, ca
     err = capsys.readouterr().err
     assert f"{bad}: damaged gzip file" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.nii.gz").exists()
+    zeros = tmp_path / "zeros.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(subject / "T2.nii.gz")) * 0, str(zeros))
+    assert main(["synthesize", "--weights", str(trained), "--input", f"T1={subject / 'T1.nii.gz'}",
+                 "--input", f"T2={zeros}", "--out", str(tmp_path / "x.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert f"{zeros}: every voxel is 0" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.nii.gz").exists()
     fake = tmp_path / "fake.pt"
     fake.write_bytes(b"garbage")
     assert main(["synthesize", "--weights", str(fake), "--input", f"T1={subject / 'T1.nii.gz'}",

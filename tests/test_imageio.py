@@ -90,3 +90,25 @@ def test_bad_inputs_get_a_message_naming_the_file(tmp_path):
         read_image(nan)
     with pytest.raises(ImageError, match="missing.nii.gz: no such file"):
         read_image(tmp_path / "missing.nii.gz")
+
+
+def test_an_all_zero_volume_is_refused_but_an_empty_mask_is_read(tmp_path):
+    zeros = tmp_path / "zeros.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((5, 6, 7), np.float32), np.eye(4)), zeros)
+    with pytest.raises(ImageError, match="zeros.nii.gz: every voxel is 0; the volume holds no image"):
+        read_image(zeros)
+    assert sitk.GetArrayFromImage(read_image(zeros, mask=True)).max() == 0
+
+
+def test_a_volume_above_the_voxel_limit_is_refused_before_loading(tmp_path, monkeypatch):
+    path = tmp_path / "big.nii.gz"
+    sitk.WriteImage(_image((40, 40, 40)), str(path))
+    monkeypatch.setenv("MEDSYNTH_MAX_VOXELS", "63999")
+    with pytest.raises(ImageError, match=r"big.nii.gz: 40x40x40 = 0.1 M voxels exceeds the limit of 0.1 M voxels "
+                                         r"\(MEDSYNTH_MAX_VOXELS\)"):
+        read_image(path)
+    monkeypatch.setenv("MEDSYNTH_MAX_VOXELS", "64000")
+    assert read_image(path).GetSize() == (40, 40, 40)
+    monkeypatch.setenv("MEDSYNTH_MAX_VOXELS", "lots")
+    with pytest.raises(ValueError, match="MEDSYNTH_MAX_VOXELS='lots' is not a whole number"):
+        read_image(path)

@@ -1,6 +1,6 @@
 """Reliability of a real MedSynth server: concurrent identical requests, memory over many requests, inference while
-a training runs, a corrupt checkpoint, path traversal in ids. Runs on a copy of the app (its model/ folder is
-damaged on purpose) and a flat datastore of real crops.
+a training runs, a corrupt checkpoint, path traversal in ids, the upload and volume size limits, an empty volume.
+Runs on a copy of the app (its model/ folder is damaged on purpose) and a flat datastore of real crops (80x96x24).
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import SimpleITK as sitk
 
 from conftest import SHARED
 from server_fixture import APP, running_server, write_crops
@@ -22,12 +23,20 @@ requests = pytest.importorskip("requests")
 pytest.importorskip("monailabel")
 
 CONCURRENT, SEQUENTIAL = 16, 50
+MAX_UPLOAD_MB, MAX_VOXELS = 4, 1_000_000
 
 
 @pytest.fixture(scope="module")
 def datastore(tmp_path_factory) -> Path:
     root = write_crops(SHARED, tmp_path_factory.mktemp("datastore"))
     write_crops(SHARED, root, prefix="sub02_")
+    # sub03: the whole patient07 volumes (7 M voxels), above the server's volume limit
+    for contrast in ("T1", "T2"):
+        shutil.copy(SHARED / "open_ms_data" / "mni" / "patient07" / f"{contrast}.nii.gz", root / f"sub03_{contrast}.nii.gz")
+    # sub04: a T1 crop and an all-zero T2 on its grid
+    shutil.copy(root / "sub01_T1.nii.gz", root / "sub04_T1.nii.gz")
+    t1 = sitk.ReadImage(str(root / "sub01_T1.nii.gz"))
+    sitk.WriteImage(t1 * 0, str(root / "sub04_T2.nii.gz"))
     return root
 
 
@@ -40,7 +49,8 @@ def app_copy(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(datastore, app_copy, tmp_path_factory):
-    with running_server(datastore, tmp_path_factory.mktemp("server"), conf_models="linear", app=app_copy) as url:
+    with running_server(datastore, tmp_path_factory.mktemp("server"), conf_models="linear", app=app_copy,
+                        conf={"max_upload_mb": str(MAX_UPLOAD_MB)}, env={"MEDSYNTH_MAX_VOXELS": str(MAX_VOXELS)}) as url:
         yield url
 
 
@@ -123,3 +133,24 @@ def test_path_traversal_in_explicit_inputs_is_refused(server):
     response = requests.post(f"{server}/infer/linear", params={"image": "sub01_T1", "output": "json"},
                              files={"params": (None, json.dumps(params))}, timeout=300)
     assert response.status_code == 404 and "no image" in response.json()["detail"]
+
+
+def test_an_upload_above_the_limit_is_refused_naming_the_limit(server):
+    body = b"\0" * ((MAX_UPLOAD_MB + 1) * 2**20)
+    response = requests.put(f"{server}/session/", files={"files": ("big_T1.nii.gz", body)}, timeout=120)
+    assert response.status_code == 413, (response.status_code, response.text[:200])
+    assert f"upload limit of {MAX_UPLOAD_MB} MB" in response.json()["detail"]
+    assert infer(server).status_code == 200  # the server keeps serving
+
+
+def test_a_volume_above_the_voxel_limit_is_refused_naming_the_limit(server):
+    response = infer(server, "sub03_T1")
+    assert response.status_code == 422, (response.status_code, response.text[:200])
+    detail = response.json()["detail"]
+    assert "sub03_T1.nii.gz: 182x218x182" in detail and f"limit of {MAX_VOXELS / 1e6:.1f} M voxels" in detail
+
+
+def test_an_all_zero_volume_is_refused_naming_the_file(server):
+    response = infer(server, "sub04_T1")
+    assert response.status_code == 422, (response.status_code, response.text[:200])
+    assert "sub04_T2.nii.gz: every voxel is 0" in response.json()["detail"]

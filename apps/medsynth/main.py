@@ -3,7 +3,8 @@ from the datastore with one "synthesis" train task per family.
 
     monailabel start_server --app apps/medsynth --studies <flat datastore> [--conf models linear]
 
-``--conf models`` is "all" (default) or a comma list of families; a family is a module of ``lib/configs`` holding a
+``--conf max_upload_mb`` caps every request body (default 1024). ``--conf models`` is "all" (default) or a comma list
+of families; a family is a module of ``lib/configs`` holding a
 TaskConfig subclass. Every selected family gets an infer task serving its installed checkpoints (``medsynth
 models``; 404 while it has none, until its trainer writes one) and a trainer (``POST /train/<family>``). Mirrors the layout of MONAI
 Label's radiology sample app (main.py, lib/configs, lib/infers, lib/trainers).
@@ -30,6 +31,7 @@ except ImportError:  # pragma: no cover - depends on how the server was started
 import lib.configs  # noqa: E402  (MONAI Label puts the app folder on sys.path only while it loads this file)
 import lib.trainers  # noqa: E402,F401  (imported now for the same reason: trainers are built after loading)
 from lib.infers.synthesis import TASK_TYPE  # noqa: E402
+from lib.upload_limit import install as install_upload_limit  # noqa: E402
 
 from fastapi import HTTPException  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
@@ -38,6 +40,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: E402
 from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
 
 logger = logging.getLogger(__name__)
+DEFAULT_MAX_UPLOAD_MB = 1024
 
 
 def discover_configs() -> Dict[str, type]:
@@ -60,6 +63,9 @@ def discover_configs() -> Dict[str, type]:
 class MyApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         self.model_dir = os.path.join(app_dir, "model")
+        max_upload_mb = float(conf.get("max_upload_mb") or DEFAULT_MAX_UPLOAD_MB)
+        if install_upload_limit(int(max_upload_mb * 2**20)):
+            logger.info("+++ Upload limit: %g MB per request", max_upload_mb)
         configs = discover_configs()
         requested = [m.strip().lower() for m in (conf.get("models") or "all").split(",") if m.strip()]
         invalid = [m for m in requested if m != "all" and m not in configs]

@@ -147,7 +147,7 @@ class SynthesisInferTask(BasicInferTask):
         try:
             images = {c: read_image(files[c]) for c in order}
             reference = read_image(image_path) if contrast not in used else images[contrast]
-            brain = read_image(files[BRAIN_MASK]) if BRAIN_MASK in files else None
+            brain = read_image(files[BRAIN_MASK], mask=True) if BRAIN_MASK in files else None
             result = synthesize(ckpt, images, target, brain_mask=brain, intensity=intensity)
         except ValueError as err:  # ImageError, CheckpointError, ValueError: the message names the file/contrast
             raise SynthesisRequestError(str(err), 422) from None
