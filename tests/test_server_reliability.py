@@ -12,6 +12,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -37,6 +39,17 @@ def datastore(tmp_path_factory) -> Path:
     shutil.copy(root / "sub01_T1.nii.gz", root / "sub04_T1.nii.gz")
     t1 = sitk.ReadImage(str(root / "sub01_T1.nii.gz"))
     sitk.WriteImage(t1 * 0, str(root / "sub04_T2.nii.gz"))
+    # sub05-sub08: a good T1 crop and a broken T2
+    t2 = root / "sub01_T2.nii.gz"
+    broken = {
+        "sub05": lambda path: path.write_bytes(t2.read_bytes()[: t2.stat().st_size // 2]),
+        "sub06": lambda path: sitk.WriteImage(sitk.GetImageFromArray(np.ones((96, 80), np.float32)), str(path)),
+        "sub07": lambda path: nib.save(nib.Nifti1Image(np.ones((80, 96, 24, 3), np.float32), np.eye(4)), path),
+        "sub08": lambda path: nib.save(nib.Nifti1Image(np.full((80, 96, 24), np.nan, np.float32), np.eye(4)), path),
+    }
+    for study, write in broken.items():
+        shutil.copy(root / "sub01_T1.nii.gz", root / f"{study}_T1.nii.gz")
+        write(root / f"{study}_T2.nii.gz")
     return root
 
 
@@ -154,3 +167,13 @@ def test_an_all_zero_volume_is_refused_naming_the_file(server):
     response = infer(server, "sub04_T1")
     assert response.status_code == 422, (response.status_code, response.text[:200])
     assert "sub04_T2.nii.gz: every voxel is 0" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("study, problem", [("sub05", "damaged gzip file"), ("sub06", "is 2-D"),
+                                            ("sub07", "is a 4-D series of 3 volumes"),
+                                            ("sub08", "contains 184320 NaN or infinite voxels")])
+def test_a_broken_input_is_a_422_naming_the_file_and_the_server_keeps_serving(server, study, problem):
+    response = infer(server, f"{study}_T1")
+    assert response.status_code == 422, (response.status_code, response.text[:200])
+    assert f"{study}_T2.nii.gz: {problem}" in response.json()["detail"]
+    assert infer(server).status_code == 200
