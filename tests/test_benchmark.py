@@ -104,3 +104,19 @@ def test_a_second_run_resumes_without_retraining(bench, capsys):
     assert main(args) == 0
     assert [p.stat().st_mtime_ns for p in files] == stamps
     assert "LSDN-1" in capsys.readouterr().out
+
+
+def test_peak_memory_of_a_timing_process_is_its_own_not_its_parents():
+    import subprocess
+    import sys
+
+    code = "from medsynth_app.benchmark.timing import peak_resident_kib; print(peak_resident_kib())"
+
+    def child_peak_kib() -> int:
+        return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+    alone = child_peak_kib()
+    ballast = np.ones(1024 * 2**20, np.uint8)  # the parent's resident set grows by 1 GB
+    beside_a_large_parent = child_peak_kib()
+    assert ballast.sum() == ballast.size
+    assert beside_a_large_parent < alone + 200 * 1024, (alone, beside_a_large_parent)
