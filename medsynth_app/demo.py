@@ -22,7 +22,7 @@ from .slicer_lib import import_medsynth_lib
 from .studies import Study, find_studies
 
 INPUTS, TARGET = ("T1", "T2"), "FLAIR"
-PREFERRED_MODELS = ("lsdn", "replica", "linear")  # best first; the first one the server offers for T1+T2->FLAIR
+PREFERRED_MODELS = ("replica", "lsdn", "linear")  # best validation PSNR first (apps/medsynth/model/README.md)
 SINGLE_FILE = (".nii.gz", ".nii", ".nrrd", ".mha")  # formats a session upload and the flat datastore take
 
 

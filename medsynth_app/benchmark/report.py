@@ -90,7 +90,8 @@ def task_table(results: dict[str, dict], baseline: str | None, cohorts: list[str
                                                           _delta(compare(r, other, "ssim"), 3)]
         timing = r["timing"]
         cells += [_pair(pooled, prefix="lesion_"),
-                  f"{timing['median_seconds']:.1f}" if timing else "–",
+                  (f"{timing['median_seconds']:.1f}" + (f" (n={timing['repeats']})" if timing["repeats"] != 5 else ""))
+                  if timing else "–",
                   f"{timing['peak_memory_mb']:.0f}" if timing else "–",
                   f"{np.mean(r['train_seconds']) / 60:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -157,7 +158,7 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
         body += ["", f"Mean ± sd over test subjects (pooled n per row); cohort columns give mean PSNR / SSIM. Δ: "
                  f"paired t-test against the best complete baseline ({baseline or 'none yet'}), bold where p < 0.05."
                  " s / volume: end to end (read, preprocess, predict, write) on the largest fold-1 test volume, "
-                 "median of the runs; peak MB: resident memory of that process.", ""]
+                 "median of 5 runs unless n says otherwise; peak MB: resident memory of that process.", ""]
         stem = task.slug
         slices = Path(out) / "slices" / task.slug
         made = montage(task, slices, [e for e in entries if e.name in results], figures_dir / f"{stem}_montage.png")
