@@ -1,10 +1,11 @@
 # `make demo` and `make test` each create .venv when missing, install MedSynth into it, and run.
-# `make benchmark` regenerates docs/benchmarks.md, its figures and the README's table (hours on a CPU; resumes).
+# `make benchmark` regenerates docs/benchmarks.md, its figures and the README's table (hours on a CPU; resumes from
+# the per-fold result files kept in docs/benchmark_results/runs).
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 BENCHMARK_DATA ?= ../shared/data
-BENCHMARK_OUT ?= benchmark_output
+BENCHMARK_OUT ?= docs/benchmark_results
 STAMP := $(VENV)/.installed-$(shell cksum setup.py | cut -d' ' -f1)
 
 .PHONY: install demo test benchmark clean

@@ -167,7 +167,7 @@ def read_image(path: str | Path, *, mask: bool = False) -> sitk.Image:
     if not np.isfinite(voxels).all():
         raise ImageError(f"{path}: contains {int((~np.isfinite(voxels)).sum())} NaN or infinite voxels")
     if not mask and voxels.min() == voxels.max():
-        raise ImageError(f"{path}: every voxel is {voxels.min():g}; the volume holds no image")
+        raise ImageError(f"{path}: every voxel is {float(voxels.min()) + 0.0:g}; the volume holds no image")
     return image
 
 

@@ -99,17 +99,19 @@ def test_demo_without_the_launcher_is_a_one_line_error(monkeypatch, tmp_path, ca
     assert "\n" not in error and "monailabel" in error
 
 
-def test_demo_prefers_lsdn_then_replica_then_linear():
+def test_demo_prefers_replica_then_lsdn_then_linear():
     import_medsynth_lib()
     from MedSynthLib.logic import model_choices
 
     def entry(*inputs):
         return {"targets": ["FLAIR"], "checkpoints": {"FLAIR": [{"checkpoint": "c.pt", "inputs": list(inputs)}]}}
 
-    served = {"linear": entry("T1", "T2"), "replica": entry("T1", "T2"), "lsdn": entry("T1")}
-    assert demo.choose_model(model_choices(served)).name == "replica"  # lsdn lacks T2 as an input
-    served["lsdn"] = entry("T1", "T2")
-    assert demo.choose_model(model_choices(served)).name == "lsdn"
+    served = {"linear": entry("T1", "T2"), "replica": entry("T1"), "lsdn": entry("T1", "T2")}
+    assert demo.choose_model(model_choices(served)).name == "lsdn"  # replica lacks T2 as an input
+    served["replica"] = entry("T1", "T2")
+    assert demo.choose_model(model_choices(served)).name == "replica"
+    del served["replica"], served["lsdn"]
+    assert demo.choose_model(model_choices(served)).name == "linear"
     with pytest.raises(demo.DemoError, match="linear"):
         demo.choose_model(model_choices({"mp": entry("T1", "T2")}))
 

@@ -161,7 +161,10 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
                  "median of 5 runs unless n says otherwise; peak MB: resident memory of that process.", ""]
         stem = task.slug
         slices = Path(out) / "slices" / task.slug
-        made = montage(task, slices, [e for e in entries if e.name in results], figures_dir / f"{stem}_montage.png")
+        # The slices behind a montage are data and stay out of the repository: without them the figure made when
+        # the folds ran is kept.
+        kept = figures_dir / f"{stem}_montage.png"
+        made = montage(task, slices, [e for e in entries if e.name in results], kept) or (kept if kept.exists() else None)
         box_plots(task, results, figures_dir / f"{stem}_boxplots.png")
         relative = lambda p: os.path.relpath(p, report.parent)  # noqa: E731
         if made:
