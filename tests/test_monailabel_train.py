@@ -249,6 +249,34 @@ def test_delete_stops_a_running_training_and_keeps_the_weights(server, app_copy)
         pytest.fail("every training finished before DELETE /train/ reached it")
 
 
+def test_the_slicer_modules_client_trains_and_follows_progress(server, app_copy):
+    """The module's training section: start through MedSynthLib's client, poll the progress text it shows, stop."""
+    from medsynth_app.checkpoint import load_checkpoint
+    from server_fixture import import_medsynth_lib
+
+    import_medsynth_lib()
+    from MedSynthLib.client import MedSynthClient
+    from MedSynthLib.logic import describe_training
+
+    client = MedSynthClient(server)
+    ckpt_path = app_copy / "model" / "linear_T1_to_T2.pt"
+    before = _sha256(ckpt_path)
+    started = client.start_training("linear", {"target": "T2", "inputs": ["T1"]})
+    seen, deadline = [], time.time() + TRAIN_SECONDS
+    while True:
+        stats = (client.info().get("train_stats") or {}).get("linear")
+        text, fraction, active = describe_training(client.training_status(), stats)
+        seen.append(text)
+        if not active and stats.get("target") == "T2":
+            break
+        assert time.time() < deadline, seen[-3:]
+        time.sleep(0.5)
+    assert client.training_status()["id"] == started["id"]
+    assert text.startswith("Training DONE, epoch 1/1, best validation") and fraction == 1.0, text
+    assert _sha256(ckpt_path) != before and load_checkpoint(ckpt_path).created == stats["created"]
+    assert client.stop_training() == {} and client.training_status(running_only=True) is None
+
+
 def test_multi_gpu_relaunches_under_torchrun(monkeypatch, tmp_path):
     """Two GPUs and multi_gpu: the task runs MONAI Label's train entry point under torchrun (no GPU here, so the
     launch is intercepted)."""

@@ -375,4 +375,6 @@ def _json_or_empty(data: bytes) -> Dict[str, Any]:
         value = json.loads(data.decode("utf-8")) if data else {}
     except (ValueError, UnicodeDecodeError):
         return {}
+    if value is None:  # DELETE /train/ with nothing running
+        return {}
     return value if isinstance(value, dict) else {"value": value}
