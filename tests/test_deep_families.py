@@ -63,7 +63,7 @@ def _settings(**kw):
 
 FAMILIES = {
     "multimodal": {"input_dropout": 0.5, **QUICK},
-    "synnet": {"features": 8, **QUICK},
+    "synnet": {"features": 8, "crop": 16, **QUICK},  # trained on 16x16 crops, predicts 32x48 slices
     "cae3d": {"features": 8, "step": 8, "tile": 16, **QUICK},
 }
 
@@ -74,6 +74,8 @@ def test_family_trains_one_epoch_and_predicts_a_volume(family, subjects, tmp_pat
     summary = model.fit(subjects[:2], subjects[2:], _settings(extra={"partial_path": str(tmp_path / "p.pt")}))
     assert summary["epochs"] == 1 and summary["device"] == "cpu" and summary["world_size"] == 1
     assert summary["steps_per_epoch"] <= 2
+    if "crop" in FAMILIES[family]:
+        assert summary["slice_size"] == [16, 16]
     row = summary["history"][0]
     assert {"loss", "val_psnr", "val_ssim", "val_mae"} <= set(row) and np.isfinite(row["loss"])
     prediction = model.predict(subjects[2], "FLAIR")

@@ -68,6 +68,27 @@ def test_slice_dataset(subjects):
     assert dataset[axial_0].shape == (3, 32, 32)  # (32, 16) sagittal slices padded to the common size
 
 
+def test_slice_crops_are_centred_on_brain_and_follow_the_seed(subjects):
+    dataset = SliceDataset(subjects[:2], ["T1", "FLAIR"], min_brain=0.0, crop=16)
+    assert dataset.size == (16, 16) and len(dataset) == len(SliceDataset(subjects[:2], ["T1"], min_brain=0.0))
+    n, _, k = dataset.index[5]
+    image = np.pad(subjects[n].images["T1"][:, :, k], 8)
+    brain = np.pad(subjects[n].mask[:, :, k], 8)
+    torch.manual_seed(0)
+    crops = [dataset[5] for _ in range(20)]
+    for crop in crops:
+        assert crop.shape == (2, 16, 16)
+        # the crop is the window of the zero-padded slice whose centre pixel is in the brain
+        starts = [(i, j) for i in range(image.shape[0] - 15) for j in range(image.shape[1] - 15)
+                  if brain[i + 8, j + 8] and np.array_equal(image[i:i + 16, j:j + 16], crop[0].numpy())]
+        assert starts, "crop not centred on a brain pixel"
+    assert len({c.numpy().tobytes() for c in crops}) > 1
+    torch.manual_seed(0)
+    assert all(torch.equal(dataset[5], c) for c in crops)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        SliceDataset(subjects[:1], ["T1"], crop=24)
+
+
 def test_patch_dataset_alignment(subjects):
     """Input patches are output patches grown by the margin, read from the zero-padded volume; centres in the
     brain mask."""

@@ -52,9 +52,9 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
 
     def __init__(self, inputs: Sequence[str], targets: Sequence[str], latent_channels: int = 16, fusion: str = "max",
                  lesion_channel: bool = False, input_dropout: float = 0.0, axes=(2,), predict_axes=None,
-                 min_brain: float = 0.1, c1_weight: float = 1.0, c2_weight: float = 1.0, c3_weight: float = 1.0,
-                 patience: int = 10, min_delta: float = 0.0, max_steps_per_epoch: int | None = None,
-                 inference_batch: int = 16):
+                 min_brain: float = 0.1, crop: int | None = None, c1_weight: float = 1.0, c2_weight: float = 1.0,
+                 c3_weight: float = 1.0, patience: int = 10, min_delta: float = 0.0,
+                 max_steps_per_epoch: int | None = None, inference_batch: int = 16):
         # Inputs and targets may overlap (a BraSyn-style model completes any missing contrast of T1/T1C/T2/FLAIR),
         # so the base class's no-overlap check is not applied.
         if not inputs or not targets:
@@ -70,7 +70,8 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
         self.hparams = dict(latent_channels=int(latent_channels), fusion=str(fusion), lesion_channel=bool(lesion_channel),
                             input_dropout=float(input_dropout), axes=list(axes),
                             predict_axes=list(_axes(predict_axes)) if predict_axes is not None else None,
-                            min_brain=float(min_brain), c1_weight=float(c1_weight), c2_weight=float(c2_weight),
+                            min_brain=float(min_brain), crop=None if crop is None else int(crop),
+                            c1_weight=float(c1_weight), c2_weight=float(c2_weight),
                             c3_weight=float(c3_weight), patience=int(patience), min_delta=float(min_delta),
                             max_steps_per_epoch=None if max_steps_per_epoch is None else int(max_steps_per_epoch),
                             inference_batch=int(inference_batch))
@@ -125,7 +126,7 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
     def _train(self, targets, train, validation, settings, parameters, tag) -> dict:
         hp = self.hparams
         channels = self._channels(targets)
-        dataset = SliceDataset(train, channels, hp["axes"], hp["min_brain"])
+        dataset = SliceDataset(train, channels, hp["axes"], hp["min_brain"], crop=hp["crop"])
         lr = learning_rate(settings, 1e-4)
         summary = train_network(
             self.net, dataset, self._loss(targets, channels, hp["input_dropout"]), settings,

@@ -5,7 +5,8 @@ Network: `medsynth_app.networks.synnet.SynNet`; cost: `medsynth_app.losses.SynNe
 (10 x edge-weighted L2 + 5 x (1 - SSIM) + 0.5 x TV, the paper's default), "l2" or "weighted_l2". Optimiser per the
 paper (NOTES.md): SGD lr 0.01, momentum 0.9, weight decay 1e-4 (the lambda4 of its eq. 6), batch 32 (pass
 ``--batch-size 32``; the engine uses TrainSettings.batch_size). ``optimizer=adam`` (lr 1e-3 default) is offered for
-short CPU runs. Whole 2-D axial slices of mean-normalised volumes; early stopping on the validation mean PSNR.
+short CPU runs. Whole 2-D axial slices of mean-normalised volumes (``crop``: brain-centred square windows of them,
+the CPU schedule); early stopping on the validation mean PSNR.
 """
 from __future__ import annotations
 
@@ -36,8 +37,8 @@ class SynNetModel(NetworkWeights, SynthesisModel):
     def __init__(self, inputs: Sequence[str], targets: Sequence[str], loss: str = "joint", features: int = 64,
                  depth: int = 4, optimizer: str = "adam", momentum: float = 0.9, weight_decay: float = 1e-4,
                  l2_weight: float = 10.0, ssim_weight: float = 5.0, tv_weight: float = 0.5,
-                 edge_weight: float = 10.0, min_brain: float = 0.1, patience: int = 10, min_delta: float = 0.0,
-                 max_steps_per_epoch: int | None = None, inference_batch: int = 16):
+                 edge_weight: float = 10.0, min_brain: float = 0.1, crop: int | None = None, patience: int = 10,
+                 min_delta: float = 0.0, max_steps_per_epoch: int | None = None, inference_batch: int = 16):
         if loss not in SYNNET_LOSSES:
             raise ValueError(f"synnet: loss must be one of {', '.join(SYNNET_LOSSES)}, not {loss!r}")
         if optimizer not in OPTIMIZERS:
@@ -45,7 +46,8 @@ class SynNetModel(NetworkWeights, SynthesisModel):
         super().__init__(inputs, targets, loss=loss, features=int(features), depth=int(depth), optimizer=optimizer,
                          momentum=float(momentum), weight_decay=float(weight_decay), l2_weight=float(l2_weight),
                          ssim_weight=float(ssim_weight), tv_weight=float(tv_weight), edge_weight=float(edge_weight),
-                         min_brain=float(min_brain), patience=int(patience), min_delta=float(min_delta),
+                         min_brain=float(min_brain), crop=None if crop is None else int(crop),
+                         patience=int(patience), min_delta=float(min_delta),
                          max_steps_per_epoch=None if max_steps_per_epoch is None else int(max_steps_per_epoch),
                          inference_batch=int(inference_batch))
         self.device = "auto"
@@ -65,7 +67,7 @@ class SynNetModel(NetworkWeights, SynthesisModel):
         seed_everything(settings.seed)
         self.net = self._build()
         n_in = len(self.inputs)
-        dataset = SliceDataset(train, [*self.inputs, *self.targets], (2,), hp["min_brain"])
+        dataset = SliceDataset(train, [*self.inputs, *self.targets], (2,), hp["min_brain"], crop=hp["crop"])
         cost = SynNetJointLoss(hp["loss"], hp["l2_weight"], hp["ssim_weight"], hp["tv_weight"], hp["edge_weight"])
 
         def loss(net, batch, device):

@@ -53,14 +53,22 @@ def _pad_centred(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 class SliceDataset(Dataset):
     """Every brain slice along ``axes`` of every subject as a (C, H, W) float32 tensor, channels in ``channels``
     order ("lesion" for the lesion mask). Slices are padded (centred, zeros) to one size for the whole set: the
-    largest slice, rounded up to ``divisor`` (16: both 2-D networks pool 2-4 times)."""
+    largest slice, rounded up to ``divisor`` (16: both 2-D networks pool 2-4 times).
+
+    ``crop``: instead of the whole slice, a ``crop`` x ``crop`` window centred on a brain pixel of the slice drawn
+    from torch's generator (which the engine re-seeds every epoch), zeros beyond the slice. Fully convolutional
+    networks trained so still predict whole slices; it spends a CPU's budget on brain instead of on padding."""
 
     def __init__(self, subjects: Sequence[PreparedSubject], channels: Sequence[str], axes: Sequence[int] = (2,),
-                 min_brain: float = 0.1, divisor: int = 16) -> None:
+                 min_brain: float = 0.1, divisor: int = 16, crop: int | None = None) -> None:
         if not subjects:
             raise ValueError("no training subject")
+        if crop is not None and (int(crop) <= 0 or int(crop) % divisor):
+            raise ValueError(f"crop must be a positive multiple of {divisor}, got {crop}")
         self.channels = list(channels)
+        self.crop = None if crop is None else int(crop)
         self.volumes = [channel_arrays(s, self.channels) for s in subjects]
+        self.masks = [s.mask for s in subjects]
         self.index: list[tuple[int, int, int]] = []
         height = width = divisor
         for n, subject in enumerate(subjects):
@@ -72,7 +80,7 @@ class SliceDataset(Dataset):
                     height, width = max(height, h), max(width, w)
         if not self.index:
             raise ValueError("no slice holds enough brain")
-        self.size = (round_up(height, divisor), round_up(width, divisor))
+        self.size = (self.crop, self.crop) if self.crop else (round_up(height, divisor), round_up(width, divisor))
 
     def __len__(self) -> int:
         return len(self.index)
@@ -80,7 +88,17 @@ class SliceDataset(Dataset):
     def __getitem__(self, item: int) -> torch.Tensor:
         n, axis, k = self.index[item]
         image = np.stack([np.take(v, k, axis=axis) for v in self.volumes[n]]).astype(np.float32, copy=False)
+        if self.crop:
+            image = self._crop_at_brain(image, np.take(self.masks[n], k, axis=axis))
         return torch.from_numpy(np.ascontiguousarray(_pad_centred(image, self.size)))
+
+    def _crop_at_brain(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        rows, cols = np.nonzero(mask)
+        pick = int(torch.randint(len(rows), (1,)).item())
+        half = self.crop // 2
+        # In the slice padded by ``half``, the window centred on (row, col) starts at (row, col).
+        padded = np.pad(image, [(0, 0), (half, half), (half, half)])
+        return padded[:, rows[pick]:rows[pick] + self.crop, cols[pick]:cols[pick] + self.crop]
 
 
 class PatchDataset(Dataset):
