@@ -7,6 +7,7 @@ whole process group is killed when the module is done.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import ContextManager, Mapping
 
@@ -32,6 +33,14 @@ def write_crops(shared: Path, root: Path, prefix: str = "sub01_", contrasts=("T1
         image = sitk.ReadImage(str(patient_dir(shared) / f"{contrast}.nii.gz"))
         sitk.WriteImage(sitk.RegionOfInterest(image, CROP_SIZE, CROP_START), str(root / f"{prefix}{contrast}.nii.gz"))
     return root
+
+
+def copy_app(folder: Path) -> Path:
+    """A copy of apps/medsynth in ``folder``: a server on it may train and replace the copy's weights, never the
+    shipped ones."""
+    app = folder / "medsynth"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__", "logs", "train_stats_*.json"))
+    return app
 
 
 def running_server(datastore: Path, work: Path, conf_models: str = "linear", app: Path = APP,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import SHARED
-from server_fixture import running_server
+from server_fixture import copy_app, import_medsynth_lib, running_server
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
 requests = pytest.importorskip("requests")
@@ -66,9 +65,7 @@ def acquired(datastore) -> dict:
 
 @pytest.fixture(scope="module")
 def app_copy(tmp_path_factory) -> Path:
-    app = tmp_path_factory.mktemp("app") / "medsynth"
-    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__", "logs", "train_stats_*.json"))
-    return app
+    return copy_app(tmp_path_factory.mktemp("app"))
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +249,6 @@ def test_delete_stops_a_running_training_and_keeps_the_weights(server, app_copy)
 def test_the_slicer_modules_client_trains_and_follows_progress(server, app_copy):
     """The module's training section: start through MedSynthLib's client, poll the progress text it shows, stop."""
     from medsynth_app.checkpoint import load_checkpoint
-    from server_fixture import import_medsynth_lib
 
     import_medsynth_lib()
     from MedSynthLib.client import MedSynthClient

@@ -2,7 +2,6 @@
 ShrinkConnect, checkpoint round trips, several inputs, and a learning check against trivial predictors."""
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import zlib

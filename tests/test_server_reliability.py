@@ -18,7 +18,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import SHARED
-from server_fixture import APP, running_server, write_crops
+from server_fixture import copy_app, running_server, write_crops
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
 requests = pytest.importorskip("requests")
@@ -55,9 +55,7 @@ def datastore(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def app_copy(tmp_path_factory) -> Path:
-    app = tmp_path_factory.mktemp("app") / "medsynth"
-    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__", "logs", "train_stats_*.json"))
-    return app
+    return copy_app(tmp_path_factory.mktemp("app"))
 
 
 @pytest.fixture(scope="module")

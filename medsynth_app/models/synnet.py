@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from ..losses import SYNNET_LOSSES, SynNetJointLoss
 from ..networks.synnet import SynNet
