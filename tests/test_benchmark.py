@@ -106,6 +106,26 @@ def test_a_second_run_resumes_without_retraining(bench, capsys):
     assert "LSDN-1" in capsys.readouterr().out
 
 
+def test_report_from_result_files_alone_keeps_the_montage(bench, tmp_path):
+    """A clone holds the result files and figures, not the slices of the data: the report still links the montage
+    made when the folds ran, and its numbers stay the same."""
+    import shutil
+
+    root, args = bench
+    out = tmp_path / "out"
+    shutil.copytree(root / "out" / "runs", out / "runs")
+    report = root / "docs" / "benchmarks.md"
+    before = report.read_text()
+    montage = root / "docs" / "figures" / "benchmark" / "T1_to_T2_montage.png"
+    made = montage.read_bytes()
+    rebuilt = [*args[:4], str(out), *args[5:], "--report-only"]
+    assert main(rebuilt) == 0
+    after = report.read_text()
+    assert montage.read_bytes() == made and "figures/benchmark/T1_to_T2_montage.png" in after
+    strip = lambda text: [line for line in text.splitlines() if not line.startswith("Generated")]  # noqa: E731
+    assert strip(after) == strip(before)
+
+
 def test_peak_memory_of_a_timing_process_is_its_own_not_its_parents():
     import subprocess
     import sys
