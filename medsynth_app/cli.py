@@ -1,4 +1,4 @@
-"""The ``medsynth`` command line: studies, train, synthesize, evaluate, models, benchmark, demo-data, demo."""
+"""The ``medsynth`` command line: studies, train, add-output, synthesize, evaluate, models, benchmark, demo-data, demo."""
 from __future__ import annotations
 
 import argparse
@@ -64,22 +64,22 @@ def _training_split(args, studies):
     return train, test
 
 
-def cmd_train(args) -> int:
-    inputs, targets = _contrast_list(args.inputs), _contrast_list(args.target)
-    studies = [s for s in find_studies(args.studies) if s.has([*inputs, *targets])]
+def _train_and_validation(args, studies):
+    """(train, validation) studies: --fold / --all-folds, then --val-fraction of them held out for validation."""
     train, _ = _training_split(args, studies)
     n_val = int(round(len(train) * args.val_fraction)) if args.val_fraction > 0 else 0
     # Evenly spaced over the sorted ids, so validation spans the cohorts instead of taking the first few.
     picked = set(np.linspace(0, len(train) - 1, n_val).round().astype(int)) if n_val else set()
-    validation = [s for i, s in enumerate(train) if i in picked]
-    train = [s for i, s in enumerate(train) if i not in picked]
-    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                             device=args.device, seed=args.seed, progress=not args.quiet, resume_from=args.resume,
-                             extra={"partial_path": args.partial} if args.partial else {})
-    print(f"training {args.model} {'+'.join(inputs)}->{'+'.join(targets)} on {len(train)} studies "
-          f"({len(validation)} for validation)", file=sys.stderr)
-    checkpoint = pipeline.train(args.model, inputs, targets, train, validation, hparams=dict(args.hparam),
-                                settings=settings, normalisation=args.normalisation)
+    return [s for i, s in enumerate(train) if i not in picked], [s for i, s in enumerate(train) if i in picked]
+
+
+def _train_settings(args) -> TrainSettings:
+    return TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                         device=args.device, seed=args.seed, progress=not args.quiet, resume_from=args.resume,
+                         extra={"partial_path": args.partial} if args.partial else {})
+
+
+def _save_trained(args, checkpoint) -> int:
     if args.fold:
         checkpoint.training["fold"] = str(args.fold)
     if not is_main_process():  # under torchrun every rank trains; rank 0 alone writes
@@ -87,6 +87,29 @@ def cmd_train(args) -> int:
     path = save_checkpoint(checkpoint, args.out)
     print(json.dumps({"checkpoint": str(path), **checkpoint.training}, indent=2, default=str))
     return 0
+
+
+def cmd_train(args) -> int:
+    inputs, targets = _contrast_list(args.inputs), _contrast_list(args.target)
+    studies = [s for s in find_studies(args.studies) if s.has([*inputs, *targets])]
+    train, validation = _train_and_validation(args, studies)
+    print(f"training {args.model} {'+'.join(inputs)}->{'+'.join(targets)} on {len(train)} studies "
+          f"({len(validation)} for validation)", file=sys.stderr)
+    checkpoint = pipeline.train(args.model, inputs, targets, train, validation, hparams=dict(args.hparam),
+                                settings=_train_settings(args), normalisation=args.normalisation)
+    return _save_trained(args, checkpoint)
+
+
+def cmd_add_output(args) -> int:
+    base = load_checkpoint(args.weights)
+    target = canonical_contrast(args.target)
+    studies = [s for s in find_studies(args.studies) if s.has([*base.inputs, target])]
+    train, validation = _train_and_validation(args, studies)
+    print(f"adding a {target} decoder to {args.weights} ({base.family} {'+'.join(base.inputs)}->"
+          f"{'+'.join(base.targets)}) on {len(train)} studies ({len(validation)} for validation)", file=sys.stderr)
+    checkpoint = pipeline.add_output(base, target, train, validation, settings=_train_settings(args),
+                                     hparams=dict(args.hparam))
+    return _save_trained(args, checkpoint)
 
 
 def _checkpoint_for(args, inputs, target):
@@ -243,26 +266,36 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.add_argument("--folds", help="folds file (default: the EVALUATION.md folds)")
 
+    def schedule_options(p):
+        p.add_argument("--studies", required=True)
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--fold", help="train on the other folds of this test fold")
+        group.add_argument("--all-folds", action="store_true", help="train on every subject listed in the folds")
+        p.add_argument("--val-fraction", type=float, default=0.0, help="share of training studies held out")
+        p.add_argument("--epochs", type=int, default=10)
+        p.add_argument("--batch-size", type=int, default=16)
+        p.add_argument("--lr", type=float, default=None)
+        p.add_argument("--device", default="auto")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--resume", help="continue an interrupted run from its partial-training file")
+        p.add_argument("--partial", help="where to keep the partial-training file (default: a temporary folder)")
+        p.add_argument("--out", required=True)
+        training_options(p)
+
     p = sub.add_parser("train", help="train a model family and write a checkpoint")
     p.add_argument("--model", required=True, choices=families())
     p.add_argument("--inputs", required=True, help="comma-separated input contrasts, e.g. T1,T2")
     p.add_argument("--target", required=True, help="target contrast(s), comma-separated")
-    p.add_argument("--studies", required=True)
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--fold", help="train on the other folds of this test fold")
-    group.add_argument("--all-folds", action="store_true", help="train on every subject listed in the folds")
-    p.add_argument("--val-fraction", type=float, default=0.0, help="share of training studies held out")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--normalisation", default="mean", choices=("mean", "percentile", "zscore"))
-    p.add_argument("--resume", help="continue an interrupted run from its partial-training file")
-    p.add_argument("--partial", help="where to keep the partial-training file (default: a temporary folder)")
-    p.add_argument("--out", required=True)
-    training_options(p)
+    schedule_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("add-output", help="add a decoder for a new contrast to a trained multimodal checkpoint and "
+                                          "train it alone (encoders and the other decoders frozen)")
+    p.add_argument("--weights", required=True, help="the trained checkpoint")
+    p.add_argument("--target", required=True, help="the new output contrast")
+    schedule_options(p)
+    p.set_defaults(func=cmd_add_output)
 
     p = sub.add_parser("synthesize", help="synthesise a contrast from input images")
     src = p.add_mutually_exclusive_group(required=True)

@@ -99,6 +99,53 @@ def train(
                                  target_norms=target_norms, training=summary)
 
 
+ADD_OUTPUT_HPARAMS = ("crop", "min_brain", "max_steps_per_epoch", "patience", "min_delta")
+
+
+def add_output(
+    checkpoint: Checkpoint,
+    target: str,
+    studies: Sequence[Study],
+    validation: Sequence[Study] = (),
+    *,
+    settings: TrainSettings | None = None,
+    hparams: Mapping | None = None,
+) -> Checkpoint:
+    """A new checkpoint that also synthesises ``target``: a decoder added to the trained model and trained alone,
+    everything else frozen (multimodal, Chartsias et al. Sec. VI-E); on the studies holding the inputs and ``target``.
+    ``hparams`` may change how the decoder is trained (ADD_OUTPUT_HPARAMS), not the trained architecture."""
+    settings = settings or TrainSettings()
+    model = checkpoint.build()
+    if not hasattr(model, "add_output"):
+        raise ValueError(f"{checkpoint.family} cannot add an output decoder to a trained model (multimodal can)")
+    fixed = sorted(set(hparams or {}) - set(ADD_OUTPUT_HPARAMS))
+    if fixed:
+        raise ValueError(f"adding an output keeps the trained {', '.join(fixed)}; only "
+                         f"{', '.join(ADD_OUTPUT_HPARAMS)} may change")
+    model.hparams.update(hparams or {})
+    contrasts = [*checkpoint.inputs, target]
+    normalisation = checkpoint.preprocessing.get("normalisation", "mean")
+    skipped: dict[str, str] = {}
+    train_subjects = _prepare_all([s for s in studies if s.has(contrasts)], contrasts, target, normalisation,
+                                  settings.progress, "training studies", skipped)
+    if not train_subjects:
+        raise ValueError(f"no usable study has {'+'.join(contrasts)} to train a {target} decoder")
+    val_subjects = _prepare_all([s for s in validation if s.has(contrasts)], contrasts, target, normalisation,
+                                settings.progress, "validation studies", skipped)
+    started = time.time()
+    summary = model.add_output(target, train_subjects, val_subjects, settings)
+    if val_subjects:
+        summary["validation"] = {target: _mean_rows([score_subject(model.predict(s, target), s, target)
+                                                     for s in val_subjects])}
+    summary.update(subjects=[s.id for s in train_subjects], validation_subjects=[s.id for s in val_subjects],
+                   skipped=skipped, seconds=round(time.time() - started, 1))
+    norm = IntensityNorm.typical([s.norms[target] for s in train_subjects]).to_dict()
+    return Checkpoint.from_model(model, preprocessing=checkpoint.preprocessing,
+                                 target_norms={**checkpoint.target_norms, target: norm},
+                                 training={**checkpoint.training, "added_outputs": {
+                                     **checkpoint.training.get("added_outputs", {}), target: summary}})
+
+
 def _mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows if k in r])) for k in rows[0]} if rows else {}
 

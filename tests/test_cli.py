@@ -123,3 +123,39 @@ def test_evaluate_skips_an_unusable_study_and_says_why(trained, mni_crops, tmp_p
     result = json.loads(report.read_text())
     assert [r["id"] for r in result["subjects"]] == ["good"]
     assert result["skipped"][0]["id"] == "broken" and "damaged gzip file" in result["skipped"][0]["error"]
+
+
+def test_add_output_trains_a_new_decoder_alone_and_synthesises_with_it(mni_crops, crop_folds, trained, tmp_path,
+                                                                        capsys):
+    import torch
+
+    from medsynth_app.checkpoint import load_checkpoint
+
+    quick = ["--studies", str(mni_crops), "--fold", "1", "--folds", str(crop_folds), "--quiet", "--epochs", "1",
+             "--batch-size", "4", "--hparam", "max_steps_per_epoch=1", "--hparam", "crop=32"]
+    base = tmp_path / "multimodal_T1+T2_to_T2.pt"
+    assert main(["train", "--model", "multimodal", "--inputs", "T1", "--target", "T2", *quick, "--out",
+                 str(base)]) == 0
+    extended = tmp_path / "multimodal_T1_to_T2+FLAIR.pt"
+    assert main(["add-output", "--weights", str(base), "--target", "FLAIR", "--val-fraction", "0.5", *quick,
+                 "--out", str(extended)]) == 0
+    old, new = load_checkpoint(base), load_checkpoint(extended)
+    assert new.targets == ["T2", "FLAIR"] and set(new.target_norms) == {"T2", "FLAIR"}
+    assert all(torch.equal(old.state[k], new.state[k]) for k in old.state)  # encoder and T2 decoder frozen
+    assert {k for k in new.state if k not in old.state} and all(
+        k.startswith("net.decoders.FLAIR.") for k in new.state if k not in old.state)
+    added = new.training["added_outputs"]["FLAIR"]
+    assert added["subjects"] == ["patient26"] and added["validation_subjects"] == ["patient19"]
+    assert added["validation"]["FLAIR"]["psnr"] > 0 and added["slice_size"] == [32, 32]
+    capsys.readouterr()
+    subject = mni_crops / "patient07"
+    out = tmp_path / "flair.nii.gz"
+    assert main(["synthesize", "--weights", str(extended), "--input", f"T1={subject / 'T1.nii.gz'}", "--target",
+                 "FLAIR", "--out", str(out)]) == 0
+    assert nib.load(out).header["descrip"].tobytes().startswith(b"SYNTHETIC FLAIR by multimodal from T1")
+    assert main(["add-output", "--weights", str(trained), "--target", "T1C", *quick[:6], "--out",
+                 str(tmp_path / "x.pt")]) == 2
+    assert "linear cannot add an output decoder" in capsys.readouterr().err
+    assert main(["add-output", "--weights", str(base), "--target", "FLAIR", *quick[:6], "--hparam",
+                 "latent_channels=8", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "keeps the trained latent_channels" in capsys.readouterr().err
