@@ -126,6 +126,36 @@ def test_report_from_result_files_alone_keeps_the_montage(bench, tmp_path):
     assert strip(after) == strip(before)
 
 
+def test_a_model_that_accepts_missing_inputs_is_tested_with_each_subset(mni_crops, tmp_path):
+    """multimodal trained on T1+T2 is scored with T1 alone and T2 alone, against itself with both inputs and against
+    the same entry trained on T1 alone (the task T1->FLAIR)."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"tasks": {"primary": ["T1+T2->FLAIR", "T1->FLAIR"]}, "baselines": [], "models": [
+        {"name": "multimodal", "family": "multimodal", "epochs": 1, "subsets": True,
+         "hparams": {"max_steps_per_epoch": 1, "crop": 32}}]}))
+    folds = tmp_path / "folds.json"
+    folds.write_text(json.dumps({"cohorts": {"MS": ["patient"]},
+                                 "folds": {"1": ["patient07"], "2": ["patient19"], "3": ["patient26"]}}))
+    report = tmp_path / "benchmarks.md"
+    assert main(["benchmark", "--studies", str(mni_crops), "--out", str(tmp_path / "out"), "--plan", str(plan),
+                 "--folds", str(folds), "--timing-repeats", "0", "--report", str(report), "--quiet"]) == 0
+    runs = tmp_path / "out" / "runs"
+    fold = json.loads((runs / "T1+T2_to_FLAIR" / "multimodal" / "fold1.json").read_text())
+    assert list(fold["subsets"]) == ["T1", "T2"]
+    [with_t1] = fold["subsets"]["T1"]
+    assert with_t1["id"] == "patient07" and with_t1["psnr"] != fold["subjects"][0]["psnr"]
+    assert json.loads((runs / "T1_to_FLAIR" / "multimodal" / "fold1.json").read_text())["subsets"] == {}
+    text = report.read_text()
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith(("| T1 |", "| T2 |"))}
+    t1 = [json.loads((runs / "T1+T2_to_FLAIR" / "multimodal" / f"fold{f}.json").read_text())["subsets"]["T1"][0]["psnr"]
+          for f in "123"]
+    dedicated = [json.loads((runs / "T1_to_FLAIR" / "multimodal" / f"fold{f}.json").read_text())["subjects"][0]["psnr"]
+                 for f in "123"]
+    assert f"{np.mean(t1):.2f} ± {np.std(t1, ddof=1):.2f}" in rows["| T1"]
+    assert f"{paired_ttest(t1, dedicated)['mean_difference']:+.2f}" in rows["| T1"]
+    assert "not run" in rows["| T2"]  # the plan has no T2->FLAIR task
+
+
 def test_peak_memory_of_a_timing_process_is_its_own_not_its_parents():
     import subprocess
     import sys

@@ -2,6 +2,7 @@
 ``medsynth_app/data/benchmark.json`` or a copy of it."""
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,17 +38,24 @@ class Task:
     def contrasts(self) -> list[str]:
         return [*self.inputs, self.target]
 
+    def input_subsets(self) -> list[tuple[str, ...]]:
+        """Every proper non-empty subset of the inputs, largest first: T1+T1C+T2 -> T1+T1C, T1+T2, T1C+T2, T1, ..."""
+        return [c for n in range(len(self.inputs) - 1, 0, -1) for c in itertools.combinations(self.inputs, n)]
+
 
 @dataclass(frozen=True)
 class Entry:
     """One row of the report: a family trained with ``epochs`` and ``hparams``; ``validation`` carves one subject out
-    of each fold's training subjects for early stopping (EVALUATION.md), for the families that stop early."""
+    of each fold's training subjects for early stopping (EVALUATION.md), for the families that stop early;
+    ``subsets`` also tests each fold's model with every proper non-empty subset of the task's inputs (families that
+    accept missing inputs)."""
 
     name: str
     family: str
     epochs: int = 10
     hparams: dict = field(default_factory=dict)
     validation: bool = False
+    subsets: bool = False
 
     @property
     def slug(self) -> str:
@@ -67,7 +75,8 @@ class Plan:
         try:
             data = json.loads(path.read_text())
             entries = tuple(Entry(name=str(m["name"]), family=str(m["family"]), epochs=int(m.get("epochs", 10)),
-                                  hparams=dict(m.get("hparams", {})), validation=bool(m.get("validation", False)))
+                                  hparams=dict(m.get("hparams", {})), validation=bool(m.get("validation", False)),
+                                  subsets=bool(m.get("subsets", False)))
                             for m in data["models"])
             plan = cls(tuple(Task.parse(t) for t in data["tasks"]["primary"]),
                        tuple(Task.parse(t) for t in data["tasks"].get("secondary", [])),

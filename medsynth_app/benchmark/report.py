@@ -25,10 +25,12 @@ def collect(out: Path, task: Task, entry: Entry, folds: Folds) -> dict | None:
     if not runs:
         return None
     rows = [r for run in runs.values() for r in run["subjects"] if "error" not in r]
+    subsets = {name: [r for run in runs.values() for r in run.get("subsets", {}).get(name, []) if "error" not in r]
+               for name in dict.fromkeys(n for run in runs.values() for n in run.get("subsets", {}))}
     timing = json.loads((base / "timing.json").read_text()) if (base / "timing.json").exists() else None
     cohorts = sorted({r["cohort"] for r in rows})
     return {"model": entry.name, "family": entry.family, "epochs": entry.epochs, "hparams": entry.hparams,
-            "folds": sorted(runs), "complete": len(runs) == len(folds.folds), "rows": rows,
+            "folds": sorted(runs), "complete": len(runs) == len(folds.folds), "rows": rows, "subsets": subsets,
             "errors": [r for run in runs.values() for r in run["subjects"] if "error" in r],
             "summary": {"pooled": summarise(rows), **{c: summarise([r for r in rows if r["cohort"] == c])
                                                       for c in cohorts}},
@@ -118,6 +120,27 @@ def shrink_rows(results: dict[str, dict]) -> list[str]:
             "retrained | forward speed-up | folds |", "|---|---|---|---|---|---|", *lines]
 
 
+def subset_lines(task: Task, result: dict, dedicated: dict[str, dict | None]) -> list[str]:
+    """One model trained on all of the task's inputs, tested with each subset of them: against itself with every
+    input (paired t-test), and against the same entry trained for that subset alone (``dedicated``: subset name ->
+    its result on the task SUBSET->TARGET, when the benchmark ran it; the paper's Experiment A vs B)."""
+    if not result["subsets"]:
+        return []
+    full = {"rows": result["rows"]}
+    lines = [f"| inputs at test time | n | PSNR (dB) | SSIM | ΔPSNR vs {'+'.join(task.inputs)} | "
+             f"ΔSSIM vs {'+'.join(task.inputs)} | trained for the subset: PSNR / SSIM | ΔPSNR / ΔSSIM vs it |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, rows in result["subsets"].items():
+        summary, this = summarise(rows), {"rows": rows}
+        other = dedicated.get(name)
+        against = (f"{_pair(other['summary']['pooled'])} | {_delta(compare(this, other, 'psnr'), 2)} / "
+                   f"{_delta(compare(this, other, 'ssim'), 3)}") if other else "not run | –"
+        lines.append(f"| {name} | {summary['psnr']['n'] if 'psnr' in summary else 0} | {_ms(summary, 'psnr', 2)} | "
+                     f"{_ms(summary, 'ssim', 3)} | {_delta(compare(this, full, 'psnr'), 2)} | "
+                     f"{_delta(compare(this, full, 'ssim'), 3)} | {against} |")
+    return lines
+
+
 def ordering_lines(results: dict[str, dict]) -> list[str]:
     """The LSDN paper's claim LSDN > CDN > VDN in SNR, checked with paired t-tests over the test subjects."""
     pick = {fam: next((r for r in results.values() if r["family"] == fam and r["complete"]), None)
@@ -152,7 +175,8 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
         baseline = best_baseline(results, baselines)
         cohorts = sorted({c for r in results.values() for c in r["summary"] if c != "pooled"})
         summary["tasks"][task.name] = {"best_baseline": baseline, "models": {
-            name: {k: v for k, v in r.items() if k not in ("rows", "training")} for name, r in results.items()}}
+            name: {k: v for k, v in r.items() if k not in ("rows", "training", "subsets")}
+            for name, r in results.items()}}
         body += [f"## {task.name}", ""]
         body += task_table(results, baseline, cohorts)
         body += ["", f"Mean ± sd over test subjects (pooled n per row); cohort columns give mean PSNR / SSIM. Δ: "
@@ -175,6 +199,14 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
         shrink = shrink_rows(results)
         if shrink:
             body += ["ShrinkConnect (eqs. 9-12):", "", *shrink, ""]
+        for entry in entries:
+            if entry.name in results:
+                dedicated = {"+".join(subset): collect(out, Task(subset, task.target), entry, folds)
+                             for subset in task.input_subsets()}
+                lines = subset_lines(task, results[entry.name], dedicated)
+                if lines:
+                    body += [f"{entry.name} trained on {'+'.join(task.inputs)}, tested with missing inputs (each "
+                             "subset scored in its own brain mask, as its own task):", "", *lines, ""]
         ordering = ordering_lines(results)
         if ordering:
             body += ["The LSDN paper's ordering (LSDN > CDN > VDN in SNR):", "", *ordering, ""]

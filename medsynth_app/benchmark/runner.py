@@ -127,10 +127,16 @@ class Benchmark:
                                  on_prediction=keep_slices)
         for row in rows:
             row["cohort"] = self.folds.cohort(row["id"])
+        subsets = {}
+        for subset in task.input_subsets() if entry.subsets else []:
+            self._say(f"{task.name} {entry.name} fold {fold}: testing with {'+'.join(subset)} only")
+            subsets["+".join(subset)] = [{**row, "cohort": self.folds.cohort(row["id"])} for row in pipeline.evaluate(
+                checkpoint, test, task.target, subset, progress=self.progress)]
         result = {"task": task.name, "model": entry.name, "family": entry.family, "fold": fold,
                   "epochs": entry.epochs, "hparams": entry.hparams, "train_subjects": [s.id for s in train],
                   "validation_subjects": [s.id for s in validation], "train_seconds": round(train_seconds, 1),
-                  "training": checkpoint.training, "subjects": rows, "device": describe_device(self.device),
+                  "training": checkpoint.training, "subjects": rows, "subsets": subsets,
+                  "device": describe_device(self.device),
                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         write_json(result_path, result)
         return result
