@@ -64,6 +64,7 @@ def test_every_fold_of_every_model_is_a_result_file_scored_on_its_held_out_subje
             assert "lesion_psnr" in row  # the crops keep the consensus lesion mask
         timing = json.loads((root / "out" / "runs" / "T1_to_T2" / model / "timing.json").read_text())
         assert timing["repeats"] == 1 and timing["median_seconds"] > 0 and timing["peak_memory_mb"] > 100
+        assert timing["load_average_1min"] >= 0 and timing["cores"] >= 1
         assert len(list((root / "out" / "slices" / "T1_to_T2" / model).glob("*.npz"))) == 1  # one per cohort
 
 
@@ -87,7 +88,7 @@ def test_report_numbers_are_the_means_of_the_result_files(bench):
     test = paired_ttest(psnr, other)
     assert f"{np.mean(psnr):.2f} ± {np.std(psnr, ddof=1):.2f}" in lsdn
     assert f"{test['mean_difference']:+.2f}" in lsdn and f"p={test['p']:.2g}" in lsdn
-    assert "ShrinkConnect" in report and "| VDN+SC |" in report
+    assert "ShrinkConnect" in report and "| VDN+SC |" in report and "Load average (1 min)" in report
     assert "LSDN > CDN > VDN" in report
     for figure in ("T1_to_T2_montage.png", "T1_to_T2_boxplots.png"):
         path = root / "docs" / "figures" / "benchmark" / figure

@@ -179,10 +179,15 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
             for name, r in results.items()}}
         body += [f"## {task.name}", ""]
         body += task_table(results, baseline, cohorts)
+        loads = [f"{name} {r['timing']['load_average_1min']:.1f} on {r['timing']['cores']} cores"
+                 for name, r in results.items() if r["timing"] and "load_average_1min" in r["timing"]]
         body += ["", f"Mean ± sd over test subjects (pooled n per row); cohort columns give mean PSNR / SSIM. Δ: "
                  f"paired t-test against the best complete baseline ({baseline or 'none yet'}), bold where p < 0.05."
                  " s / volume: end to end (read, preprocess, predict, write) on the largest fold-1 test volume, "
-                 "median of 5 runs unless n says otherwise; peak MB: resident memory of that process.", ""]
+                 "median of 5 runs unless n says otherwise; peak MB: resident memory of that process."
+                 + (" Load average (1 min) at the end of each timing (above the core count, other processes "
+                    f"competed for the CPU and the seconds are pessimistic): {', '.join(loads)}."
+                    if loads else ""), ""]
         stem = task.slug
         slices = Path(out) / "slices" / task.slug
         # The slices behind a montage are data and stay out of the repository: without them the figure made when

@@ -47,7 +47,9 @@ def measure(weights: str, inputs: dict[str, str], target: str, repeats: int, scr
         seconds.append(time.perf_counter() - started)
     peak_kib = peak_resident_kib()
     return {"seconds": [round(s, 2) for s in seconds], "median_seconds": round(statistics.median(seconds), 2),
-            "peak_memory_mb": round(peak_kib / 1024, 1), "repeats": repeats, "torch_threads": torch.get_num_threads()}
+            "peak_memory_mb": round(peak_kib / 1024, 1), "repeats": repeats, "torch_threads": torch.get_num_threads(),
+            # above the core count, other processes competed for the CPU and the seconds are pessimistic
+            "load_average_1min": round(os.getloadavg()[0], 2), "cores": os.cpu_count()}
 
 
 def measure_in_subprocess(weights: Path, inputs: dict[str, Path], target: str, repeats: int, device: str,
