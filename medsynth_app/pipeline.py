@@ -59,6 +59,28 @@ def _prepare_all(studies: Sequence[Study], contrasts: Sequence[str], reference: 
     return prepared
 
 
+def _prepare_split(studies: Sequence[Study], validation: Sequence[Study], contrasts: Sequence[str], reference: str,
+                   normalisation: str, progress: bool):
+    """(training subjects, validation subjects, skipped study id -> reason), prepared on the grid of ``reference``."""
+    skipped: dict[str, str] = {}
+    train_subjects = _prepare_all(studies, contrasts, reference, normalisation, progress, "training studies", skipped)
+    val_subjects = _prepare_all([s for s in validation if s.has(contrasts)], contrasts, reference, normalisation,
+                                progress, "validation studies", skipped)
+    return train_subjects, val_subjects, skipped
+
+
+def _record_run(summary: dict, model, targets: Sequence[str], train_subjects: list[PreparedSubject],
+                val_subjects: list[PreparedSubject], skipped: dict[str, str], started: float) -> None:
+    """Add the validation metrics of every target, the subjects and the wall time to a fit's summary."""
+    if val_subjects:
+        summary["validation"] = {
+            target: _mean_rows([score_subject(model.predict(s, target), s, target) for s in val_subjects])
+            for target in targets
+        }
+    summary.update(subjects=[s.id for s in train_subjects], validation_subjects=[s.id for s in val_subjects],
+                   skipped=skipped, seconds=round(time.time() - started, 1))
+
+
 def train(
     family: str,
     inputs: Sequence[str],
@@ -77,23 +99,13 @@ def train(
     if not usable:
         raise ValueError(f"no study has {'+'.join(contrasts)}; cannot train {family}")
     started = time.time()
-    skipped: dict[str, str] = {}
-    train_subjects = _prepare_all(usable, contrasts, targets[0], normalisation, settings.progress, "training studies",
-                                  skipped)
+    train_subjects, val_subjects, skipped = _prepare_split(usable, validation, contrasts, targets[0], normalisation,
+                                                           settings.progress)
     if not train_subjects:
         raise ValueError(f"no usable training study for {family}: " + "; ".join(skipped.values()))
-    val_subjects = _prepare_all([s for s in validation if s.has(contrasts)], contrasts, targets[0], normalisation,
-                                settings.progress, "validation studies", skipped)
     model = create(family, inputs, targets, **dict(hparams or {}))
     summary = model.fit(train_subjects, val_subjects, settings)
-    if val_subjects:
-        summary["validation"] = {
-            target: _mean_rows([score_subject(model.predict(s, target), s, target) for s in val_subjects])
-            for target in targets
-        }
-    summary.update(subjects=[s.id for s in train_subjects], validation_subjects=[s.id for s in val_subjects],
-                   skipped=skipped,
-                   seconds=round(time.time() - started, 1))
+    _record_run(summary, model, targets, train_subjects, val_subjects, skipped, started)
     target_norms = {t: IntensityNorm.typical([s.norms[t] for s in train_subjects]).to_dict() for t in targets}
     return Checkpoint.from_model(model, preprocessing={"normalisation": normalisation, "divisor": 16},
                                  target_norms=target_norms, training=summary)
@@ -125,20 +137,13 @@ def add_output(
     model.hparams.update(hparams or {})
     contrasts = [*checkpoint.inputs, target]
     normalisation = checkpoint.preprocessing.get("normalisation", "mean")
-    skipped: dict[str, str] = {}
-    train_subjects = _prepare_all([s for s in studies if s.has(contrasts)], contrasts, target, normalisation,
-                                  settings.progress, "training studies", skipped)
+    started = time.time()
+    train_subjects, val_subjects, skipped = _prepare_split([s for s in studies if s.has(contrasts)], validation,
+                                                           contrasts, target, normalisation, settings.progress)
     if not train_subjects:
         raise ValueError(f"no usable study has {'+'.join(contrasts)} to train a {target} decoder")
-    val_subjects = _prepare_all([s for s in validation if s.has(contrasts)], contrasts, target, normalisation,
-                                settings.progress, "validation studies", skipped)
-    started = time.time()
     summary = model.add_output(target, train_subjects, val_subjects, settings)
-    if val_subjects:
-        summary["validation"] = {target: _mean_rows([score_subject(model.predict(s, target), s, target)
-                                                     for s in val_subjects])}
-    summary.update(subjects=[s.id for s in train_subjects], validation_subjects=[s.id for s in val_subjects],
-                   skipped=skipped, seconds=round(time.time() - started, 1))
+    _record_run(summary, model, [target], train_subjects, val_subjects, skipped, started)
     norm = IntensityNorm.typical([s.norms[target] for s in train_subjects]).to_dict()
     return Checkpoint.from_model(model, preprocessing=checkpoint.preprocessing,
                                  target_norms={**checkpoint.target_norms, target: norm},

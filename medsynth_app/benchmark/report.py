@@ -193,7 +193,9 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
         # The slices behind a montage are data and stay out of the repository: without them the figure made when
         # the folds ran is kept.
         kept = figures_dir / f"{stem}_montage.png"
-        made = montage(task, slices, [e for e in entries if e.name in results], kept) or (kept if kept.exists() else None)
+        made = montage(task, slices, [e for e in entries if e.name in results], kept)
+        if made is None and kept.exists():
+            made = kept
         box_plots(task, results, figures_dir / f"{stem}_boxplots.png")
         relative = lambda p: os.path.relpath(p, report.parent)  # noqa: E731
         if made:

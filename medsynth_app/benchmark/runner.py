@@ -125,13 +125,12 @@ class Benchmark:
 
         rows = pipeline.evaluate(checkpoint, test, task.target, task.inputs, progress=self.progress,
                                  on_prediction=keep_slices)
-        for row in rows:
-            row["cohort"] = self.folds.cohort(row["id"])
+        self._tag_cohorts(rows)
         subsets = {}
         for subset in task.input_subsets() if entry.subsets else []:
             self._say(f"{task.name} {entry.name} fold {fold}: testing with {'+'.join(subset)} only")
-            subsets["+".join(subset)] = [{**row, "cohort": self.folds.cohort(row["id"])} for row in pipeline.evaluate(
-                checkpoint, test, task.target, subset, progress=self.progress)]
+            subsets["+".join(subset)] = self._tag_cohorts(
+                pipeline.evaluate(checkpoint, test, task.target, subset, progress=self.progress))
         result = {"task": task.name, "model": entry.name, "family": entry.family, "fold": fold,
                   "epochs": entry.epochs, "hparams": entry.hparams, "train_subjects": [s.id for s in train],
                   "validation_subjects": [s.id for s in validation], "train_seconds": round(train_seconds, 1),
@@ -155,6 +154,11 @@ class Benchmark:
         result.update(study=study.id, shape=study.describe()["shape"], device=describe_device(self.device))
         write_json(path, result)
         return result
+
+    def _tag_cohorts(self, rows: list[dict]) -> list[dict]:
+        for row in rows:
+            row["cohort"] = self.folds.cohort(row["id"])
+        return rows
 
     def _say(self, text: str) -> None:
         if self.progress:
