@@ -25,7 +25,9 @@ def bench(mni_crops, tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     plan = root / "plan.json"
     plan.write_text(json.dumps({"tasks": {"primary": ["T1->T2"], "secondary": ["T2->T1"]},
-                                "baselines": ["linear", "replica"], "models": MODELS}))
+                                "baselines": ["linear", "replica"], "models": MODELS,
+                                "comparisons": [{"title": "LSDN > CDN > VDN in SNR", "metrics": ["snr", "ssim"],
+                                                 "pairs": [["LSDN-1", "CDN"], ["CDN", "VDN+SC"]]}]}))
     folds = root / "folds.json"
     folds.write_text(json.dumps({"cohorts": {"MS": ["patient"]},
                                  "folds": {"1": ["patient07"], "2": ["patient19"], "3": ["patient26"]}}))
@@ -46,10 +48,16 @@ def test_plan_parses_tasks_and_rejects_unknown_families(tmp_path):
     bad.write_text(json.dumps({"tasks": {"primary": ["T1->T2"]}, "models": [{"name": "x", "family": "nope"}]}))
     with pytest.raises(ValueError, match="unknown model family nope"):
         Plan.load(bad)
+    bad.write_text(json.dumps({"tasks": {"primary": ["T1->T2"]}, "models": [{"name": "x", "family": "linear"}],
+                               "comparisons": [{"title": "t", "metrics": ["psnr"], "pairs": [["x", "y"]]}]}))
+    with pytest.raises(ValueError, match="comparisons name models the plan does not have: y"):
+        Plan.load(bad)
     default = Plan.load()
     assert [t.name for t in default.tasks()] == ["T1+T2->FLAIR", "T1->T2"]
     assert {"linear", "replica", "mp", "vdn", "cdn", "lsdn", "synnet", "multimodal", "cae3d"} == \
         {e.family for e in default.entries}
+    assert {("synnet", "synnet-L2"), ("synnet", "synnet-wL2"), ("LSDN-1+SC", "CDN+SC")} <= \
+        {pair for c in default.comparisons for pair in c.pairs}
 
 
 def test_every_fold_of_every_model_is_a_result_file_scored_on_its_held_out_subject(bench):
@@ -89,7 +97,14 @@ def test_report_numbers_are_the_means_of_the_result_files(bench):
     assert f"{np.mean(psnr):.2f} ± {np.std(psnr, ddof=1):.2f}" in lsdn
     assert f"{test['mean_difference']:+.2f}" in lsdn and f"p={test['p']:.2g}" in lsdn
     assert "ShrinkConnect" in report and "| VDN+SC |" in report and "Load average (1 min)" in report
-    assert "LSDN > CDN > VDN" in report
+    assert "LSDN > CDN > VDN in SNR:" in report
+    lsdn_snr = [json.loads((runs / "LSDN-1" / f"fold{f}.json").read_text())["subjects"][0]["snr"] for f in "123"]
+    cdn_snr = [json.loads((runs / "CDN" / f"fold{f}.json").read_text())["subjects"][0]["snr"] for f in "123"]
+    claim = paired_ttest(lsdn_snr, cdn_snr)
+    line = next(x for x in report.splitlines() if x.startswith("- SNR LSDN-1 "))
+    assert f"difference {claim['mean_difference']:+.2f} dB, p = {claim['p']:.2g}" in line
+    assert ("does not hold" in line) == (claim["mean_difference"] <= 0)
+    assert any(x.startswith("- SSIM CDN ") and " vs VDN+SC " in x for x in report.splitlines())
     for figure in ("T1_to_T2_montage.png", "T1_to_T2_boxplots.png"):
         path = root / "docs" / "figures" / "benchmark" / figure
         assert path.stat().st_size > 10_000 and f"figures/benchmark/{figure}" in report

@@ -29,4 +29,4 @@ def run_benchmark(studies_dir: str, out: str | Path, *, tasks: list[str] | None 
         studies = find_studies(studies_dir)
         Benchmark(studies, folds, out, device, progress, timing_repeats).run(chosen_tasks, entries)
     return write_report(out, chosen_tasks, entries, plan.baselines, folds, Path(report or out / "benchmarks.md"),
-                        command, Path(readme) if readme else None)
+                        command, Path(readme) if readme else None, plan.comparisons)

@@ -63,11 +63,22 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """A claim of the papers checked on every task where both models ran: in each pair the first model scores
+    higher than the second in each of ``metrics`` (paired t-tests over the test subjects)."""
+
+    title: str
+    metrics: tuple[str, ...]
+    pairs: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class Plan:
     primary: tuple[Task, ...]
     secondary: tuple[Task, ...]
     entries: tuple[Entry, ...]
     baselines: tuple[str, ...]
+    comparisons: tuple[Comparison, ...] = ()
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Plan:
@@ -78,10 +89,13 @@ class Plan:
                                   hparams=dict(m.get("hparams", {})), validation=bool(m.get("validation", False)),
                                   subsets=bool(m.get("subsets", False)))
                             for m in data["models"])
+            comparisons = tuple(Comparison(str(c["title"]), tuple(c["metrics"]),
+                                           tuple((str(a), str(b)) for a, b in c["pairs"]))
+                                for c in data.get("comparisons", []))
             plan = cls(tuple(Task.parse(t) for t in data["tasks"]["primary"]),
                        tuple(Task.parse(t) for t in data["tasks"].get("secondary", [])),
-                       entries, tuple(data.get("baselines", [])))
-        except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
+                       entries, tuple(data.get("baselines", [])), comparisons)
+        except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
             raise ValueError(f"{path}: not a benchmark plan ({err})") from None
         unknown = sorted({e.family for e in entries} - set(families()))
         if unknown:
@@ -89,6 +103,9 @@ class Plan:
         names = [e.name for e in entries]
         if len(set(names)) != len(names):
             raise ValueError(f"{path}: model names must be unique")
+        strangers = sorted({n for c in plan.comparisons for pair in c.pairs for n in pair} - set(names))
+        if strangers:
+            raise ValueError(f"{path}: comparisons name models the plan does not have: {', '.join(strangers)}")
         return plan
 
     def tasks(self, wanted: list[str] | None = None, secondary: bool = False) -> list[Task]:

@@ -13,7 +13,7 @@ import numpy as np
 from ..folds import Folds
 from ..metrics import paired_ttest, summarise
 from .figures import box_plots, montage
-from .plan import Entry, Task
+from .plan import Comparison, Entry, Task
 
 README_START, README_END = "<!-- benchmark-table:start -->", "<!-- benchmark-table:end -->"
 
@@ -141,26 +141,34 @@ def subset_lines(task: Task, result: dict, dedicated: dict[str, dict | None]) ->
     return lines
 
 
-def ordering_lines(results: dict[str, dict]) -> list[str]:
-    """The LSDN paper's claim LSDN > CDN > VDN in SNR, checked with paired t-tests over the test subjects."""
-    pick = {fam: next((r for r in results.values() if r["family"] == fam and r["complete"]), None)
-            for fam in ("lsdn", "cdn", "vdn")}
-    if any(v is None for v in pick.values()):
-        return []
+UNITS = {"psnr": " dB", "snr": " dB"}
+
+
+def comparison_lines(results: dict[str, dict], comparison: Comparison) -> list[str]:
+    """One line per pair of ``comparison`` whose two models finished every fold: the claim first > second, checked
+    with a paired t-test over the test subjects for each metric."""
     lines = []
-    for better, worse in (("lsdn", "cdn"), ("cdn", "vdn")):
-        a, b = pick[better], pick[worse]
-        test = compare(a, b, "snr")
-        verdict = "holds" if test["mean_difference"] > 0 else "does not hold"
-        significance = "significant" if test["p"] < 0.05 else "not significant"
-        lines.append(f"- SNR {a['model']} {a['summary']['pooled']['snr']['mean']:.2f} dB vs {b['model']} "
-                     f"{b['summary']['pooled']['snr']['mean']:.2f} dB: {verdict} (difference "
-                     f"{test['mean_difference']:+.2f} dB, p = {test['p']:.2g}, {significance}, n = {test['n']}).")
+    for better, worse in comparison.pairs:
+        a, b = results.get(better), results.get(worse)
+        if not (a and b and a["complete"] and b["complete"]):
+            continue
+        for metric in comparison.metrics:
+            test = compare(a, b, metric)
+            if test is None:
+                continue
+            unit, digits = UNITS.get(metric, ""), 2 if metric in UNITS else 3
+            verdict = "holds" if test["mean_difference"] > 0 else "does not hold"
+            significance = "significant" if test["p"] < 0.05 else "not significant"
+            lines.append(f"- {metric.upper()} {better} {a['summary']['pooled'][metric]['mean']:.{digits}f}{unit} vs "
+                         f"{worse} {b['summary']['pooled'][metric]['mean']:.{digits}f}{unit}: {verdict} (difference "
+                         f"{test['mean_difference']:+.{digits}f}{unit}, p = {test['p']:.2g}, {significance}, "
+                         f"n = {test['n']}).")
     return lines
 
 
 def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: tuple[str, ...], folds: Folds,
-                 report: Path, command: str, readme: Path | None = None) -> dict:
+                 report: Path, command: str, readme: Path | None = None,
+                 comparisons: tuple[Comparison, ...] = ()) -> dict:
     report = Path(report)
     figures_dir = report.parent / "figures" / "benchmark"
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -214,9 +222,10 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
                 if lines:
                     body += [f"{entry.name} trained on {'+'.join(task.inputs)}, tested with missing inputs (each "
                              "subset scored in its own brain mask, as its own task):", "", *lines, ""]
-        ordering = ordering_lines(results)
-        if ordering:
-            body += ["The LSDN paper's ordering (LSDN > CDN > VDN in SNR):", "", *ordering, ""]
+        for comparison in comparisons:
+            lines = comparison_lines(results, comparison)
+            if lines:
+                body += [f"{comparison.title}:", "", *lines, ""]
         missing = [e.name for e in entries if e.name not in results]
         if missing:
             body += [f"Not run for this task yet: {', '.join(missing)}.", ""]
