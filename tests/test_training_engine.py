@@ -164,6 +164,25 @@ def test_resume_reaches_the_uninterrupted_weights(subjects, tmp_path):
         run(_settings(resume_from=str(tmp_path / "absent.pt")))
 
 
+def test_bf16_mixed_precision_trains_float32_weights_close_to_a_float32_run(subjects):
+    """amp=bf16 runs the network under bfloat16 autocast on the CPU: the same seed's weights differ from the float32
+    run's (the arithmetic changed) but only slightly, and stay float32; an unknown mode is refused."""
+    def run(**hparams):
+        model = create("synnet", ["T1"], ["T2"], **{**SYNNET, "optimizer": "adam"}, **hparams)
+        return model, model.fit(subjects[:2], [], _settings())
+
+    full, full_summary = run()
+    half, half_summary = run(amp="bf16")
+    assert full_summary["mixed_precision"] is None and half_summary["mixed_precision"] == "bfloat16"
+    a, b = full.state_dict(), half.state_dict()
+    assert all(v.dtype == a[k].dtype for k, v in b.items())
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+    assert half_summary["history"][0]["loss"] == pytest.approx(full_summary["history"][0]["loss"], rel=0.05)
+    assert half.hparams["amp"] == "bf16"
+    with pytest.raises(ValueError, match="amp must be one of auto, bf16, off"):
+        create("synnet", ["T1"], ["T2"], amp="fp8")
+
+
 def test_default_partial_file_is_removed_after_a_finished_run(subjects):
     model = create("cae3d", ["T1"], ["T2"], features=4, step=16, max_steps_per_epoch=1)
     summary = model.fit(subjects[:1], [], _settings(seed=12345))

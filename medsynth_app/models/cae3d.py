@@ -27,7 +27,7 @@ from ..networks.cae3d import LAYOUTS, ConvAutoencoder3D
 from ..preprocessing import PreparedSubject
 from ..training.common import learning_rate, validation_scores
 from ..training.datasets import PatchDataset
-from ..training.engine import NetworkWeights, seed_everything, train_network
+from ..training.engine import NetworkWeights, amp_mode, resumable_hparams, seed_everything, train_network
 from ..training.inference import predict_tiled
 from .base import SynthesisModel, TrainSettings, register
 
@@ -58,7 +58,7 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
     def __init__(self, inputs: Sequence[str], targets: Sequence[str], depth: str = "base", features: int = 32,
                  intensity_scale: float = 3.0, patch_output: int = 16, step: int = 16, tile: int = 32,
                  patience: int = 10, min_delta: float = 0.0, max_steps_per_epoch: int | None = None,
-                 inference_batch: int = 2):
+                 amp: str = "auto", inference_batch: int = 2):
         if depth not in LAYOUTS:
             raise ValueError(f"cae3d: depth must be one of {', '.join(LAYOUTS)}, not {depth!r}")
         for name, value in (("patch_output", patch_output), ("tile", tile)):
@@ -70,7 +70,7 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
                          patch_output=int(patch_output), step=int(step), tile=int(tile), patience=int(patience),
                          min_delta=float(min_delta),
                          max_steps_per_epoch=None if max_steps_per_epoch is None else int(max_steps_per_epoch),
-                         inference_batch=int(inference_batch))
+                         amp=amp_mode(amp), inference_batch=int(inference_batch))
         self.device = "auto"
         self.net = self._build()
 
@@ -97,7 +97,7 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
         summary = train_network(
             self.net, dataset, loss, settings,
             identity={"family": self.family, "inputs": list(self.inputs), "targets": list(self.targets),
-                      "hparams": {k: v for k, v in hp.items() if k != "max_steps_per_epoch"}},
+                      "hparams": resumable_hparams(hp)},
             lr=learning_rate(settings, 1e-3), optimizer="adam",  # Keras' Adam defaults (the paper's library)
             validate=(lambda: validation_scores(self.predict, validation, self.targets)) if validation else None,
             hparams=hp)

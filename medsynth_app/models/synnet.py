@@ -19,7 +19,7 @@ from ..networks.synnet import SynNet
 from ..preprocessing import PreparedSubject
 from ..training.common import learning_rate, validation_scores
 from ..training.datasets import SliceDataset
-from ..training.engine import NetworkWeights, seed_everything, train_network
+from ..training.engine import NetworkWeights, amp_mode, resumable_hparams, seed_everything, train_network
 from ..training.inference import predict_slices
 from .base import SynthesisModel, TrainSettings, register
 
@@ -37,7 +37,8 @@ class SynNetModel(NetworkWeights, SynthesisModel):
                  depth: int = 4, optimizer: str = "adam", momentum: float = 0.9, weight_decay: float = 1e-4,
                  l2_weight: float = 10.0, ssim_weight: float = 5.0, tv_weight: float = 0.5,
                  edge_weight: float = 10.0, min_brain: float = 0.1, crop: int | None = None, patience: int = 10,
-                 min_delta: float = 0.0, max_steps_per_epoch: int | None = None, inference_batch: int = 16):
+                 min_delta: float = 0.0, max_steps_per_epoch: int | None = None, amp: str = "auto",
+                 inference_batch: int = 16):
         if loss not in SYNNET_LOSSES:
             raise ValueError(f"synnet: loss must be one of {', '.join(SYNNET_LOSSES)}, not {loss!r}")
         if optimizer not in OPTIMIZERS:
@@ -48,7 +49,7 @@ class SynNetModel(NetworkWeights, SynthesisModel):
                          min_brain=float(min_brain), crop=None if crop is None else int(crop),
                          patience=int(patience), min_delta=float(min_delta),
                          max_steps_per_epoch=None if max_steps_per_epoch is None else int(max_steps_per_epoch),
-                         inference_batch=int(inference_batch))
+                         amp=amp_mode(amp), inference_batch=int(inference_batch))
         self.device = "auto"
         self.net = self._build()
 
@@ -78,7 +79,7 @@ class SynNetModel(NetworkWeights, SynthesisModel):
         summary = train_network(
             self.net, dataset, loss, settings,
             identity={"family": self.family, "inputs": list(self.inputs), "targets": list(self.targets),
-                      "hparams": {k: v for k, v in hp.items() if k != "max_steps_per_epoch"}},
+                      "hparams": resumable_hparams(hp)},
             lr=learning_rate(settings, OPTIMIZERS[hp["optimizer"]]), optimizer=hp["optimizer"],
             optimizer_options=options,
             validate=(lambda: validation_scores(self.predict, validation, self.targets)) if validation else None,

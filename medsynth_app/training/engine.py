@@ -11,14 +11,19 @@ permutation (DistributedSampler(seed).set_epoch(epoch), also for a single proces
 (input dropout, ...). A run interrupted after epoch e and resumed therefore draws exactly what an uninterrupted run
 draws, and on the same machine and thread count reaches bitwise the same weights.
 
-Devices: "auto" picks CUDA when available, else the CPU; mixed precision (float16 autocast + GradScaler) is used on
-CUDA only (``settings.extra["amp"] = False`` turns it off). Under torchrun with WORLD_SIZE > 1 the network is wrapped
+Devices: "auto" picks CUDA when available, else the CPU. Mixed precision, setting ``amp``: "auto" (default) float16
+autocast with a GradScaler on CUDA and full float32 on the CPU; "bf16" bfloat16 autocast on either (no scaler needed:
+bfloat16 has float32's range), which halves a SynNet MISO training step on a CPU with AVX-512 BF16 (measured 5.3 s ->
+2.7 s for 8 crops of 128x128 on one thread); "off" float32 everywhere. Weights, optimiser state and the loss stay
+float32; validation and inference run in float32. Convolutional networks train in channels-last layout (about 15 %
+faster on this CPU). Under torchrun with WORLD_SIZE > 1 the network is wrapped
 in DistributedDataParallel (gloo on CPU, nccl on CUDA), each rank gets its share of every epoch through the
 DistributedSampler, and only rank 0 validates, writes and reports (see `distributed`).
 
 Settings read from ``TrainSettings.extra`` (the family's hparams may set the same): ``patience`` (10),
 ``min_delta`` (0), ``max_steps_per_epoch`` (None: every batch), ``partial_path``, ``workers`` (DataLoader worker
-processes, 0), ``amp`` (True). The partial-training file goes to ``partial_path``,
+processes, 0), ``amp`` ("auto"). ``max_steps_per_epoch`` and ``amp`` change how long a run takes, not what it trains:
+`resumable_hparams` leaves them out of the identity a resumed run must match. The partial-training file goes to ``partial_path``,
 else to ``resume_from`` (updated in place), else to <tmp>/medsynth_partial/<family>_<task>_seed<seed>.pt (deleted
 when that run finishes). The CLI sets them with ``train --partial`` and ``--resume``.
 """
@@ -105,6 +110,38 @@ def load_partial(path: str | Path, identity: dict) -> dict:
     return state
 
 
+AMP_MODES = ("auto", "bf16", "off")
+SCHEDULE_HPARAMS = ("max_steps_per_epoch", "amp")
+
+
+def amp_mode(amp) -> str:
+    """The ``amp`` setting checked: one of AMP_MODES; booleans stand for "auto" (True) and "off" (False)."""
+    mode = {True: "auto", False: "off"}.get(amp, amp) if isinstance(amp, bool) else str(amp)
+    if mode not in AMP_MODES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, not {amp!r}")
+    return mode
+
+
+def autocast_dtype(device: torch.device, amp) -> torch.dtype | None:
+    """The autocast dtype of the ``amp`` setting (module docstring) on ``device``; None for float32."""
+    mode = amp_mode(amp)
+    if mode == "bf16":
+        return torch.bfloat16
+    return torch.float16 if mode == "auto" and device.type == "cuda" else None
+
+
+def channels_last_format(network: nn.Module) -> torch.memory_format:
+    """channels_last for 2-D convolutional networks, channels_last_3d for 3-D ones, else the default layout."""
+    ranks = {p.dim() for p in network.parameters()}
+    return (torch.channels_last_3d if 5 in ranks else torch.channels_last if 4 in ranks
+            else torch.preserve_format)
+
+
+def resumable_hparams(hparams: dict) -> dict:
+    """The hyperparameters a resumed run must share with the interrupted one (SCHEDULE_HPARAMS left out)."""
+    return {k: v for k, v in hparams.items() if k not in SCHEDULE_HPARAMS}
+
+
 def _setting(settings: TrainSettings, hparams: dict, key: str, default):
     if key in settings.extra and settings.extra[key] is not None:
         return settings.extra[key]
@@ -159,14 +196,15 @@ def train_network(
     device = resolve_device(settings.device)
     ctx = DistContext.setup(device)
     device = ctx.device
-    use_amp = device.type == "cuda" and bool(settings.extra.get("amp", True))
+    amp_dtype = autocast_dtype(device, _setting(settings, hparams, "amp", "auto"))
+    use_scaler = amp_dtype == torch.float16
     resume_from = settings.resume_from or None
     chosen_partial = settings.extra.get("partial_path") or resume_from
     partial_path = Path(chosen_partial or default_partial_path(identity, seed))
     user_partial = bool(chosen_partial)
 
     seed_everything(seed)
-    network.to(device)
+    network.to(device, memory_format=channels_last_format(network))
     params = [p for p in (parameters if parameters is not None else network.parameters()) if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires a gradient")
@@ -177,7 +215,7 @@ def train_network(
         optim = torch.optim.SGD(params, lr=lr, **options)
     else:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected adam or sgd")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
     start_epoch, best_metric, best_epoch, bad_epochs, history, previous_seconds = 0, -math.inf, 0, 0, [], 0.0
     best_state = None
@@ -186,7 +224,7 @@ def train_network(
         state = load_partial(resume_from, identity)
         network.load_state_dict(state["model"])
         optim.load_state_dict(state["optimizer"])
-        if use_amp and state.get("scaler"):
+        if use_scaler and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start_epoch, best_metric, best_epoch = int(state["epoch"]), float(state["best_metric"]), int(state["best_epoch"])
         bad_epochs, history = int(state["bad_epochs"]), list(state["history"])
@@ -224,7 +262,7 @@ def train_network(
             if step >= steps:
                 break
             optim.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
+            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
                 loss = loss_fn(model, batch, device)
             if not torch.isfinite(loss.detach()):
                 raise ValueError(f"{identity.get('family')}: training diverged (loss {loss.item()}) at epoch "
@@ -269,7 +307,7 @@ def train_network(
             if improved:
                 best_state = _cpu_state(network)
             total_time = previous_seconds + time.time() - started
-            _write_partial(partial_path, identity, network, optim, scaler, use_amp, epoch + 1, best_state,
+            _write_partial(partial_path, identity, network, optim, scaler, use_scaler, epoch + 1, best_state,
                            best_metric, best_epoch, bad_epochs, history, total_time)
             stop = bool(settings.on_epoch({"epoch": epoch + 1, "total_epochs": epochs, "best_metric": best_metric,
                                            "total_time": round(total_time, 1), "loss": train_loss, "metric": metric,
@@ -305,7 +343,7 @@ def train_network(
         "learning_rate": lr,
         "optimizer": optimizer,
         "device": str(device),
-        "mixed_precision": use_amp,
+        "mixed_precision": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
         "world_size": world,
         "resumed_from_epoch": resumed_from,
         "partial": str(partial_path) if (stopped == "callback" or user_partial) else None,
@@ -333,13 +371,13 @@ def _write_partial(path: Path, identity: dict, network: nn.Module, optim, scaler
 
 
 def place_for_inference(net: torch.nn.Module, wanted: str | None) -> torch.device:
-    """Move a network that sits on the CPU to the ``wanted`` device ("auto", "cuda", ...) once; returns its device."""
+    """Move a network that sits on the CPU to the ``wanted`` device ("auto", "cuda", ...) once, in the layout it
+    trained in (channels-last: a loaded network then predicts exactly what the trained one did); returns its device."""
     device = module_device(net)
     if device.type == "cpu" and wanted is not None:
         target = resolve_device(wanted)
-        if target != device:
-            net.to(target)
-            device = target
+        net.to(target, memory_format=channels_last_format(net))
+        device = target
     return device
 
 
