@@ -198,16 +198,16 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
                     if loads else ""), ""]
         stem = task.slug
         slices = Path(out) / "slices" / task.slug
-        # The slices behind a montage are data and stay out of the repository: without them the figure made when
-        # the folds ran is kept.
+        # The slices behind a montage are data and stay out of the repository: unless this folder holds them for
+        # every model with results, the figure made when the folds ran is kept (its column titles name its models).
         kept = figures_dir / f"{stem}_montage.png"
-        made = montage(task, slices, [e for e in entries if e.name in results], kept)
-        if made is None and kept.exists():
-            made = kept
+        shown = [e for e in entries if e.name in results]
+        made = kept if kept.exists() and not all((slices / e.slug).is_dir() for e in shown) else \
+            montage(task, slices, shown, kept)
         box_plots(task, results, figures_dir / f"{stem}_boxplots.png")
         relative = lambda p: os.path.relpath(p, report.parent)  # noqa: E731
         if made:
-            body += [f"![{task.name}: inputs, acquired target, every model and its absolute error]"
+            body += [f"![{task.name}: inputs, acquired target, the models whose slices it was drawn from, absolute errors]"
                      f"({relative(made)})", ""]
         body += [f"![{task.name}: PSNR and SSIM per test subject]({relative(figures_dir / f'{stem}_boxplots.png')})",
                  ""]
