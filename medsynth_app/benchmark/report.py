@@ -207,8 +207,8 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
         box_plots(task, results, figures_dir / f"{stem}_boxplots.png")
         relative = lambda p: os.path.relpath(p, report.parent)  # noqa: E731
         if made:
-            body += [f"![{task.name}: inputs, acquired target, the models whose slices it was drawn from, absolute errors]"
-                     f"({relative(made)})", ""]
+            body += [f"![{task.name}: inputs, acquired target, the models whose slices it was drawn from, absolute "
+                     f"errors]({relative(made)})", ""]
         body += [f"![{task.name}: PSNR and SSIM per test subject]({relative(figures_dir / f'{stem}_boxplots.png')})",
                  ""]
         shrink = shrink_rows(results)
