@@ -22,7 +22,7 @@ DistributedSampler, and only rank 0 validates, writes and reports (see `distribu
 
 Settings read from ``TrainSettings.extra`` (the family's hparams may set the same): ``patience`` (10),
 ``min_delta`` (0), ``max_steps_per_epoch`` (None: every batch), ``partial_path``, ``workers`` (DataLoader worker
-processes, 0), ``amp`` ("auto"). ``max_steps_per_epoch`` and ``amp`` change how long a run takes, not what it trains:
+processes, 0), ``amp`` ("auto"). ``max_steps_per_epoch`` and ``amp`` set the schedule and arithmetic, not the model:
 `resumable_hparams` leaves them out of the identity a resumed run must match. The partial-training file goes to
 ``partial_path``, else to ``resume_from`` (updated in place), else to
 <tmp>/medsynth_partial/<family>_<task>_seed<seed>.pt (deleted when that run finishes). The CLI sets them with ``train --partial`` and ``--resume``.
