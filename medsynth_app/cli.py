@@ -231,7 +231,8 @@ def cmd_benchmark(args) -> int:
     command = "medsynth benchmark " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["benchmark"] else "medsynth benchmark"
     summary = run_benchmark(args.studies, args.out, tasks=args.tasks, secondary=args.secondary,
                             models=args.models.split(",") if args.models else None, plan_path=args.plan,
-                            folds_path=args.folds, device=args.device, timing_repeats=args.timing_repeats,
+                            folds_path=args.folds, run_folds=args.run_folds.split(",") if args.run_folds else None,
+                            device=args.device, timing_repeats=args.timing_repeats,
                             report=args.report, readme=args.readme, report_only=args.report_only,
                             progress=not args.quiet, command=command)
     for task, result in summary["tasks"].items():
@@ -344,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help="comma list of the plan's model names (default: all)")
     p.add_argument("--plan", help="benchmark plan JSON (default: medsynth_app/data/benchmark.json)")
     p.add_argument("--folds", help="folds file (default: the EVALUATION.md folds)")
+    p.add_argument("--run-folds", help="comma list of the folds to train and score in this process (default: all), "
+                   "e.g. to share the folds among machines writing to one results folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--timing-repeats", type=int, default=5, help="syntheses timed per model (0: no timing)")
     p.add_argument("--report", help="markdown report (default: OUT/benchmarks.md)")

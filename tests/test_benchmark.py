@@ -113,6 +113,16 @@ def test_report_numbers_are_the_means_of_the_result_files(bench):
     assert f"{task['models']['LSDN-1']['summary']['pooled']['psnr']['mean']:.2f}" in readme
 
 
+def test_run_folds_trains_only_those_folds(bench, tmp_path, capsys):
+    root, args = bench
+    out = tmp_path / "out"
+    only = [*args[:4], str(out), *args[5:], "--models", "linear", "--run-folds", "2", "--timing-repeats", "0"]
+    assert main(only) == 0
+    assert sorted(p.name for p in (out / "runs" / "T1_to_T2" / "linear").iterdir()) == ["fold2.json"]
+    assert main([*only[:-4], "--run-folds", "4"]) == 2
+    assert "no fold 4; folds are 1, 2, 3" in capsys.readouterr().err
+
+
 def test_a_second_run_resumes_without_retraining(bench, capsys):
     root, args = bench
     files = sorted((root / "out" / "runs").rglob("*.json"))

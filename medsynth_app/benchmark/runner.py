@@ -85,7 +85,12 @@ class Benchmark:
     def _path(self, kind: str, task: Task, entry: Entry, name: str) -> Path:
         return self.out / kind / task.slug / entry.slug / name
 
-    def run(self, tasks: list[Task], entries: list[Entry]) -> None:
+    def run(self, tasks: list[Task], entries: list[Entry], only_folds: list[str] | None = None) -> None:
+        """Every fold (or ``only_folds``) of every entry on every task, then each entry's timing once its fold-1
+        weights exist."""
+        unknown = sorted(set(only_folds or ()) - set(self.folds.folds))
+        if unknown:
+            raise ValueError(f"no fold {', '.join(unknown)}; folds are {', '.join(self.folds.folds)}")
         for task in tasks:
             usable = [s for s in self.studies if s.has(task.contrasts)]
             if not usable:
@@ -93,7 +98,8 @@ class Benchmark:
                 continue
             for entry in entries:
                 for fold in self.folds.folds:
-                    self.run_fold(task, entry, fold)
+                    if not only_folds or fold in only_folds:
+                        self.run_fold(task, entry, fold)
                 if self.timing_repeats > 0:
                     self.run_timing(task, entry)
 
