@@ -16,7 +16,7 @@ autocast with a GradScaler on CUDA and full float32 on the CPU; "bf16" bfloat16 
 bfloat16 has float32's range), which halves a SynNet MISO training step on a CPU with AVX-512 BF16 (measured 5.3 s ->
 2.7 s for 8 crops of 128x128 on one thread); "off" float32 everywhere. Weights, optimiser state and the loss stay
 float32; validation and inference run in float32. Convolutional networks train in channels-last layout (about 15 %
-faster on this CPU). Under torchrun with WORLD_SIZE > 1 the network is wrapped
+faster on a 2-core AMD EPYC). Under torchrun with WORLD_SIZE > 1 the network is wrapped
 in DistributedDataParallel (gloo on CPU, nccl on CUDA), each rank gets its share of every epoch through the
 DistributedSampler, and only rank 0 validates, writes and reports (see `distributed`).
 
