@@ -17,8 +17,9 @@ from .runner import Benchmark
 
 def run_benchmark(studies_dir: str, out: str | Path, *, tasks: list[str] | None = None, secondary: bool = False,
                   models: list[str] | None = None, plan_path: str | None = None, folds_path: str | None = None,
-                  run_folds: list[str] | None = None, device: str = "auto", timing_repeats: int = 5, report: str | Path | None = None,
-                  readme: str | Path | None = None, report_only: bool = False, progress: bool = True,
+                  run_folds: list[str] | None = None, device: str = "auto", timing_repeats: int = 5,
+                  report: str | Path | None = None, readme: str | Path | None = None, report_only: bool = False,
+                  progress: bool = True,
                   command: str = "medsynth benchmark") -> dict:
     plan = Plan.load(plan_path)
     folds = Folds.load(folds_path)
