@@ -25,7 +25,8 @@ Settings read from ``TrainSettings.extra`` (the family's hparams may set the sam
 processes, 0), ``amp`` ("auto"). ``max_steps_per_epoch`` and ``amp`` set the schedule and arithmetic, not the model:
 `resumable_hparams` leaves them out of the identity a resumed run must match. The partial-training file goes to
 ``partial_path``, else to ``resume_from`` (updated in place), else to
-<tmp>/medsynth_partial/<family>_<task>_seed<seed>.pt (deleted when that run finishes). The CLI sets them with ``train --partial`` and ``--resume``.
+<tmp>/medsynth_partial/<family>_<task>_seed<seed>.pt (deleted when that run finishes). The CLI sets them with
+``train --partial`` and ``--resume``.
 """
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ SCHEDULE_HPARAMS = ("max_steps_per_epoch", "amp")
 
 def amp_mode(amp) -> str:
     """The ``amp`` setting checked: one of AMP_MODES; booleans stand for "auto" (True) and "off" (False)."""
-    mode = {True: "auto", False: "off"}.get(amp, amp) if isinstance(amp, bool) else str(amp)
+    mode = ("auto" if amp else "off") if isinstance(amp, bool) else str(amp)
     if mode not in AMP_MODES:
         raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, not {amp!r}")
     return mode
@@ -350,7 +351,7 @@ def train_network(
     }
 
 
-def _write_partial(path: Path, identity: dict, network: nn.Module, optim, scaler, use_amp: bool, epoch: int,
+def _write_partial(path: Path, identity: dict, network: nn.Module, optim, scaler, use_scaler: bool, epoch: int,
                    best_state, best_metric: float, best_epoch: int, bad_epochs: int, history: list,
                    seconds: float) -> None:
     data = {
@@ -359,7 +360,7 @@ def _write_partial(path: Path, identity: dict, network: nn.Module, optim, scaler
         "epoch": epoch,
         "model": _cpu_state(network),
         "optimizer": optim.state_dict(),
-        "scaler": scaler.state_dict() if use_amp else None,
+        "scaler": scaler.state_dict() if use_scaler else None,
         "best": best_state,
         "best_metric": best_metric,
         "best_epoch": best_epoch,
