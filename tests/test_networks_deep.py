@@ -295,6 +295,20 @@ def test_edge_weighted_l2_hand_computed():
     assert torch.equal(edge_weights(torch.zeros(1, 1, 4, 4)), torch.ones(1, 1, 4, 4))
 
 
+def test_costs_stay_float32_under_bfloat16_autocast():
+    # mean-normalised brain intensities (1-4) and a near-perfect prediction: bfloat16 SSIM rounds to exactly 1 here
+    target = torch.rand(4, 1, 64, 64) * 3 + 1
+    prediction = target + 0.01 * torch.randn_like(target)
+    net = MultimodalSynthesisNet(["T1", "T2"], ["FLAIR"])
+    output = net(_images(["T1", "T2"], size=16), decode_individual=True)
+    flair = {"FLAIR": torch.rand(2, 1, 16, 16) * 3 + 1}
+    expected = SynNetJointLoss()(prediction, target), MultimodalSynthesisLoss()(output, flair)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        joint, multimodal = SynNetJointLoss()(prediction, target), MultimodalSynthesisLoss()(output, flair)
+    assert joint.dtype == multimodal.dtype == torch.float32
+    assert joint.item() == pytest.approx(expected[0].item(), rel=1e-6)
+    assert multimodal.item() == pytest.approx(expected[1].item(), rel=1e-6)
+
 def test_synnet_loss_kinds():
     target = torch.rand(2, 1, 16, 16)
     prediction = torch.rand(2, 1, 16, 16)
