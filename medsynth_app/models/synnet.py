@@ -72,7 +72,7 @@ class SynNetModel(NetworkWeights, SynthesisModel):
 
         def loss(net, batch, device):
             x = batch.to(device, non_blocking=True)
-            return cost(net(x[:, :n_in]).float(), x[:, n_in:])
+            return cost(net(x[:, :n_in]), x[:, n_in:])
 
         options = ({"momentum": hp["momentum"], "weight_decay": hp["weight_decay"]} if hp["optimizer"] == "sgd"
                    else {"weight_decay": hp["weight_decay"]})
