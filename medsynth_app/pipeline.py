@@ -169,7 +169,7 @@ def synthesize(
     lesion_mask: sitk.Image | None = None,
     intensity: str = "scaled",
 ) -> sitk.Image:
-    """Synthesise ``target`` from ``images`` (contrast -> image; the first one's grid is the output grid).
+    """Synthesise ``target`` from ``images`` (contrast -> image; the first input used gives the output grid).
 
     intensity "scaled" returns the target on the typical intensity scale of the training data; "normalised" keeps
     the model's normalised units (mean 1 inside the brain for mean normalisation).
@@ -178,7 +178,8 @@ def synthesize(
     if target not in checkpoint.targets:
         raise ValueError(f"{checkpoint.family} ({checkpoint.task}) does not synthesise {target}")
     model = checkpoint.build()
-    used = model.usable_inputs(list(images))
+    # A target is never its own input, nor does its acquired image shape the brain mask or the crop.
+    used = model.usable_inputs([c for c in images if c != target])
     subject = prepare(
         {c: images[c] for c in used},
         reference=next(c for c in images if c in used),

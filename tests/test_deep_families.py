@@ -8,11 +8,12 @@ import itertools
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from medsynth_app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medsynth_app.models import TrainSettings, create
-from medsynth_app.pipeline import prepare_study
+from medsynth_app.pipeline import prepare_study, synthesize
 from medsynth_app.studies import find_studies
 from medsynth_app.training.inference import predict_tiled
 
@@ -120,6 +121,25 @@ def test_multimodal_brasyn_completes_every_missing_contrast(subjects, small):
         with pytest.raises(ValueError, match="never its own input"):
             model.predict(subject, target, inputs=[target])
     assert not np.array_equal(outputs["FLAIR", ("T1",)], outputs["FLAIR", ("T2",)])
+
+
+def test_synthesis_ignores_the_acquired_target_among_the_images(mni_crops):
+    """Given the target's own acquired image too, the synthesis is the one from the inputs alone: the target shapes
+    neither the prediction nor the brain mask (here a FLAIR with half its brain blanked out would shrink it)."""
+    model = create("multimodal", CONTRASTS, CONTRASTS, input_dropout=0.5)
+    checkpoint = Checkpoint.from_model(model)
+    study = mni_crops / "patient26"
+    images = {c: sitk.ReadImage(str(study / f"{c}.nii.gz")) for c in ("T1", "T2")}
+    flair = sitk.ReadImage(str(study / "FLAIR.nii.gz"))
+    blanked = sitk.GetArrayFromImage(flair)
+    blanked[:, :, : blanked.shape[2] // 2] = 0
+    damaged = sitk.GetImageFromArray(blanked)
+    damaged.CopyInformation(flair)
+    alone = sitk.GetArrayFromImage(synthesize(checkpoint, images, "FLAIR", intensity="normalised"))
+    with_target = sitk.GetArrayFromImage(synthesize(checkpoint, {**images, "FLAIR": damaged}, "FLAIR",
+                                                    intensity="normalised"))
+    assert (alone > 0).sum() > 1000
+    np.testing.assert_array_equal(with_target, alone)
 
 
 def test_multimodal_three_view_average_and_lesion_channel(subjects, small):

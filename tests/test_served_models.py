@@ -109,14 +109,7 @@ def test_served_output_is_float32_on_the_input_grid_and_marked(scores, name, tas
     assert image.GetMetaData("descrip").startswith("SYNTHETIC")
 
 
-# Measured in a clean checkout: the served multimodal synthesis differs from the library's in 0.04-0.07 % of the
-# voxels (up to 130 in scanner units); the cause is not found yet. Every other family matches.
-SERVED_DIFFERS = {n for n, _ in SCORED if n.startswith("multimodal_")}
-
-
-@pytest.mark.parametrize("name, task", [
-    pytest.param(n, t, marks=pytest.mark.xfail(reason="served multimodal output differs in a few voxels: open defect"))
-    if n in SERVED_DIFFERS else (n, t) for n, t in SCORED])
+@pytest.mark.parametrize("name, task", SCORED)
 def test_served_output_equals_the_library_synthesis(scores, name, task):
     served = sitk.GetArrayFromImage(scores[name, task]["image"])
     library = sitk.GetArrayFromImage(scores[name, task]["library"])

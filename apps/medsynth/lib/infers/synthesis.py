@@ -275,7 +275,7 @@ class SynthesisInferTask(BasicInferTask):
 
     def _choose(self, target: str, files: Dict[str, Path], study_id: str):
         """The checkpoint for ``target`` usable with the available contrasts, using the most inputs."""
-        available = [c for c in CONTRASTS if c in files]
+        available = [c for c in CONTRASTS if c in files and c != target]
         best, reasons = None, []
         for path, ckpt in self.checkpoints:
             if target not in ckpt.targets:
@@ -289,8 +289,8 @@ class SynthesisInferTask(BasicInferTask):
                 best = (path, ckpt, used)
         if best is None:
             raise SynthesisRequestError(
-                f"cannot synthesise {target} for study {study_id or '?'} (has {'+'.join(available) or 'no named contrast'}"
-                f"): {'; '.join(reasons)}; pass the missing contrasts as params inputs {{\"<contrast>\": \"<image id>\"}}")
+                f"cannot synthesise {target} for study {study_id or '?'} (inputs besides the target: "
+                f"{'+'.join(available) or 'none'}): {'; '.join(reasons)}; pass the missing contrasts as params inputs {{\"<contrast>\": \"<image id>\"}}")
         return best
 
 
