@@ -19,6 +19,7 @@ from medsynth_app.losses import (
 from medsynth_app.networks.cae3d import ConvAutoencoder3D
 from medsynth_app.networks.multimodal import FUSIONS, MultimodalSynthesisNet
 from medsynth_app.networks.synnet import SynNet
+from medsynth_app.training.inference import with_batch_norms_folded
 
 INPUTS = ("T1", "T2", "DWI")
 
@@ -230,6 +231,24 @@ def test_synnet_default_widths_and_errors():
 
 
 # --- 3-D convolutional autoencoder --------------------------------------------------------------------------------
+
+
+def test_folding_the_batch_norms_keeps_synnets_outputs():
+    """A trained-like SynNet (running statistics and affines away from their defaults) gives the same output with
+    each conv-BN pair folded into one conv; the original network keeps its norms and its training mode."""
+    net = SynNet(2, 1, features=8, depth=2)
+    for norm in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+        torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
+        torch.nn.init.uniform_(norm.bias, -0.5, 0.5)
+    x = torch.randn(3, 2, 24, 20)
+    folded = with_batch_norms_folded(net)
+    assert net.training and not folded.training
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == 7  # 2 x 2 encoder, 2 decoder, bottleneck
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net.eval()(x), rtol=1e-5, atol=1e-5)
 
 
 def test_cae3d_size_arithmetic():

@@ -20,7 +20,7 @@ from ..preprocessing import PreparedSubject
 from ..training.common import learning_rate, validation_scores
 from ..training.datasets import SliceDataset
 from ..training.engine import NetworkWeights, amp_mode, resumable_hparams, seed_everything, train_network
-from ..training.inference import predict_slices
+from ..training.inference import predict_slices, with_batch_norms_folded
 from .base import SynthesisModel, TrainSettings, register
 
 OPTIMIZERS = {"sgd": 0.01, "adam": 1e-3}  # default learning rates
@@ -95,7 +95,6 @@ class SynNetModel(NetworkWeights, SynthesisModel):
         if missing:
             raise ValueError(f"synnet: subject {subject.id} lacks {'+'.join(missing)}")
         device = self._inference_device()
-        self.net.eval()
-        out = predict_slices(self.net, [subject.images[c] for c in self.inputs], 2, device,
+        out = predict_slices(with_batch_norms_folded(self.net), [subject.images[c] for c in self.inputs], 2, device,
                              self.hparams["inference_batch"])[self.targets.index(target)]
         return np.where(subject.mask, out, 0).astype(np.float32)
