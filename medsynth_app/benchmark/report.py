@@ -1,5 +1,5 @@
-"""The benchmark report: summary JSON, markdown tables (docs/benchmarks.md), figures, and the README's short table,
-all derived from the per-fold result files of `runner` and nothing else."""
+"""The benchmark report: markdown tables (docs/benchmarks.md) with their summary JSON beside it (docs/benchmarks.json),
+figures, and the README's table, all derived from the per-fold result files of `runner` and nothing else."""
 from __future__ import annotations
 
 import json
@@ -239,7 +239,8 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
               "for a 2-core CPU; GPU numbers appear here only when the benchmark was run on a GPU.", ""]
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text("\n".join(header + body).rstrip() + "\n")
-    (Path(out) / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    # beside the report it describes: a run of a few tasks or models reporting elsewhere leaves the full summary alone
+    report.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=float))
     if readme is not None:
         update_readme(Path(readme), summary, tasks, os.path.relpath(report, Path(readme).parent))
     return summary
