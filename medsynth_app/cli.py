@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -366,11 +367,18 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "cv", False) and not args.model:
         print("medsynth: error: --cv needs --model", file=sys.stderr)
         return 2
+    # the library reports each epoch's validation scores (and resumptions) at INFO level: show them on stderr
+    package, handler = logging.getLogger("medsynth_app"), logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
     try:
         return args.func(args)
     except (ImageError, StudyError, CheckpointError, ValueError) as err:
         print(f"medsynth: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        package.removeHandler(handler)
 
 
 if __name__ == "__main__":

@@ -232,7 +232,7 @@ def train_network(
         previous_seconds = float(state.get("seconds", 0.0))
         best_state = state.get("best")
         resumed_from = start_epoch
-        if ctx.is_main:
+        if ctx.is_main and settings.progress:
             logger.info("resuming %s from epoch %d (%s)", identity.get("family"), start_epoch, resume_from)
 
     model: nn.Module = network
@@ -244,7 +244,7 @@ def train_network(
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=int(settings.extra.get("workers", 0)),
                         pin_memory=device.type == "cuda")
     steps = len(loader) if max_steps is None else min(len(loader), int(max_steps))
-    if ctx.is_main:
+    if ctx.is_main and settings.progress:
         logger.info("%s: %d samples, %d steps of %d per epoch on %s x %d; partial-training file %s",
                     identity.get("family"), len(dataset), steps, batch_size, device, ctx.world_size, partial_path)
     started = time.time()
@@ -304,7 +304,9 @@ def train_network(
                    "train_seconds": round(train_seconds, 1), **{k: round(float(v), 4) for k, v in scores.items()}}
             history.append(row)
             if settings.progress:
-                logger.info("%s epoch %d/%d %s", identity.get("family"), epoch + 1, epochs, row)
+                logger.info("%s epoch %d/%d: %s%s", identity.get("family"), epoch + 1, epochs,
+                            ", ".join(f"{k} {v}" for k, v in row.items() if k != "epoch"),
+                            " (best so far)" if improved else "")
             if improved:
                 best_state = _cpu_state(network)
             total_time = previous_seconds + time.time() - started
