@@ -370,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     # the library reports each epoch's validation scores (and resumptions) at INFO level: show them on stderr
     package, handler = logging.getLogger("medsynth_app"), logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    level = package.level
     package.addHandler(handler)
     package.setLevel(logging.INFO)
     try:
@@ -379,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         package.removeHandler(handler)
+        package.setLevel(level)
 
 
 if __name__ == "__main__":

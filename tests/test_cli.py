@@ -126,16 +126,14 @@ def test_evaluate_skips_an_unusable_study_and_says_why(trained, mni_crops, tmp_p
 
 
 def test_training_prints_each_epochs_validation_scores(mni_crops, crop_folds, tmp_path, capsys):
-    assert main(["train", "--model", "synnet", "--inputs", "T1", "--target", "T2", "--studies", str(mni_crops),
-                 "--fold", "1", "--folds", str(crop_folds), "--val-fraction", "0.5", "--epochs", "2",
-                 "--batch-size", "2", "--hparam", "max_steps_per_epoch=1", "--hparam", "crop=32",
-                 "--out", str(tmp_path / "synnet.pt")]) == 0
+    train = ["train", "--model", "synnet", "--inputs", "T1", "--target", "T2", "--studies", str(mni_crops), "--fold",
+             "1", "--folds", str(crop_folds), "--batch-size", "2", "--hparam", "max_steps_per_epoch=1", "--hparam",
+             "crop=32"]
+    assert main([*train, "--val-fraction", "0.5", "--epochs", "2", "--out", str(tmp_path / "synnet.pt")]) == 0
     lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("synnet epoch ") and ": loss " in x]
     assert [x.split(":")[0] for x in lines] == ["synnet epoch 1/2", "synnet epoch 2/2"]
     assert "val_psnr" in lines[0] and "val_ssim" in lines[0] and lines[0].endswith("(best so far)")
-    assert main(["train", "--model", "synnet", "--inputs", "T1", "--target", "T2", "--studies", str(mni_crops),
-                 "--fold", "1", "--folds", str(crop_folds), "--quiet", "--epochs", "1", "--batch-size", "2",
-                 "--hparam", "max_steps_per_epoch=1", "--hparam", "crop=32", "--out", str(tmp_path / "q.pt")]) == 0
+    assert main([*train, "--quiet", "--epochs", "1", "--out", str(tmp_path / "q.pt")]) == 0
     assert ": loss " not in capsys.readouterr().err
 
 
