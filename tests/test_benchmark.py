@@ -56,6 +56,8 @@ def test_plan_parses_tasks_and_rejects_unknown_families(tmp_path):
     assert [t.name for t in default.tasks()] == ["T1+T2->FLAIR", "T1->T2"]
     assert {"linear", "replica", "mp", "vdn", "cdn", "lsdn", "synnet", "multimodal", "cae3d"} == \
         {e.family for e in default.entries}
+    rates = {e.name: e.lr for e in default.entries}
+    assert rates["multimodal"] == 1e-3 and rates["synnet"] is None  # None: the family's own default
     assert {("synnet", "synnet-L2"), ("synnet", "synnet-wL2"), ("LSDN-1+SC", "CDN+SC")} <= \
         {pair for c in default.comparisons for pair in c.pairs}
 
@@ -161,7 +163,7 @@ def test_a_model_that_accepts_missing_inputs_is_tested_with_each_subset(mni_crop
     the same entry trained on T1 alone (the task T1->FLAIR)."""
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"tasks": {"primary": ["T1+T2->FLAIR", "T1->FLAIR"]}, "baselines": [], "models": [
-        {"name": "multimodal", "family": "multimodal", "epochs": 1, "subsets": True,
+        {"name": "multimodal", "family": "multimodal", "epochs": 1, "subsets": True, "lr": 0.003,
          "hparams": {"max_steps_per_epoch": 1, "crop": 32}}]}))
     folds = tmp_path / "folds.json"
     folds.write_text(json.dumps({"cohorts": {"MS": ["patient"]},
@@ -171,6 +173,7 @@ def test_a_model_that_accepts_missing_inputs_is_tested_with_each_subset(mni_crop
                  "--folds", str(folds), "--timing-repeats", "0", "--report", str(report), "--quiet"]) == 0
     runs = tmp_path / "out" / "runs"
     fold = json.loads((runs / "T1+T2_to_FLAIR" / "multimodal" / "fold1.json").read_text())
+    assert fold["lr"] == fold["training"]["learning_rate"] == 0.003  # the plan's rate replaces the paper's 1e-4
     assert list(fold["subsets"]) == ["T1", "T2"]
     [with_t1] = fold["subsets"]["T1"]
     assert with_t1["id"] == "patient07" and with_t1["psnr"] != fold["subjects"][0]["psnr"]

@@ -46,8 +46,8 @@ class Task:
 @dataclass(frozen=True)
 class Entry:
     """One row of the report: a family trained with ``epochs`` and ``hparams``; ``validation`` carves one subject out
-    of each fold's training subjects for early stopping (EVALUATION.md), for the families that stop early;
-    ``subsets`` also tests each fold's model with every proper non-empty subset of the task's inputs (families that
+    of each fold's training subjects for early stopping (EVALUATION.md), for the families that stop early; ``lr``
+    overrides the family's paper learning rate (None keeps it); ``subsets`` also tests each fold's model with every proper non-empty subset of the task's inputs (families that
     accept missing inputs)."""
 
     name: str
@@ -56,6 +56,7 @@ class Entry:
     hparams: dict = field(default_factory=dict)
     validation: bool = False
     subsets: bool = False
+    lr: float | None = None
 
     @property
     def slug(self) -> str:
@@ -87,7 +88,8 @@ class Plan:
             data = json.loads(path.read_text())
             entries = tuple(Entry(name=str(m["name"]), family=str(m["family"]), epochs=int(m.get("epochs", 10)),
                                   hparams=dict(m.get("hparams", {})), validation=bool(m.get("validation", False)),
-                                  subsets=bool(m.get("subsets", False)))
+                                  subsets=bool(m.get("subsets", False)),
+                                  lr=float(m["lr"]) if m.get("lr") is not None else None)
                             for m in data["models"])
             comparisons = tuple(Comparison(str(c["title"]), tuple(c["metrics"]),
                                            tuple((str(a), str(b)) for a, b in c["pairs"]))
