@@ -47,8 +47,8 @@ class Task:
 class Entry:
     """One row of the report: a family trained with ``epochs`` and ``hparams``; ``validation`` carves one subject out
     of each fold's training subjects for early stopping (EVALUATION.md), for the families that stop early; ``lr``
-    overrides the family's paper learning rate (None keeps it); ``subsets`` also tests each fold's model with every proper non-empty subset of the task's inputs (families that
-    accept missing inputs)."""
+    overrides the family's paper learning rate (None keeps it); ``subsets`` also tests each fold's model with every
+    proper non-empty subset of the task's inputs (families that accept missing inputs)."""
 
     name: str
     family: str

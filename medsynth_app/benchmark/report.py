@@ -30,7 +30,8 @@ def collect(out: Path, task: Task, entry: Entry, folds: Folds) -> dict | None:
     timing = json.loads((base / "timing.json").read_text()) if (base / "timing.json").exists() else None
     cohorts = sorted({r["cohort"] for r in rows})
     return {"model": entry.name, "family": entry.family, "epochs": entry.epochs, "lr": entry.lr,
-            "hparams": entry.hparams, "folds": sorted(runs), "complete": len(runs) == len(folds.folds), "rows": rows, "subsets": subsets,
+            "hparams": entry.hparams, "folds": sorted(runs), "complete": len(runs) == len(folds.folds), "rows": rows,
+            "subsets": subsets,
             "errors": [r for run in runs.values() for r in run["subjects"] if "error" in r],
             "summary": {"pooled": summarise(rows), **{c: summarise([r for r in rows if r["cohort"] == c])
                                                       for c in cohorts}},

@@ -138,7 +138,8 @@ class Benchmark:
             subsets["+".join(subset)] = self._tag_cohorts(
                 pipeline.evaluate(checkpoint, test, task.target, subset, progress=self.progress))
         result = {"task": task.name, "model": entry.name, "family": entry.family, "fold": fold,
-                  "epochs": entry.epochs, "lr": entry.lr, "hparams": entry.hparams, "train_subjects": [s.id for s in train],
+                  "epochs": entry.epochs, "lr": entry.lr, "hparams": entry.hparams,
+                  "train_subjects": [s.id for s in train],
                   "validation_subjects": [s.id for s in validation], "train_seconds": round(train_seconds, 1),
                   "training": checkpoint.training, "subjects": rows, "subsets": subsets,
                   "device": describe_device(self.device),
