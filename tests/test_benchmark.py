@@ -187,6 +187,15 @@ def test_a_model_that_accepts_missing_inputs_is_tested_with_each_subset(mni_crop
     assert f"{np.mean(t1):.2f} ± {np.std(t1, ddof=1):.2f}" in rows["| T1"]
     assert f"{paired_ttest(t1, dedicated)['mean_difference']:+.2f}" in rows["| T1"]
     assert "not run" in rows["| T2"]  # the plan has no T2->FLAIR task
+    assert " fold" not in rows["| T1"]
+
+    # a subset-trained run that finished two folds: named so, and paired on their subjects alone
+    (runs / "T1_to_FLAIR" / "multimodal" / "fold3.json").unlink()
+    assert main(["benchmark", "--studies", str(mni_crops), "--out", str(tmp_path / "out"), "--plan", str(plan),
+                 "--folds", str(folds), "--report", str(report), "--report-only", "--quiet"]) == 0
+    [t1_row] = [line for line in report.read_text().splitlines() if line.startswith("| T1 |")]
+    assert f"{np.mean(dedicated[:2]):.2f} / " in t1_row and "(2 folds, n=2)" in t1_row
+    assert f"{paired_ttest(t1[:2], dedicated[:2])['mean_difference']:+.2f}" in t1_row.split(" | ")[-1]
 
 
 def test_peak_memory_of_a_timing_process_is_its_own_not_its_parents():

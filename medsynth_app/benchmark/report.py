@@ -76,6 +76,19 @@ def _delta(test: dict | None, digits: int) -> str:
     return f"{mark}{test['mean_difference']:+.{digits}f}{mark} (p={test['p']:.2g})"
 
 
+def _partial(result: dict, with_n: bool = True) -> str:
+    """" (2 folds, n=13)" for a model that has not finished every fold, "" for one that has."""
+    if result["complete"]:
+        return ""
+    folds = len(result["folds"])
+    n = f", n={_n(result['summary']['pooled'])}" if with_n else ""
+    return f" ({folds} fold{'s' if folds > 1 else ''}{n})"
+
+
+def _n(summary: dict) -> int:
+    return summary["psnr"]["n"] if "psnr" in summary else 0
+
+
 def task_table(results: dict[str, dict], baseline: str | None, cohorts: list[str]) -> list[str]:
     head = ["model", "n", "PSNR (dB)", "SSIM", "SNR (dB)", "MAE", *[f"{c} PSNR / SSIM" for c in cohorts]]
     if baseline:
@@ -84,10 +97,8 @@ def task_table(results: dict[str, dict], baseline: str | None, cohorts: list[str
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
         pooled = r["summary"]["pooled"]
-        n = pooled["psnr"]["n"] if "psnr" in pooled else 0
-        folds = "" if r["complete"] else f" ({len(r['folds'])} fold{'s' if len(r['folds']) > 1 else ''})"
-        cells = [f"{name}{folds}", str(n), _ms(pooled, "psnr", 2), _ms(pooled, "ssim", 3), _ms(pooled, "snr", 2),
-                 _ms(pooled, "mae", 3), *[_pair(r["summary"].get(c)) for c in cohorts]]
+        cells = [f"{name}{_partial(r, with_n=False)}", str(_n(pooled)), _ms(pooled, "psnr", 2), _ms(pooled, "ssim", 3),
+                 _ms(pooled, "snr", 2), _ms(pooled, "mae", 3), *[_pair(r["summary"].get(c)) for c in cohorts]]
         if baseline:
             other = results[baseline]
             cells += ["–", "–"] if name == baseline else [_delta(compare(r, other, "psnr"), 2),
@@ -135,9 +146,9 @@ def subset_lines(task: Task, result: dict, dedicated: dict[str, dict | None]) ->
     for name, rows in result["subsets"].items():
         summary, this = summarise(rows), {"rows": rows}
         other = dedicated.get(name)
-        against = (f"{_pair(other['summary']['pooled'])} | {_delta(compare(this, other, 'psnr'), 2)} / "
-                   f"{_delta(compare(this, other, 'ssim'), 3)}") if other else "not run | –"
-        lines.append(f"| {name} | {summary['psnr']['n'] if 'psnr' in summary else 0} | {_ms(summary, 'psnr', 2)} | "
+        against = (f"{_pair(other['summary']['pooled'])}{_partial(other)} | "
+                   f"{_delta(compare(this, other, 'psnr'), 2)} / {_delta(compare(this, other, 'ssim'), 3)}") if other else "not run | –"
+        lines.append(f"| {name} | {_n(summary)} | {_ms(summary, 'psnr', 2)} | "
                      f"{_ms(summary, 'ssim', 3)} | {_delta(compare(this, full, 'psnr'), 2)} | "
                      f"{_delta(compare(this, full, 'ssim'), 3)} | {against} |")
     return lines
@@ -223,7 +234,9 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
                 lines = subset_lines(task, results[entry.name], dedicated)
                 if lines:
                     body += [f"{entry.name} trained on {'+'.join(task.inputs)}, tested with missing inputs (each "
-                             "subset scored in its own brain mask, as its own task):", "", *lines, ""]
+                             "subset scored in its own brain mask, as its own task):", "", *lines, "",
+                             "Δ: paired t-tests over the test subjects both sides were scored on (the folds a "
+                             "partial run finished).", ""]
         for comparison in comparisons:
             lines = comparison_lines(results, comparison)
             if lines:
