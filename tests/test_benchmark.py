@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from medsynth_app.benchmark.plan import Plan, Task
+from medsynth_app.benchmark.report import readme_table
 from medsynth_app.cli import main
 from medsynth_app.metrics import paired_ttest
 
@@ -196,6 +197,19 @@ def test_a_model_that_accepts_missing_inputs_is_tested_with_each_subset(mni_crop
     [t1_row] = [line for line in report.read_text().splitlines() if line.startswith("| T1 |")]
     assert f"{np.mean(dedicated[:2]):.2f} / " in t1_row and "(2 folds, n=2)" in t1_row
     assert f"{paired_ttest(t1[:2], dedicated[:2])['mean_difference']:+.2f}" in t1_row.split(" | ")[-1]
+
+
+def test_the_readme_table_has_a_column_per_task_that_two_models_finished():
+    def model(psnr, complete=True):
+        return {"complete": complete, "summary": {"pooled": {"psnr": {"mean": psnr}, "ssim": {"mean": 0.5}}}}
+
+    summary = {"tasks": {"T1->T2": {"models": {"replica": model(19.0), "synnet": model(18.5, complete=False)}},
+                         "T1->FLAIR": {"models": {"multimodal": model(19.3)}},
+                         "T2->T1": {"models": {"replica": model(21.0), "mp": model(17.2)}}}}
+    tasks = [Task.parse(t) for t in ("T1->T2", "T1->FLAIR", "T2->T1")]
+    head, _, *rows = readme_table(summary, tasks)
+    assert head == "| model | T2->T1 PSNR / SSIM |"
+    assert rows == ["| replica | 21.00 / 0.500 |", "| mp | 17.20 / 0.500 |"]
 
 
 def test_peak_memory_of_a_timing_process_is_its_own_not_its_parents():
