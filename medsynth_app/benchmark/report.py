@@ -146,8 +146,9 @@ def subset_lines(task: Task, result: dict, dedicated: dict[str, dict | None]) ->
     for name, rows in result["subsets"].items():
         summary, this = summarise(rows), {"rows": rows}
         other = dedicated.get(name)
-        against = (f"{_pair(other['summary']['pooled'])}{_partial(other)} | "
-                   f"{_delta(compare(this, other, 'psnr'), 2)} / {_delta(compare(this, other, 'ssim'), 3)}") if other else "not run | –"
+        against = "not run | –" if not other else (
+            f"{_pair(other['summary']['pooled'])}{_partial(other)} | "
+            f"{_delta(compare(this, other, 'psnr'), 2)} / {_delta(compare(this, other, 'ssim'), 3)}")
         lines.append(f"| {name} | {_n(summary)} | {_ms(summary, 'psnr', 2)} | "
                      f"{_ms(summary, 'ssim', 3)} | {_delta(compare(this, full, 'psnr'), 2)} | "
                      f"{_delta(compare(this, full, 'ssim'), 3)} | {against} |")
