@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/medsynth demo --out demo_output
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -o faulthandler_timeout=900 tests
 
 benchmark: $(STAMP)
 	$(VENV)/bin/medsynth benchmark --studies $(BENCHMARK_DATA) --out $(BENCHMARK_OUT) --secondary \

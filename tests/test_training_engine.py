@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -206,17 +207,23 @@ def _ddp_worker(rank, world, port, subjects, out_dir):
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     model = create("synnet", ["T1"], ["T2"], **SYNNET)
-    # CPU + gloo even where CUDA exists (forked processes cannot use a CUDA context of their parent)
+    # CPU + gloo even where CUDA exists: the test checks the distributed code path, not a GPU
     summary = model.fit(subjects[:2], subjects[2:], _settings(device="cpu",
                                                               extra={"partial_path": f"{out_dir}/partial.pt"}))
     torch.save({"state": model.state_dict(), "summary": summary}, f"{out_dir}/rank{rank}.pt")
 
 
 def test_ddp_two_gloo_processes_end_identical(subjects, tmp_path):
-    # fork: the workers inherit the imported library (spawning fresh interpreters costs ~10 s each on a busy CPU);
-    # `torchrun --nproc_per_node=2` runs the same code path from the environment variables set in _ddp_worker.
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), subjects[:3], str(tmp_path)), nprocs=2, join=True,
-                       start_method="fork")
+    # spawn, not fork: a child forked from a parent whose OpenMP pool has run can deadlock in its first parallel
+    # region. `torchrun --nproc_per_node=2` runs the same code path from the environment variables set in _ddp_worker.
+    workers = mp.start_processes(_ddp_worker, args=(2, _free_port(), subjects[:3], str(tmp_path)), nprocs=2,
+                                 join=False, start_method="spawn")
+    deadline = time.monotonic() + 600
+    while not workers.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in workers.processes:
+                process.kill()
+            pytest.fail("the two DDP workers did not finish within 10 minutes")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["summary"]["world_size"] == 2 and r1["summary"]["world_size"] == 2
     # only rank 0 validates; every rank returns its account
