@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from medsynth_app.benchmark.plan import Plan, Task
-from medsynth_app.benchmark.report import readme_table
+from medsynth_app.benchmark.plan import Comparison, Plan, Task
+from medsynth_app.benchmark.report import comparison_lines, readme_table
 from medsynth_app.cli import main
 from medsynth_app.metrics import paired_ttest
 
@@ -197,6 +197,21 @@ def test_a_model_that_accepts_missing_inputs_is_tested_with_each_subset(mni_crop
     [t1_row] = [line for line in report.read_text().splitlines() if line.startswith("| T1 |")]
     assert f"{np.mean(dedicated[:2]):.2f} / " in t1_row and "(2 folds, n=2)" in t1_row
     assert f"{paired_ttest(t1[:2], dedicated[:2])['mean_difference']:+.2f}" in t1_row.split(" | ")[-1]
+
+
+def test_a_claim_with_a_partial_run_is_checked_on_the_subjects_both_models_were_scored_on():
+    joint = [20.0, 21.0, 19.5, 22.0, 20.5, 21.5]
+    l2 = [19.0, 20.8, 19.0]
+    results = {"synnet": {"complete": True, "folds": [1, 2, 3],
+                          "rows": [{"id": f"s{i}", "psnr": v} for i, v in enumerate(joint)]},
+               "synnet-L2": {"complete": False, "folds": [1],
+                             "rows": [{"id": f"s{i}", "psnr": v} for i, v in enumerate(l2)]}}
+    claim = Comparison("joint loss", ("psnr", "ssim"), (("synnet", "synnet-L2"), ("synnet", "synnet-wL2")))
+    [line] = comparison_lines(results, claim)  # no SSIM rows, no synnet-wL2 results
+    test = paired_ttest(joint[:3], l2)
+    assert line == (f"- PSNR synnet {np.mean(joint[:3]):.2f} dB vs synnet-L2 {np.mean(l2):.2f} dB (fold 1 only): "
+                    f"holds (difference {test['mean_difference']:+.2f} dB, p = {test['p']:.2g}, not significant, "
+                    "n = 3).")
 
 
 def test_the_readme_table_has_a_column_per_task_that_two_models_finished():

@@ -41,14 +41,18 @@ def collect(out: Path, task: Task, entry: Entry, folds: Folds) -> dict | None:
             "timing": timing}
 
 
-def compare(a: dict, b: dict, metric: str) -> dict | None:
-    """Paired t-test of ``metric`` between two models over the test subjects both were scored on."""
+def paired_values(a: dict, b: dict, metric: str) -> tuple[list[float], list[float]]:
+    """``metric`` of two models over the test subjects both were scored on, in the same order."""
     left = {r["id"]: r[metric] for r in a["rows"] if metric in r}
     right = {r["id"]: r[metric] for r in b["rows"] if metric in r}
     common = sorted(set(left) & set(right))
-    if len(common) < 2:
-        return None
-    return paired_ttest([left[i] for i in common], [right[i] for i in common])
+    return [left[i] for i in common], [right[i] for i in common]
+
+
+def compare(a: dict, b: dict, metric: str) -> dict | None:
+    """Paired t-test of ``metric`` between two models over the test subjects both were scored on."""
+    left, right = paired_values(a, b, metric)
+    return paired_ttest(left, right) if len(left) >= 2 else None
 
 
 def best_baseline(results: dict[str, dict], baselines: tuple[str, ...]) -> str | None:
@@ -159,22 +163,27 @@ UNITS = {"psnr": " dB", "snr": " dB"}
 
 
 def comparison_lines(results: dict[str, dict], comparison: Comparison) -> list[str]:
-    """One line per pair of ``comparison`` whose two models finished every fold: the claim first > second, checked
-    with a paired t-test over the test subjects for each metric."""
+    """One line per pair of ``comparison`` and metric: the claim first > second, checked with a paired t-test over
+    the test subjects both models were scored on, with their means over those subjects. A pair in which a model has
+    not finished every fold names the folds the two share."""
     lines = []
     for better, worse in comparison.pairs:
         a, b = results.get(better), results.get(worse)
-        if not (a and b and a["complete"] and b["complete"]):
+        if not (a and b):
             continue
+        shared = sorted(set(a["folds"]) & set(b["folds"]))
+        scope = "" if a["complete"] and b["complete"] else \
+            f" (fold{'s' if len(shared) > 1 else ''} {', '.join(map(str, shared))} only)"
         for metric in comparison.metrics:
-            test = compare(a, b, metric)
-            if test is None:
+            left, right = paired_values(a, b, metric)
+            if len(left) < 2:
                 continue
+            test = paired_ttest(left, right)
             unit, digits = UNITS.get(metric, ""), 2 if metric in UNITS else 3
             verdict = "holds" if test["mean_difference"] > 0 else "does not hold"
             significance = "significant" if test["p"] < 0.05 else "not significant"
-            lines.append(f"- {metric.upper()} {better} {a['summary']['pooled'][metric]['mean']:.{digits}f}{unit} vs "
-                         f"{worse} {b['summary']['pooled'][metric]['mean']:.{digits}f}{unit}: {verdict} (difference "
+            lines.append(f"- {metric.upper()} {better} {np.mean(left):.{digits}f}{unit} vs {worse} "
+                         f"{np.mean(right):.{digits}f}{unit}{scope}: {verdict} (difference "
                          f"{test['mean_difference']:+.{digits}f}{unit}, p = {test['p']:.2g}, {significance}, "
                          f"n = {test['n']}).")
     return lines
