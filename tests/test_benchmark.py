@@ -220,7 +220,8 @@ def test_the_readme_table_has_a_column_per_task_that_two_models_finished():
 
     summary = {"tasks": {"T1->T2": {"models": {"replica": model(19.0), "synnet": model(18.5, complete=False)}},
                          "T1->FLAIR": {"models": {"multimodal": model(19.3)}},
-                         "T2->T1": {"models": {"replica": model(21.0), "mp": model(17.2)}}}}
+                         "T2->T1": {"models": {"replica": model(21.0), "synnet-L2": model(18.0, complete=False),
+                                               "mp": model(17.2)}}}}
     tasks = [Task.parse(t) for t in ("T1->T2", "T1->FLAIR", "T2->T1")]
     head, _, *rows = readme_table(summary, tasks)
     assert head == "| model | T2->T1 PSNR / SSIM |"

@@ -272,12 +272,12 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
 
 def readme_table(summary: dict, tasks: list[Task]) -> list[str]:
     """Pooled PSNR / SSIM of every model that finished every fold, one column per task that at least two models
-    finished (a task run for one model alone compares with nothing; the report still has it)."""
+    finished (a task run for one model alone compares with nothing; the report still has it, and partial runs)."""
     def complete(t: Task) -> list[str]:
         return [m for m, r in summary["tasks"].get(t.name, {}).get("models", {}).items() if r["complete"]]
 
     shown = [t for t in tasks if len(complete(t)) >= 2]
-    names = list(dict.fromkeys(m for t in shown for m in summary["tasks"][t.name]["models"]))
+    names = list(dict.fromkeys(m for t in shown for m in complete(t)))
     lines = ["| model | " + " | ".join(f"{t.name} PSNR / SSIM" for t in shown) + " |", "|---|" + "---|" * len(shown)]
     for name in names:
         cells = []
