@@ -272,7 +272,8 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
 
 def readme_table(summary: dict, tasks: list[Task]) -> list[str]:
     """Pooled PSNR / SSIM of every model that finished every fold, one column per task that at least two models
-    finished (a task run for one model alone compares with nothing; the report still has it, and partial runs)."""
+    finished. A task run for one model alone compares with nothing, and a partial run is not a pooled result: the
+    report holds both."""
     def complete(t: Task) -> list[str]:
         return [m for m, r in summary["tasks"].get(t.name, {}).get("models", {}).items() if r["complete"]]
 
