@@ -111,7 +111,7 @@ def train(
                                  target_norms=target_norms, training=summary)
 
 
-ADD_OUTPUT_HPARAMS = ("crop", "min_brain", "max_steps_per_epoch", "amp", "patience", "min_delta")
+ADD_OUTPUT_HPARAMS = ("crop", "min_brain", "max_steps_per_epoch", "amp", "lr_schedule", "patience", "min_delta")
 
 
 def add_output(

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from medsynth_app.models import TrainSettings, create
 from medsynth_app.pipeline import prepare_study
 from medsynth_app.studies import find_studies
-from medsynth_app.training.engine import default_partial_path
+from medsynth_app.training.engine import default_partial_path, scheduled_lr
 from medsynth_app.training import (PatchDataset, SliceDataset, brain_slices, load_partial, predict_slices,
                                    resolve_device)
 
@@ -143,9 +143,10 @@ def test_on_epoch_callback_and_early_stopping(subjects, tmp_path):
 
 def test_resume_reaches_the_uninterrupted_weights(subjects, tmp_path):
     """Interrupted after epoch 1 by on_epoch, resumed from the partial file: bitwise the weights (current and best)
-    of an uninterrupted 2-epoch run with the same seed (SGD momentum state and batch-norm statistics included)."""
+    of an uninterrupted 2-epoch run with the same seed (SGD momentum state, batch-norm statistics and the cosine
+    learning rate of every step included)."""
     def run(settings):
-        model = create("synnet", ["T1"], ["T2"], **SYNNET)
+        model = create("synnet", ["T1"], ["T2"], **SYNNET, lr_schedule="cosine")
         return model, model.fit(subjects[:2], subjects[2:], settings)
 
     full, full_summary = run(_settings(epochs=2, extra={"partial_path": str(tmp_path / "full.pt")}))
@@ -163,6 +164,21 @@ def test_resume_reaches_the_uninterrupted_weights(subjects, tmp_path):
         create("synnet", ["T1"], ["FLAIR"], **SYNNET).fit(subjects[:2], [], _settings(epochs=2, resume_from=str(part)))
     with pytest.raises(ValueError, match="no such"):
         run(_settings(resume_from=str(tmp_path / "absent.pt")))
+
+
+def test_cosine_schedule_sets_the_learning_rate_of_every_step(subjects, tmp_path):
+    """lr_schedule=cosine: 2 epochs of 2 steps at lr 0.01 take the steps at 0.01 * (1 + cos(pi k / 4)) / 2,
+    k = 0..3; the optimiser state the partial file keeps after the run holds the last step's rate."""
+    assert [round(scheduled_lr(0.01, "cosine", k, 4), 6) for k in range(5)] == [0.01, 0.008536, 0.005, 0.001464, 0.0]
+    assert scheduled_lr(0.01, "constant", 3, 4) == 0.01
+    model = create("synnet", ["T1"], ["T2"], **SYNNET, lr_schedule="cosine")
+    summary = model.fit(subjects[:2], [], _settings(epochs=2, learning_rate=0.01,
+                                                    extra={"partial_path": str(tmp_path / "p.pt")}))
+    assert summary["lr_schedule"] == "cosine" and summary["learning_rate"] == 0.01
+    groups = load_partial(tmp_path / "p.pt", {})["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [pytest.approx(0.001464, abs=1e-6)]
+    with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine"):
+        create("synnet", ["T1"], ["T2"], lr_schedule="step")
 
 
 def test_bf16_mixed_precision_trains_float32_weights_close_to_a_float32_run(subjects):

@@ -27,7 +27,8 @@ from ..networks.multimodal import FUSIONS, MultimodalSynthesisNet
 from ..preprocessing import PreparedSubject
 from ..training.common import learning_rate, unique, validation_scores
 from ..training.datasets import SliceDataset
-from ..training.engine import NetworkWeights, amp_mode, resumable_hparams, seed_everything, train_network
+from ..training.engine import (NetworkWeights, amp_mode, lr_schedule_name, resumable_hparams, seed_everything,
+                               train_network)
 from ..training.inference import predict_slices
 from .base import SynthesisModel, TrainSettings, register
 
@@ -54,7 +55,8 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
                  lesion_channel: bool = False, input_dropout: float = 0.0, axes=(2,), predict_axes=None,
                  min_brain: float = 0.1, crop: int | None = None, c1_weight: float = 1.0, c2_weight: float = 1.0,
                  c3_weight: float = 1.0, patience: int = 10, min_delta: float = 0.0,
-                 max_steps_per_epoch: int | None = None, amp: str = "auto", inference_batch: int = 16):
+                 max_steps_per_epoch: int | None = None, amp: str = "auto", lr_schedule: str = "constant",
+                 inference_batch: int = 16):
         # Inputs and targets may overlap (a BraSyn-style model completes any missing contrast of T1/T1C/T2/FLAIR),
         # so the base class's no-overlap check is not applied.
         if not inputs or not targets:
@@ -74,7 +76,8 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
                             c1_weight=float(c1_weight), c2_weight=float(c2_weight),
                             c3_weight=float(c3_weight), patience=int(patience), min_delta=float(min_delta),
                             max_steps_per_epoch=None if max_steps_per_epoch is None else int(max_steps_per_epoch),
-                            amp=amp_mode(amp), inference_batch=int(inference_batch))
+                            amp=amp_mode(amp), lr_schedule=lr_schedule_name(lr_schedule),
+                            inference_batch=int(inference_batch))
         self.device = "auto"  # inference device of a loaded model; a trained one stays where it was trained
         self.net = self._build()
 

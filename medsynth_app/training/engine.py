@@ -22,9 +22,13 @@ DistributedSampler, and only rank 0 validates, writes and reports (see `distribu
 
 Settings read from ``TrainSettings.extra`` (the family's hparams may set the same): ``patience`` (10),
 ``min_delta`` (0), ``max_steps_per_epoch`` (None: every batch), ``partial_path``, ``workers`` (DataLoader worker
-processes, 0), ``amp`` ("auto"). ``max_steps_per_epoch`` and ``amp`` set the schedule and arithmetic, not the model:
-`resumable_hparams` leaves them out of the identity a resumed run must match. The partial-training file goes to
-``partial_path``, else to ``resume_from`` (updated in place), else to
+processes, 0), ``amp`` ("auto"), ``lr_schedule`` ("constant"; "cosine": the learning rate falls from its value to 0
+along half a cosine over every step of the run's ``epochs``, set before each step from the global step, so a resumed
+run continues the same curve when given the same ``epochs``; cosine annealing without restarts, Loshchilov & Hutter,
+SGDR, ICLR 2017). With a constant rate the weights keep jumping between epochs and the epoch early stopping keeps is
+partly chance; the decay lets the last epochs settle. ``max_steps_per_epoch`` and ``amp`` set the schedule and
+arithmetic, not the model: `resumable_hparams` leaves them out of the identity a resumed run must match. The
+partial-training file goes to ``partial_path``, else to ``resume_from`` (updated in place), else to
 <tmp>/medsynth_partial/<family>_<task>_seed<seed>.pt (deleted when that run finishes). The CLI sets them with
 ``train --partial`` and ``--resume``.
 """
@@ -112,6 +116,7 @@ def load_partial(path: str | Path, identity: dict) -> dict:
 
 
 AMP_MODES = ("auto", "bf16", "off")
+LR_SCHEDULES = ("constant", "cosine")
 SCHEDULE_HPARAMS = ("max_steps_per_epoch", "amp")
 
 
@@ -121,6 +126,20 @@ def amp_mode(amp) -> str:
     if mode not in AMP_MODES:
         raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, not {amp!r}")
     return mode
+
+
+def lr_schedule_name(schedule) -> str:
+    """The ``lr_schedule`` setting checked: one of LR_SCHEDULES."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {schedule!r}")
+    return str(schedule)
+
+
+def scheduled_lr(lr: float, schedule: str, step: int, total_steps: int) -> float:
+    """The learning rate of global ``step`` (0-based) of a run of ``total_steps`` under ``schedule``."""
+    if schedule == "constant":
+        return lr
+    return 0.5 * lr * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
 def autocast_dtype(device: torch.device, amp) -> torch.dtype | None:
@@ -182,8 +201,8 @@ def train_network(
             better, ...other numbers}; None: the negated mean training loss is the metric.
         find_unused_parameters: passed to DistributedDataParallel (needed when some parameters may get no gradient
             in a step, e.g. encoders of dropped inputs).
-        hparams: the family's hyperparameters, searched for patience / min_delta / max_steps_per_epoch after
-            ``settings.extra``.
+        hparams: the family's hyperparameters, searched for patience / min_delta / max_steps_per_epoch / amp /
+            lr_schedule after ``settings.extra``.
     """
     hparams = hparams or {}
     epochs = int(settings.epochs)
@@ -198,6 +217,7 @@ def train_network(
     ctx = DistContext.setup(device)
     device = ctx.device
     amp_dtype = autocast_dtype(device, _setting(settings, hparams, "amp", "auto"))
+    schedule = lr_schedule_name(_setting(settings, hparams, "lr_schedule", "constant"))
     use_scaler = amp_dtype == torch.float16
     resume_from = settings.resume_from or None
     chosen_partial = settings.extra.get("partial_path") or resume_from
@@ -262,6 +282,8 @@ def train_network(
         for step, batch in enumerate(loader):
             if step >= steps:
                 break
+            for group in optim.param_groups:
+                group["lr"] = scheduled_lr(lr, schedule, epoch * steps + step, epochs * steps)
             optim.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
                 loss = loss_fn(model, batch, device)
@@ -344,6 +366,7 @@ def train_network(
         "batch_size": batch_size,
         "samples_per_epoch": len(dataset),
         "learning_rate": lr,
+        "lr_schedule": schedule,
         "optimizer": optimizer,
         "device": str(device),
         "mixed_precision": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
