@@ -136,10 +136,12 @@ def lr_schedule_name(schedule) -> str:
 
 
 def scheduled_lr(lr: float, schedule: str, step: int, total_steps: int) -> float:
-    """The learning rate of global ``step`` (0-based) of a run of ``total_steps`` under ``schedule``."""
+    """The learning rate of global ``step`` (0-based) of a run of ``total_steps`` under ``schedule``. The closed form
+    of torch's CosineAnnealingLR (eta_min 0), computed from the step rather than chained from the previous rate, so
+    that a resumed run needs no scheduler state."""
     if schedule == "constant":
         return lr
-    return 0.5 * lr * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    return 0.5 * lr * (1.0 + math.cos(math.pi * step / total_steps))
 
 
 def autocast_dtype(device: torch.device, amp) -> torch.dtype | None:
