@@ -96,8 +96,9 @@ def cmd_train(args) -> int:
     train, validation = _train_and_validation(args, studies)
     print(f"training {args.model} {'+'.join(inputs)}->{'+'.join(targets)} on {len(train)} studies "
           f"({len(validation)} for validation)", file=sys.stderr)
+    init = load_checkpoint(args.init) if args.init else None
     checkpoint = pipeline.train(args.model, inputs, targets, train, validation, hparams=dict(args.hparam),
-                                settings=_train_settings(args), normalisation=args.normalisation)
+                                settings=_train_settings(args), normalisation=args.normalisation, init=init)
     return _save_trained(args, checkpoint)
 
 
@@ -289,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", required=True, help="comma-separated input contrasts, e.g. T1,T2")
     p.add_argument("--target", required=True, help="target contrast(s), comma-separated")
     p.add_argument("--normalisation", default="mean", choices=("mean", "percentile", "zscore"))
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="fine-tune: start from this checkpoint's weights (same family, inputs and targets; its "
+                        "hyperparameters are the defaults --hparam overrides)")
     schedule_options(p)
     p.set_defaults(func=cmd_train)
 

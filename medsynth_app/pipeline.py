@@ -1,6 +1,7 @@
 """End-to-end operations on studies: train, synthesise, evaluate. The CLI and the server call these."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Callable, Mapping, Sequence
@@ -13,7 +14,7 @@ from . import __version__
 from .checkpoint import Checkpoint
 from .imageio import Provenance, read_image
 from .metrics import region_metrics
-from .models import TrainSettings, create
+from .models import TrainSettings, create, fine_tunes
 from .normalization import IntensityNorm
 from .preprocessing import PreparedSubject, prepare, restore
 from .studies import Study
@@ -91,24 +92,50 @@ def train(
     hparams: Mapping | None = None,
     settings: TrainSettings | None = None,
     normalisation: str = "mean",
+    init: Checkpoint | None = None,
 ) -> Checkpoint:
-    """Train ``family`` on the studies holding every input and target; returns the checkpoint (not yet saved)."""
+    """Train ``family`` on the studies holding every input and target; returns the checkpoint (not yet saved).
+
+    ``init`` fine-tunes: the network starts from that checkpoint's weights instead of a fresh initialisation. It must
+    be of the same family, inputs, targets and normalisation; its hyperparameters are the defaults ``hparams``
+    overrides (change the loss or the schedule, not the architecture)."""
     settings = settings or TrainSettings()
+    if init is not None:
+        _check_fine_tuning(init, family, inputs, targets, normalisation)
+        if not fine_tunes(family):
+            raise ValueError(f"{family} cannot start from a checkpoint's weights: it is always trained from scratch")
+        hparams = {**init.hparams, **dict(hparams or {})}
+        settings = dataclasses.replace(settings, initial_state=init.state)
     contrasts = [*inputs, *targets]
     usable = [s for s in studies if s.has(contrasts)]
     if not usable:
         raise ValueError(f"no study has {'+'.join(contrasts)}; cannot train {family}")
+    model = create(family, inputs, targets, **dict(hparams or {}))
     started = time.time()
     train_subjects, val_subjects, skipped = _prepare_split(usable, validation, contrasts, targets[0], normalisation,
                                                            settings.progress)
     if not train_subjects:
         raise ValueError(f"no usable training study for {family}: " + "; ".join(skipped.values()))
-    model = create(family, inputs, targets, **dict(hparams or {}))
     summary = model.fit(train_subjects, val_subjects, settings)
+    if init is not None:
+        summary["fine_tuned_from"] = {"family": init.family, "task": init.task, "created": init.created,
+                                      "validation": init.training.get("validation", {})}
     _record_run(summary, model, targets, train_subjects, val_subjects, skipped, started)
     target_norms = {t: IntensityNorm.typical([s.norms[t] for s in train_subjects]).to_dict() for t in targets}
     return Checkpoint.from_model(model, preprocessing={"normalisation": normalisation, "divisor": 16},
                                  target_norms=target_norms, training=summary)
+
+
+def _check_fine_tuning(init: Checkpoint, family: str, inputs: Sequence[str], targets: Sequence[str],
+                       normalisation: str) -> None:
+    wanted = f"{family} {'+'.join(inputs)}->{'+'.join(targets)}"
+    if (init.family, list(init.inputs), list(init.targets)) != (family, list(inputs), list(targets)):
+        raise ValueError(f"cannot fine-tune {wanted} from a {init.family} {init.task} checkpoint: the family, the "
+                         "inputs (in order) and the targets must be the same")
+    trained_on = init.preprocessing.get("normalisation", "mean")
+    if trained_on != normalisation:
+        raise ValueError(f"cannot fine-tune {wanted} with {normalisation} normalisation from a checkpoint trained "
+                         f"with {trained_on} normalisation")
 
 
 ADD_OUTPUT_HPARAMS = ("crop", "min_brain", "max_steps_per_epoch", "amp", "lr_schedule", "patience", "min_delta")

@@ -171,3 +171,48 @@ def test_add_output_trains_a_new_decoder_alone_and_synthesises_with_it(mni_crops
     assert main(["add-output", "--weights", str(base), "--target", "FLAIR", *quick[:6], "--hparam",
                  "latent_channels=8", "--out", str(tmp_path / "x.pt")]) == 2
     assert "keeps the trained latent_channels" in capsys.readouterr().err
+
+
+def test_init_fine_tunes_from_a_checkpoints_weights_and_refuses_what_does_not_fit(mni_crops, crop_folds, trained,
+                                                                                   tmp_path, capsys):
+    """--init starts from the checkpoint's weights with its hyperparameters: at learning rate 0 (Adam, weight decay
+    included, then moves nothing) the convolutions come back unchanged, where a run from scratch holds fresh ones."""
+    import torch
+
+    from medsynth_app.checkpoint import load_checkpoint
+
+    quick = ["--studies", str(mni_crops), "--fold", "1", "--folds", str(crop_folds), "--quiet", "--epochs", "1",
+             "--batch-size", "2"]
+    task = ["--model", "synnet", "--inputs", "T1", "--target", "T2"]
+    base = tmp_path / "base.pt"
+    assert main(["train", *task, *quick, "--hparam", "features=8", "--hparam", "depth=2", "--hparam", "crop=32",
+                 "--hparam", "max_steps_per_epoch=2", "--out", str(base)]) == 0
+    tuned, scratch = tmp_path / "tuned.pt", tmp_path / "scratch.pt"
+    assert main(["train", *task, *quick, "--init", str(base), "--lr", "0", "--hparam", "loss=l2",
+                 "--out", str(tuned)]) == 0
+    assert main(["train", *task, *quick, "--lr", "0", "--hparam", "features=8", "--hparam", "depth=2", "--hparam",
+                 "crop=32", "--hparam", "max_steps_per_epoch=2", "--out", str(scratch)]) == 0
+    base_ck, tuned_ck, scratch_ck = (load_checkpoint(p) for p in (base, tuned, scratch))
+    assert tuned_ck.hparams == {**base_ck.hparams, "loss": "l2"}
+    convs = [k for k, v in base_ck.state.items() if k.endswith(".weight") and v.dim() == 4]
+    assert convs and all(torch.equal(tuned_ck.state[k], base_ck.state[k]) for k in convs)
+    assert not any(torch.equal(scratch_ck.state[k], base_ck.state[k]) for k in convs)
+    assert tuned_ck.training["fine_tuned_from"]["task"] == "T1->T2" and "fine_tuned_from" not in scratch_ck.training
+    capsys.readouterr()
+    refused = {
+        "cannot fine-tune synnet T1->FLAIR from a synnet T1->T2 checkpoint": ["--model", "synnet", "--inputs", "T1",
+                                                                              "--target", "FLAIR", "--init", str(base)],
+        "cannot fine-tune linear T1+T2->FLAIR from a synnet": ["--model", "linear", "--inputs", "T1,T2", "--target",
+                                                               "FLAIR", "--init", str(base)],
+        "linear cannot start from a checkpoint's weights": ["--model", "linear", "--inputs", "T1,T2", "--target",
+                                                            "FLAIR", "--init", str(trained)],
+        "synnet: the starting weights do not fit this network": [*task, "--init", str(base), "--hparam",
+                                                                 "features=4"],
+        "with zscore normalisation from a checkpoint trained with mean": [*task, "--init", str(base),
+                                                                          "--normalisation", "zscore"],
+    }
+    for message, args in refused.items():
+        assert main(["train", *args, *quick, "--out", str(tmp_path / "x.pt")]) == 2, message
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("medsynth: error: ") and message in last, last
+    assert not (tmp_path / "x.pt").exists()

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from conftest import SHARED
 from server_fixture import copy_app, import_medsynth_lib, running_server
@@ -182,7 +183,8 @@ def test_one_epoch_of_every_trainer_is_served_without_restart(server, app_copy, 
     from medsynth_app.checkpoint import load_checkpoint
 
     response = requests.post(f"{server}/train/{family}", params={"run_sync": "true"}, timeout=900,
-                             json={"target": "T2", "inputs": ["T1"], "epochs": 1, "hparams": TINY[family]})
+                             json={"target": "T2", "inputs": ["T1"], "epochs": 1, "hparams": TINY[family],
+                                   "pretrained": False})  # the served weights have the full architecture
     assert response.status_code == 200, response.text
     ckpt = load_checkpoint(app_copy / "model" / f"{family}_T1_to_T2.pt")
     assert ckpt.family == family and ckpt.inputs == ["T1"] and ckpt.targets == ["T2"]
@@ -196,6 +198,36 @@ def test_one_epoch_of_every_trainer_is_served_without_restart(server, app_copy, 
     out.write_bytes(result.content)
     image = sitk.ReadImage(str(out))
     assert image.GetPixelID() == sitk.sitkFloat32 and image.GetSize() == tuple(CROP_SIZE)
+
+
+def test_retraining_starts_from_the_served_weights_unless_pretrained_is_false(server, app_copy):
+    """MONAI Label's ``pretrained`` (default true): a network family fine-tunes its served checkpoint. At learning
+    rate 0 the retrained convolutions are the served ones; with ``pretrained`` false they are fresh."""
+    from medsynth_app.checkpoint import load_checkpoint
+
+    path = app_copy / "model" / "synnet_T1_to_T2.pt"
+
+    def retrain(**params) -> dict:
+        response = requests.post(f"{server}/train/synnet", params={"run_sync": "true"}, timeout=900,
+                                 json={"target": "T2", "inputs": ["T1"], "epochs": 1, **params})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    retrain(hparams=TINY["synnet"], pretrained=False)
+    served = load_checkpoint(path)
+    convs = [k for k, v in served.state.items() if k.endswith(".weight") and v.dim() == 4]
+    stats = retrain(learning_rate=0)
+    tuned = load_checkpoint(path)
+    assert stats["pretrained"] == path.name and tuned.training["fine_tuned_from"]["created"] == served.created
+    assert tuned.hparams == served.hparams and all(torch.equal(tuned.state[k], served.state[k]) for k in convs)
+    stats = retrain(learning_rate=0, pretrained=False, hparams=TINY["synnet"])
+    fresh = load_checkpoint(path)
+    assert stats["pretrained"] is None and "fine_tuned_from" not in fresh.training
+    assert not any(torch.equal(fresh.state[k], served.state[k]) for k in convs)
+    response = requests.post(f"{server}/train/synnet", params={"run_sync": "true"}, timeout=900,
+                             json={"target": "T2", "inputs": ["T1"], "epochs": 1, "hparams": {"features": 4}})
+    assert 400 <= response.status_code < 500 and "starting weights do not fit" in response.json()["detail"]
+    assert load_checkpoint(path).created == fresh.created
 
 
 def test_training_without_a_study_holding_the_target_fails_with_a_message(server):

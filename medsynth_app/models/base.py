@@ -22,6 +22,7 @@ class TrainSettings:
     device: str = "auto"
     seed: int = 0
     resume_from: str | None = None  # a partial checkpoint written during an interrupted run
+    initial_state: dict | None = None  # weights the network starts from (fine-tuning a checkpoint); None: fresh
     progress: bool = True
     # Called after every epoch with {"epoch", "total_epochs", "best_metric", ...}; returning True stops training.
     on_epoch: Callable[[dict], bool | None] | None = None
@@ -33,6 +34,7 @@ class SynthesisModel(abc.ABC):
 
     family: ClassVar[str]
     description: ClassVar[str]
+    fine_tunes: ClassVar[bool] = False  # fit starts from TrainSettings.initial_state when it is given
 
     def __init__(self, inputs: Sequence[str], targets: Sequence[str], **hparams) -> None:
         if not inputs or not targets:
@@ -80,7 +82,16 @@ def families() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create(family: str, inputs: Sequence[str], targets: Sequence[str], **hparams) -> SynthesisModel:
+def _family(family: str) -> type[SynthesisModel]:
     if family not in _REGISTRY:
         raise ValueError(f"unknown model family {family!r}; known: {', '.join(families())}")
-    return _REGISTRY[family](inputs, targets, **hparams)
+    return _REGISTRY[family]
+
+
+def fine_tunes(family: str) -> bool:
+    """Whether ``family`` can be trained on from a checkpoint's weights (fine-tuning) rather than only from scratch."""
+    return _family(family).fine_tunes
+
+
+def create(family: str, inputs: Sequence[str], targets: Sequence[str], **hparams) -> SynthesisModel:
+    return _family(family)(inputs, targets, **hparams)

@@ -88,7 +88,7 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
             raise ValueError("cae3d: no training subject")
         hp = self.hparams
         seed_everything(settings.seed)
-        self.net = self._build()
+        self.net = self._initial_network(settings)
         dataset = PatchDataset(train, self.inputs, self.targets, hp["patch_output"], self.margin, hp["step"])
         scale = hp["intensity_scale"]
 

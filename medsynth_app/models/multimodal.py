@@ -123,7 +123,7 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
         if not train:
             raise ValueError("multimodal: no training subject")
         seed_everything(settings.seed)
-        self.net = self._build()
+        self.net = self._initial_network(settings)
         return self._train(self.targets, train, validation, settings, self.net.parameters(), "multimodal")
 
     def _train(self, targets, train, validation, settings, parameters, tag) -> dict:

@@ -67,7 +67,7 @@ class SynNetModel(NetworkWeights, SynthesisModel):
             raise ValueError("synnet: no training subject")
         hp = self.hparams
         seed_everything(settings.seed)
-        self.net = self._build()
+        self.net = self._initial_network(settings)
         n_in = len(self.inputs)
         dataset = SliceDataset(train, [*self.inputs, *self.targets], (2,), hp["min_brain"], crop=hp["crop"])
         cost = SynNetJointLoss(hp["loss"], hp["l2_weight"], hp["ssim_weight"], hp["tv_weight"], hp["edge_weight"])

@@ -413,8 +413,22 @@ class NetworkWeights:
     """Mixin for families holding one torch network ``self.net`` (built by ``self._build()``) and a wanted inference
     device ``self.device``: weights in and out of checkpoints, and placing the network once before inference."""
 
+    fine_tunes = True
+
     def state_dict(self) -> dict:
         return prefixed_state(self.net)
+
+    def _initial_network(self, settings: TrainSettings) -> nn.Module:
+        """A fresh network, holding ``settings.initial_state`` when fine-tuning a checkpoint."""
+        net = self._build()
+        if settings.initial_state is not None:
+            try:
+                net.load_state_dict(unprefixed_state(settings.initial_state))
+            except RuntimeError as err:
+                first = [line.strip() for line in str(err).splitlines() if line.strip()][1:2]
+                raise ValueError(f"{self.family}: the starting weights do not fit this network (an architecture "
+                                 f"hyperparameter changed?): {' '.join(first) or err}") from None
+        return net
 
     def load_state_dict(self, state: dict) -> None:
         self.net = self._build()

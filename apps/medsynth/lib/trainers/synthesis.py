@@ -1,12 +1,15 @@
 """MONAI Label train task for contrast synthesis: a thin layer over ``medsynth_app.pipeline.train``.
 
 ``POST /train/<family>`` with params ``{"target": "FLAIR", "inputs": ["T1", "T2"], "epochs": 10}`` (optional
-``val_split`` (0.2), ``seed``, ``batch_size``, ``learning_rate``, ``device``, ``hparams``, ``multi_gpu``, ``gpus``)
-trains the family on the studies of the datastore that hold the target and every input:
+``val_split`` (0.2), ``seed``, ``batch_size``, ``learning_rate``, ``device``, ``hparams``, ``pretrained``,
+``multi_gpu``, ``gpus``) trains the family on the studies of the datastore that hold the target and every input:
 
 * studies are the datastore images grouped by file-name prefix (``sub01_T1``, ``sub01_T2``: the flat datastore,
   ``medsynth_app.contrasts.parse_name``, as the infer task does); images marked SYNTHETIC are never training material;
   a study's lesion mask is its ``<study>_lesion`` image or the ``labels/final`` label of one of its images;
+* with ``pretrained`` true (the default, as in MONAI Label's BasicTrainTask) the network families start from the
+  weights of the served checkpoint of the same task (fine-tuning, ``pipeline.train(init=...)``); the others, and
+  ``pretrained`` false, train from scratch;
 * a share ``val_split`` of the studies (at least one when there are two or more) is held out for validation, chosen
   reproducibly from ``seed``;
 * ``pipeline.train`` runs with ``TrainSettings(on_epoch=...)``: every epoch the progress (epoch, total_epochs,
@@ -47,7 +50,7 @@ from medsynth_app.atomic import atomic_write
 from medsynth_app.checkpoint import save_checkpoint
 from medsynth_app.contrasts import BRAIN_MASK, CONTRASTS, LESION_MASK, canonical_contrast, parse_name
 from medsynth_app.imageio import is_synthetic_file
-from medsynth_app.models import TrainSettings
+from medsynth_app.models import TrainSettings, fine_tunes
 from medsynth_app.pipeline import train as pipeline_train
 from medsynth_app.studies import Study
 from medsynth_app.weights import checkpoint_name
@@ -155,6 +158,7 @@ class SynthesisTrainTask(TrainTask):
             "epochs": 10,
             "val_split": 0.2,
             "seed": 0,
+            "pretrained": True,
             "device": ["auto", "cpu", "cuda"],
             "multi_gpu": True,
             "gpus": "all",
@@ -186,6 +190,7 @@ class SynthesisTrainTask(TrainTask):
                 "epochs": "epochs for the families that iterate (alias max_epochs); closed-form families run one",
                 "val_split": "share of studies held out for validation (at least one of two or more)",
                 "hparams": "optional family hyper-parameters; default: those of the served checkpoint",
+                "pretrained": "start from the served checkpoint's weights (network families; default true)",
                 "multi_gpu": "torchrun over every visible GPU when there are two or more",
             },
             data="studies of the datastore whose target and inputs were acquired (file names <study>_<contrast>); "
@@ -250,7 +255,9 @@ class SynthesisTrainTask(TrainTask):
         self._stop_requested = False
         try:
             publish()
-            target, inputs, hparams, out_name = self._resolve(req)
+            target, inputs, hparams, out_name, served = self._resolve(req)
+            init = served if served is not None and fine_tunes(self.family) and \
+                _as_bool(_scalar(req.get("pretrained", True))) else None
             epochs = int(_scalar(req.get("epochs", 10)))
             if epochs < 1:
                 raise TrainRequestError(f"epochs must be at least 1, not {epochs}")
@@ -268,6 +275,7 @@ class SynthesisTrainTask(TrainTask):
             train_set, val_set = split_studies(usable, val_split, seed)
             out = self.model_dir / out_name
             publish(target=target, inputs=inputs, checkpoint=out.name, total_epochs=epochs,
+                    pretrained=out.name if init is not None else None,
                     training_studies=[s.id for s in train_set], validation_studies=[s.id for s in val_set],
                     skipped=skipped, stage="training")
             logger.info("medsynth-train %s %s->%s: %d training, %d validation studies, %d epochs -> %s",
@@ -294,7 +302,7 @@ class SynthesisTrainTask(TrainTask):
             )
             try:
                 checkpoint = pipeline_train(self.family, inputs, [target], train_set, val_set, hparams=hparams,
-                                            settings=settings)
+                                            settings=settings, init=init)
             except (ValueError, RuntimeError) as err:  # StudyError, ImageError, a family's refusal
                 raise TrainRequestError(f"training {self.family} {'+'.join(inputs)}->{target} failed: {err}") from None
             if self._stop_requested:
@@ -330,7 +338,8 @@ class SynthesisTrainTask(TrainTask):
         self._stop_requested = True
 
     def _resolve(self, req: Dict[str, Any]):
-        """(target, inputs, hparams, checkpoint file name) of a request; defaults from the served checkpoints."""
+        """(target, inputs, hparams, checkpoint file name, the served checkpoint of that task or None) of a request;
+        defaults from the served checkpoints."""
         served = self._served()
         raw_target = _scalar(req.get("target"))
         if not raw_target:
@@ -369,11 +378,9 @@ class SynthesisTrainTask(TrainTask):
             raise TrainRequestError("hparams must be an object of family hyper-parameters")
         hparams.update(extra)
         if match:  # retrain a served task: same input order, same file name
-            inputs, name = list(match[0][1].inputs), match[0][0].name
-        else:
-            inputs = [c for c in CONTRASTS if c in inputs]
-            name = checkpoint_name(self.family, inputs, [target])
-        return target, inputs, hparams, name
+            return target, list(match[0][1].inputs), hparams, match[0][0].name, match[0][1]
+        inputs = [c for c in CONTRASTS if c in inputs]
+        return target, inputs, hparams, checkpoint_name(self.family, inputs, [target]), None
 
     def _launch_distributed(self, req: Dict[str, Any], world_size: int) -> Dict[str, Any]:
         """Run this training under torchrun, one process per GPU; returns rank 0's stats."""
