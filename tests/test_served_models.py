@@ -4,7 +4,7 @@ mni patient26 is a validation subject of every shipped checkpoint (model/README.
 model must return float32 on the input grid, marked synthetic, equal to the library's own synthesis with the same
 checkpoint, and better than the linear pipeline check in SSIM against the acquired target. On T1 -> T2 the shipped
 SynNet beats the REPLICA-style forest in PSNR and SSIM; on T1+T2 -> FLAIR it beats the forest in SSIM only (measured
-21.26 dB / 0.621 against 21.50 / 0.616, model/README.md): no shipped model beats it there in PSNR yet.
+21.39 dB / 0.636 against 21.50 / 0.616, model/README.md): no shipped model beats it there in PSNR yet.
 """
 from __future__ import annotations
 
