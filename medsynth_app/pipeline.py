@@ -102,8 +102,6 @@ def train(
     settings = settings or TrainSettings()
     if init is not None:
         _check_fine_tuning(init, family, inputs, targets, normalisation)
-        if not fine_tunes(family):
-            raise ValueError(f"{family} cannot start from a checkpoint's weights: it is always trained from scratch")
         hparams = {**init.hparams, **dict(hparams or {})}
         settings = dataclasses.replace(settings, initial_state=init.state)
     contrasts = [*inputs, *targets]
@@ -136,6 +134,8 @@ def _check_fine_tuning(init: Checkpoint, family: str, inputs: Sequence[str], tar
     if trained_on != normalisation:
         raise ValueError(f"cannot fine-tune {wanted} with {normalisation} normalisation from a checkpoint trained "
                          f"with {trained_on} normalisation")
+    if not fine_tunes(family):
+        raise ValueError(f"{family} cannot start from a checkpoint's weights: it is always trained from scratch")
 
 
 ADD_OUTPUT_HPARAMS = ("crop", "min_brain", "max_steps_per_epoch", "amp", "lr_schedule", "patience", "min_delta")
