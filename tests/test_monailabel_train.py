@@ -201,8 +201,9 @@ def test_one_epoch_of_every_trainer_is_served_without_restart(server, app_copy, 
 
 
 def test_retraining_starts_from_the_served_weights_unless_pretrained_is_false(server, app_copy):
-    """MONAI Label's ``pretrained`` (default true): a network family fine-tunes its served checkpoint. At learning
-    rate 0 the retrained convolutions are the served ones; with ``pretrained`` false they are fresh."""
+    """MONAI Label's ``pretrained`` (default true): a network family fine-tunes its served checkpoint, validated
+    first as epoch 0. At learning rate 0 the retrained convolutions are the served ones; with ``pretrained`` false
+    they are fresh."""
     from medsynth_app.checkpoint import load_checkpoint
 
     path = app_copy / "model" / "synnet_T1_to_T2.pt"
@@ -220,9 +221,11 @@ def test_retraining_starts_from_the_served_weights_unless_pretrained_is_false(se
     tuned = load_checkpoint(path)
     assert stats["pretrained"] == path.name and tuned.training["fine_tuned_from"]["created"] == served.created
     assert tuned.hparams == served.hparams and all(torch.equal(tuned.state[k], served.state[k]) for k in convs)
+    assert tuned.training["history"][0]["epoch"] == 0  # the served weights validated first: the bar to beat
     stats = retrain(learning_rate=0, pretrained=False, hparams=TINY["synnet"])
     fresh = load_checkpoint(path)
     assert stats["pretrained"] is None and "fine_tuned_from" not in fresh.training
+    assert [row["epoch"] for row in fresh.training["history"]] == [1]
     assert not any(torch.equal(fresh.state[k], served.state[k]) for k in convs)
     response = requests.post(f"{server}/train/synnet", params={"run_sync": "true"}, timeout=900,
                              json={"target": "T2", "inputs": ["T1"], "epochs": 1, "hparams": {"features": 4}})

@@ -141,6 +141,23 @@ def test_on_epoch_callback_and_early_stopping(subjects, tmp_path):
     assert not all(torch.equal(best[k], v) for k, v in partial["model"].items())
 
 
+def test_fine_tuning_keeps_the_starting_weights_when_no_epoch_validates_better(subjects):
+    """Fine-tuning validates the checkpoint's weights first (history row 0, the same scores the run that made them
+    reported); when no epoch beats them (min_delta makes every epoch fail) it returns them unchanged, where a run
+    from scratch under the same rule keeps its first epoch."""
+    base = create("synnet", ["T1"], ["T2"], **SYNNET)
+    base_summary = base.fit(subjects[:2], subjects[2:], _settings())
+    start = base.state_dict()
+    strict = {**SYNNET, "patience": 5, "min_delta": 1e9}
+    tuned = create("synnet", ["T1"], ["T2"], **strict)
+    summary = tuned.fit(subjects[:2], subjects[2:], _settings(epochs=2, initial_state=start))
+    assert [r["epoch"] for r in summary["history"]] == [0, 1, 2] and summary["best_epoch"] == 0
+    assert summary["history"][0]["val_psnr"] == pytest.approx(base_summary["history"][0]["val_psnr"], abs=1e-4)
+    assert all(torch.equal(v, start[k]) for k, v in tuned.state_dict().items())
+    scratch = create("synnet", ["T1"], ["T2"], **strict).fit(subjects[:2], subjects[2:], _settings(epochs=2))
+    assert [r["epoch"] for r in scratch["history"]] == [1, 2] and scratch["best_epoch"] == 1
+
+
 def test_resume_reaches_the_uninterrupted_weights(subjects, tmp_path):
     """Interrupted after epoch 1 by on_epoch, resumed from the partial file: bitwise the weights (current and best)
     of an uninterrupted 2-epoch run with the same seed (SGD momentum state, batch-norm statistics and the cosine

@@ -2,7 +2,8 @@
 
 `train_network` runs epochs over a Dataset with a progress bar, validates after every epoch (the family's
 ``validate`` callable: EVALUATION.md metrics on whole validation subjects; without validation subjects the training
-loss decides), keeps the best weights, stops early after ``patience`` epochs without improvement, calls
+loss decides), keeps the best weights (when fine-tuning a checkpoint, its own weights validated before the first
+epoch count as epoch 0, so fine-tuning never returns weights that validate worse than its start), stops early after ``patience`` epochs without improvement, calls
 ``TrainSettings.on_epoch`` (stopping when it returns True) and writes a partial-training file every epoch so an
 interrupted run resumes where it stopped (``TrainSettings.resume_from``).
 
@@ -200,7 +201,9 @@ def train_network(
         lr, optimizer ("adam" | "sgd"), optimizer_options: the optimiser (e.g. momentum, weight_decay for SGD).
         parameters: what to optimise (default: every parameter that requires a gradient).
         validate: called on rank 0 after every epoch with the network in eval mode, returns {"metric": higher is
-            better, ...other numbers}; None: the negated mean training loss is the metric.
+            better, ...other numbers}; None: the negated mean training loss is the metric. When fine-tuning
+            (``settings.initial_state`` given), it also scores the starting weights: history row 0, and
+            ``best_epoch`` 0 when no epoch beats them.
         find_unused_parameters: passed to DistributedDataParallel (needed when some parameters may get no gradient
             in a step, e.g. encoders of dropped inputs).
         hparams: the family's hyperparameters, searched for patience / min_delta / max_steps_per_epoch / amp /
@@ -256,6 +259,12 @@ def train_network(
         resumed_from = start_epoch
         if ctx.is_main and settings.progress:
             logger.info("resuming %s from epoch %d (%s)", identity.get("family"), start_epoch, resume_from)
+
+    if settings.initial_state is not None and validate is not None and not resume_from:
+        best_metric, best_state, history = _score_starting_weights(network, validate, ctx)
+        if ctx.is_main and settings.progress:
+            logger.info("%s starting weights: %s", identity.get("family"),
+                        ", ".join(f"{k} {v}" for k, v in history[0].items() if k != "epoch"))
 
     model: nn.Module = network
     if ctx.distributed:
@@ -376,6 +385,22 @@ def train_network(
         "resumed_from_epoch": resumed_from,
         "partial": str(partial_path) if (stopped == "callback" or user_partial) else None,
     }
+
+
+def _score_starting_weights(network: nn.Module, validate: Callable[[], dict[str, float]],
+                            ctx: DistContext) -> tuple[float, dict, list]:
+    """Fine-tuning: validate the checkpoint's weights before the first epoch and make them the best so far (epoch 0),
+    so that a run in which every epoch validates worse returns the weights it started from."""
+    scores = None
+    if ctx.is_main:
+        network.eval()
+        with torch.no_grad():
+            scores = dict(validate())
+        network.train()
+    scores = ctx.broadcast([scores])[0]
+    metric = float(scores.pop("metric"))
+    row = {"epoch": 0, "metric": round(metric, 4), **{k: round(float(v), 4) for k, v in scores.items()}}
+    return metric, _cpu_state(network), [row]
 
 
 def _write_partial(path: Path, identity: dict, network: nn.Module, optim, scaler, use_scaler: bool, epoch: int,
