@@ -235,13 +235,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank, world, port, subjects, out_dir):
+def _ddp_worker(rank, world, port, subjects, start, out_dir):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     model = create("synnet", ["T1"], ["T2"], **SYNNET)
     # CPU + gloo even where CUDA exists: the test checks the distributed code path, not a GPU
-    summary = model.fit(subjects[:2], subjects[2:], _settings(device="cpu",
+    summary = model.fit(subjects[:2], subjects[2:], _settings(device="cpu", initial_state=start,
                                                               extra={"partial_path": f"{out_dir}/partial.pt"}))
     torch.save({"state": model.state_dict(), "summary": summary}, f"{out_dir}/rank{rank}.pt")
 
@@ -249,8 +249,11 @@ def _ddp_worker(rank, world, port, subjects, out_dir):
 def test_ddp_two_gloo_processes_end_identical(subjects, tmp_path):
     # spawn, not fork: a child forked from a parent whose OpenMP pool has run can deadlock in its first parallel
     # region. `torchrun --nproc_per_node=2` runs the same code path from the environment variables set in _ddp_worker.
-    workers = mp.start_processes(_ddp_worker, args=(2, _free_port(), subjects[:3], str(tmp_path)), nprocs=2,
-                                 join=False, start_method="spawn")
+    # a fine-tuning run: rank 0 validates the starting weights and every rank learns the result
+    base = create("synnet", ["T1"], ["T2"], **SYNNET)
+    base.fit(subjects[:1], [], _settings())
+    workers = mp.start_processes(_ddp_worker, args=(2, _free_port(), subjects[:3], base.state_dict(), str(tmp_path)),
+                                 nprocs=2, join=False, start_method="spawn")
     deadline = time.monotonic() + 600
     while not workers.join(timeout=5):
         if time.monotonic() > deadline:
@@ -260,7 +263,8 @@ def test_ddp_two_gloo_processes_end_identical(subjects, tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["summary"]["world_size"] == 2 and r1["summary"]["world_size"] == 2
     # only rank 0 validates; every rank returns its account
-    assert r0["summary"]["history"] and r1["summary"]["history"] == r0["summary"]["history"]
+    assert [row["epoch"] for row in r0["summary"]["history"]] == [0, 1]
+    assert r1["summary"]["history"] == r0["summary"]["history"]
     assert r0["state"].keys() == r1["state"].keys()
     assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])
     assert (tmp_path / "partial.pt").is_file()  # written by rank 0 only
