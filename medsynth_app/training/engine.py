@@ -3,8 +3,8 @@
 `train_network` runs epochs over a Dataset with a progress bar, validates after every epoch (the family's
 ``validate`` callable: EVALUATION.md metrics on whole validation subjects; without validation subjects the training
 loss decides), keeps the best weights (when fine-tuning a checkpoint, its own weights validated before the first
-epoch count as epoch 0, so fine-tuning never returns weights that validate worse than its start), stops early after ``patience`` epochs without improvement, calls
-``TrainSettings.on_epoch`` (stopping when it returns True) and writes a partial-training file every epoch so an
+epoch count as epoch 0, so fine-tuning never returns weights that validate worse than its start), stops early after
+``patience`` epochs without improvement, calls ``TrainSettings.on_epoch`` (stopping when it returns True) and writes a partial-training file every epoch so an
 interrupted run resumes where it stopped (``TrainSettings.resume_from``).
 
 Determinism: everything random is drawn from generators re-seeded at every epoch from (seed, epoch): the sampler's
