@@ -37,6 +37,13 @@ def _hparam(text: str) -> tuple[str, object]:
         return key, value
 
 
+def _model_checkpoint(text: str) -> tuple[str, str]:
+    name, _, path = text.partition("=")
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"--timing-weights wants MODEL=CHECKPOINT, got {text!r}")
+    return name, path
+
+
 def cmd_studies(args) -> int:
     rows = [s.describe() for s in find_studies(args.dir)]
     if args.json:
@@ -235,6 +242,7 @@ def cmd_benchmark(args) -> int:
                             models=args.models.split(",") if args.models else None, plan_path=args.plan,
                             folds_path=args.folds, run_folds=args.run_folds.split(",") if args.run_folds else None,
                             device=args.device, timing_repeats=args.timing_repeats,
+                            timing_weights=dict(args.timing_weights),
                             report=args.report, readme=args.readme, report_only=args.report_only,
                             progress=not args.quiet, command=command)
     for task, result in summary["tasks"].items():
@@ -354,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. to share the folds among machines writing to one results folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--timing-repeats", type=int, default=5, help="syntheses timed per model (0: no timing)")
+    p.add_argument("--timing-weights", action="append", type=_model_checkpoint, default=[],
+                   metavar="MODEL=CHECKPOINT",
+                   help="time MODEL with CHECKPOINT, a checkpoint of the same network, instead of its fold-1 weights "
+                        "(e.g. after those were deleted); replaces its earlier timing; repeatable")
     p.add_argument("--report", help="markdown report (default: OUT/benchmarks.md)")
     p.add_argument("--readme", help="README whose benchmark table to update")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the results folder")

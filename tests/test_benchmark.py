@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -124,6 +125,25 @@ def test_run_folds_trains_only_those_folds(bench, tmp_path, capsys):
     assert sorted(p.name for p in (out / "runs" / "T1_to_T2" / "linear").iterdir()) == ["fold2.json"]
     assert main([*only[:-4], "--run-folds", "4"]) == 2
     assert "no fold 4; folds are 1, 2, 3" in capsys.readouterr().err
+
+
+def test_timing_weights_retime_a_model_with_another_checkpoint_of_its_network(bench, tmp_path, capsys):
+    """--timing-weights replaces a model's timing with one of the named checkpoint and the report names it; a
+    checkpoint of another family is refused."""
+    root, args = bench
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out)
+    report = tmp_path / "benchmarks.md"
+    weights = out / "checkpoints" / "T1_to_T2" / "linear" / "fold2.pt"
+    retime = ["benchmark", "--studies", args[2], "--out", str(out), "--plan", args[6], "--folds", args[8],
+              "--models", "linear", "--timing-repeats", "1", "--report", str(report), "--quiet"]
+    assert main([*retime, "--timing-weights", f"linear={weights}"]) == 0
+    timing = json.loads((out / "runs" / "T1_to_T2" / "linear" / "timing.json").read_text())
+    assert timing["weights"] == str(weights) and timing["repeats"] == 1 and timing["median_seconds"] > 0
+    assert f"instead of the fold-1 weights: linear ({weights})." in report.read_text()
+    replica = out / "checkpoints" / "T1_to_T2" / "replica" / "fold2.pt"
+    assert main([*retime, "--timing-weights", f"linear={replica}"]) == 2
+    assert "a replica T1->T2 checkpoint cannot time linear (linear) on T1->T2" in capsys.readouterr().err
 
 
 def test_a_second_run_resumes_without_retraining(bench, capsys):

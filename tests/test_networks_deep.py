@@ -18,8 +18,9 @@ from medsynth_app.losses import (
 )
 from medsynth_app.networks.cae3d import ConvAutoencoder3D
 from medsynth_app.networks.multimodal import FUSIONS, MultimodalSynthesisNet
+from medsynth_app.networks.replicate_conv import ReplicatePaddedConv2d
 from medsynth_app.networks.synnet import SynNet
-from medsynth_app.training.inference import with_batch_norms_folded
+from medsynth_app.training.inference import inference_network
 
 INPUTS = ("T1", "T2", "DWI")
 
@@ -93,6 +94,26 @@ def test_hemis_channel_arithmetic():
     assert not single["fused_latent"][:, 8:].any()
     with pytest.raises(ValueError, match="even"):
         MultimodalSynthesisNet(INPUTS, ["FLAIR"], latent_channels=15, fusion="hemis")
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_replicate_padded_conv_equals_torchs_in_values_gradients_and_layout(kernel_size, layout):
+    ours = ReplicatePaddedConv2d(3, 4, kernel_size)
+    torchs = torch.nn.Conv2d(3, 4, kernel_size, padding=kernel_size // 2, padding_mode="replicate")
+    torchs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 9, 7).contiguous(memory_format=layout)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = ours(x1), torchs(x2)
+    torch.testing.assert_close(y1, y2)
+    assert y1.is_contiguous(memory_format=layout)
+    weights = torch.randn_like(y1)
+    (y1 * weights).sum().backward()
+    (y2 * weights).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+    torch.testing.assert_close(ours.weight.grad, torchs.weight.grad)
+    with pytest.raises(ValueError, match="odd kernel"):
+        ReplicatePaddedConv2d(3, 4, 2)
 
 
 def test_multimodal_input_errors():
@@ -233,22 +254,52 @@ def test_synnet_default_widths_and_errors():
 # --- 3-D convolutional autoencoder --------------------------------------------------------------------------------
 
 
-def test_folding_the_batch_norms_keeps_synnets_outputs():
-    """A trained-like SynNet (running statistics and affines away from their defaults) gives the same output with
-    each conv-BN pair folded into one conv; the original network keeps its norms and its training mode."""
-    net = SynNet(2, 1, features=8, depth=2)
-    for norm in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+def _trained_like(net: torch.nn.Module) -> torch.nn.Module:
+    """Batch norms with running statistics and affines away from their defaults, as after training."""
+    for norm in (m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
         norm.running_mean.uniform_(-1, 1)
         norm.running_var.uniform_(0.5, 2)
         torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
         torch.nn.init.uniform_(norm.bias, -0.5, 0.5)
+    return net
+
+
+def _in_place_activations(net: torch.nn.Module) -> int:
+    activations = (torch.nn.ReLU, torch.nn.LeakyReLU)
+    return sum(getattr(m, "inplace", False) for m in net.modules() if isinstance(m, activations))
+
+
+def test_the_inference_copy_of_synnet_folds_its_norms_and_keeps_its_outputs():
+    """Each conv-BN pair folded into one conv and the ReLUs in place: the same output; the original network keeps
+    its norms, its out-of-place activations and its training mode."""
+    net = _trained_like(SynNet(2, 1, features=8, depth=2))
     x = torch.randn(3, 2, 24, 20)
-    folded = with_batch_norms_folded(net)
-    assert net.training and not folded.training
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    copy = inference_network(net)
+    assert net.training and not copy.training
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in copy.modules())
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == 7  # 2 x 2 encoder, 2 decoder, bottleneck
+    assert _in_place_activations(copy) == 7 and _in_place_activations(net) == 0
     with torch.no_grad():
-        torch.testing.assert_close(folded(x), net.eval()(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(copy(x), net.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_inference_copies_of_multimodal_and_cae3d_keep_their_outputs():
+    """Activations after convolutions run in place: the multimodal encoders' LeakyReLUs feed their skips and the
+    cae3d's ReLUs feed batch norms, and the outputs are unchanged."""
+    net = MultimodalSynthesisNet(["T1", "T2"], ["FLAIR"], latent_channels=4)
+    images = _images(["T1", "T2"], size=16)
+    copy = inference_network(net)
+    assert _in_place_activations(copy) == sum(isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU))
+                                              for m in net.modules()) > 0
+    with torch.no_grad():
+        torch.testing.assert_close(copy(images, outputs=["FLAIR"])["outputs"]["FLAIR"],
+                                   net.eval()(images, outputs=["FLAIR"])["outputs"]["FLAIR"])
+    cae = _trained_like(ConvAutoencoder3D(1, features=4))
+    copy = inference_network(cae)
+    assert _in_place_activations(copy) > 0
+    x = torch.randn(1, 1, 38, 38, 38)
+    with torch.no_grad():
+        torch.testing.assert_close(copy(x), cae.eval()(x))
 
 
 def test_cae3d_size_arithmetic():

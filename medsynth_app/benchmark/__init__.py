@@ -18,7 +18,8 @@ from .runner import Benchmark
 def run_benchmark(studies_dir: str, out: str | Path, *, tasks: list[str] | None = None, secondary: bool = False,
                   models: list[str] | None = None, plan_path: str | None = None, folds_path: str | None = None,
                   run_folds: list[str] | None = None, device: str = "auto", timing_repeats: int = 5,
-                  report: str | Path | None = None, readme: str | Path | None = None, report_only: bool = False,
+                  timing_weights: dict[str, str] | None = None, report: str | Path | None = None,
+                  readme: str | Path | None = None, report_only: bool = False,
                   progress: bool = True,
                   command: str = "medsynth benchmark") -> dict:
     plan = Plan.load(plan_path)
@@ -28,6 +29,7 @@ def run_benchmark(studies_dir: str, out: str | Path, *, tasks: list[str] | None 
     out = Path(out)
     if not report_only:
         studies = find_studies(studies_dir)
-        Benchmark(studies, folds, out, device, progress, timing_repeats).run(chosen_tasks, entries, run_folds)
+        Benchmark(studies, folds, out, device, progress, timing_repeats, timing_weights).run(
+            chosen_tasks, entries, run_folds)
     return write_report(out, chosen_tasks, entries, plan.baselines, folds, Path(report or out / "benchmarks.md"),
                         command, Path(readme) if readme else None, plan.comparisons)

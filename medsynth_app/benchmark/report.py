@@ -210,6 +210,8 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
             for name, r in results.items()}}
         body += [f"## {task.name}", ""]
         body += task_table(results, baseline, cohorts)
+        retimed = [f"{name} ({r['timing']['weights']})" for name, r in results.items()
+                   if r["timing"] and "weights" in r["timing"]]
         loads = [f"{name} {r['timing']['load_average_1min']:.1f} on {r['timing']['cores']} cores"
                  for name, r in results.items() if r["timing"] and "load_average_1min" in r["timing"]]
         body += ["", f"Mean ± sd over test subjects (pooled n per row); cohort columns give mean PSNR / SSIM. Δ: "
@@ -218,7 +220,9 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
                  "median of 5 runs unless n says otherwise; peak MB: resident memory of that process."
                  + (" Load average (1 min) at the end of each timing (above the core count, other processes "
                     f"competed for the CPU and the seconds are pessimistic): {', '.join(loads)}."
-                    if loads else ""), ""]
+                    if loads else "")
+                 + (" Timed with another checkpoint of the same network instead of the fold-1 weights: "
+                    f"{', '.join(retimed)}." if retimed else ""), ""]
         stem = task.slug
         slices = Path(out) / "slices" / task.slug
         # The slices behind a montage are data and stay out of the repository: unless this folder holds them for

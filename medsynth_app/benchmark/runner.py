@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import pipeline
 from ..atomic import atomic_write
-from ..checkpoint import save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..folds import Folds
 from ..models import TrainSettings
 from ..preprocessing import PreparedSubject
@@ -76,11 +76,23 @@ def save_slices(path: Path, subject: PreparedSubject, prediction: np.ndarray, ta
     np.savez_compressed(path, **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
 
 
+def _check_timing_weights(weights: Path, entry: Entry, task: Task) -> None:
+    checkpoint = load_checkpoint(weights)
+    required, _ = checkpoint.input_roles()
+    if (checkpoint.family != entry.family or task.target not in checkpoint.targets
+            or not set(required) <= set(task.inputs) <= set(checkpoint.inputs)):
+        raise ValueError(f"{weights}: a {checkpoint.family} {checkpoint.task} checkpoint cannot time {entry.name} "
+                         f"({entry.family}) on {task.name}")
+
+
 class Benchmark:
     def __init__(self, studies: list[Study], folds: Folds, out: Path, device: str = "auto", progress: bool = True,
-                 timing_repeats: int = 5):
+                 timing_repeats: int = 5, timing_weights: dict[str, Path] | None = None):
+        """``timing_weights``: entry name -> a checkpoint of the same network to time instead of the entry's fold-1
+        weights (for a re-timing after those weights were deleted); it replaces the entry's earlier timing."""
         self.studies, self.folds, self.out = studies, folds, Path(out)
         self.device, self.progress, self.timing_repeats = device, progress, timing_repeats
+        self.timing_weights = {name: Path(p) for name, p in (timing_weights or {}).items()}
 
     def _path(self, kind: str, task: Task, entry: Entry, name: str) -> Path:
         return self.out / kind / task.slug / entry.slug / name
@@ -149,16 +161,22 @@ class Benchmark:
 
     def run_timing(self, task: Task, entry: Entry) -> dict | None:
         path = self._path("runs", task, entry, "timing.json")
-        if path.exists():
+        weights = self.timing_weights.get(entry.name)
+        if weights is None and path.exists():
             return json.loads(path.read_text())
         study = timing_subject(self.studies, self.folds, task)
-        weights = self._path("checkpoints", task, entry, f"fold{next(iter(self.folds.folds))}.pt")
+        if weights is not None:
+            _check_timing_weights(weights, entry, task)
+        else:
+            weights = self._path("checkpoints", task, entry, f"fold{next(iter(self.folds.folds))}.pt")
         if study is None or not weights.exists():
             return None
-        self._say(f"{task.name} {entry.name}: timing {self.timing_repeats} syntheses of {study.id}")
+        self._say(f"{task.name} {entry.name}: timing {self.timing_repeats} syntheses of {study.id} with {weights}")
         result = measure_in_subprocess(weights, {c: study.images[c] for c in task.inputs}, task.target,
                                        self.timing_repeats, self.device, self.out / "timing_scratch")
         result.update(study=study.id, shape=study.describe()["shape"], device=describe_device(self.device))
+        if entry.name in self.timing_weights:
+            result["weights"] = str(weights)
         write_json(path, result)
         return result
 

@@ -29,7 +29,7 @@ from ..training.common import learning_rate, unique, validation_scores
 from ..training.datasets import SliceDataset
 from ..training.engine import (NetworkWeights, amp_mode, lr_schedule_name, resumable_hparams, seed_everything,
                                train_network)
-from ..training.inference import predict_slices
+from ..training.inference import inference_network, predict_slices
 from .base import SynthesisModel, TrainSettings, register
 
 
@@ -186,12 +186,13 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
             arrays.append(np.zeros(subject.shape, np.float32) if subject.lesion is None
                           else subject.lesion.astype(np.float32))
         device = self._inference_device()
-        self.net.eval()
+        net, dtype = inference_network(self.net), self._inference_dtype(device)
 
         def run(batch):
             images = {name: batch[:, i:i + 1] for i, name in enumerate(names)}
             lesion = batch[:, -1:] if lesion_channel else None
-            return self.net(images, lesion, outputs=[target], decode_individual=False)["outputs"][target]
+            return net(images, lesion, outputs=[target], decode_individual=False)["outputs"][target]
 
-        total = sum(predict_slices(run, arrays, axis, device, self.hparams["inference_batch"])[0] for axis in axes)
+        total = sum(predict_slices(run, arrays, axis, device, self.hparams["inference_batch"], dtype=dtype)[0]
+                    for axis in axes)
         return np.where(subject.mask, total / len(axes), 0).astype(np.float32)

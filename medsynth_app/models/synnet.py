@@ -21,7 +21,7 @@ from ..training.common import learning_rate, validation_scores
 from ..training.datasets import SliceDataset
 from ..training.engine import (NetworkWeights, amp_mode, lr_schedule_name, resumable_hparams, seed_everything,
                                train_network)
-from ..training.inference import predict_slices, with_batch_norms_folded
+from ..training.inference import inference_network, predict_slices
 from .base import SynthesisModel, TrainSettings, register
 
 OPTIMIZERS = {"sgd": 0.01, "adam": 1e-3}  # default learning rates
@@ -97,6 +97,7 @@ class SynNetModel(NetworkWeights, SynthesisModel):
         if missing:
             raise ValueError(f"synnet: subject {subject.id} lacks {'+'.join(missing)}")
         device = self._inference_device()
-        out = predict_slices(with_batch_norms_folded(self.net), [subject.images[c] for c in self.inputs], 2, device,
-                             self.hparams["inference_batch"])[self.targets.index(target)]
+        out = predict_slices(inference_network(self.net), [subject.images[c] for c in self.inputs], 2, device,
+                             self.hparams["inference_batch"], dtype=self._inference_dtype(device))
+        out = out[self.targets.index(target)]
         return np.where(subject.mask, out, 0).astype(np.float32)

@@ -15,13 +15,15 @@ from typing import TypedDict
 import torch
 from torch import Tensor, nn
 
+from .replicate_conv import ReplicatePaddedConv2d
+
 FUSIONS = ("max", "mean", "hemis", "output_mean")
 
 
-def _conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Conv2d:
+def _conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> ReplicatePaddedConv2d:
     # Sec. IV-A: stride 1 and borders padded by repeating edge pixels, so every map keeps the image size. The paper
     # says "throughout the network", so the decoder's 3x3 convolutions are padded the same way.
-    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, padding_mode="replicate")
+    return ReplicatePaddedConv2d(in_channels, out_channels, kernel_size)
 
 
 def _keras_init(module: nn.Module) -> None:

@@ -40,7 +40,9 @@ class _DecoderBlock(nn.Module):
 
     def forward(self, x: Tensor, skips: list[Tensor], indices: list[Tensor]) -> Tensor:
         # output_size restores odd sizes that flooring max-pooling lost (e.g. the paper's 181x181 BRATS slices)
-        unpooled = [self.unpool(x, idx, output_size=skip.shape[-2:]) for skip, idx in zip(skips, indices)]
+        # Autocast would run the unpooling in float32 and so the concatenation and a cast back; it only moves values.
+        with torch.autocast(x.device.type, enabled=False):
+            unpooled = [self.unpool(x, idx, output_size=skip.shape[-2:]) for skip, idx in zip(skips, indices)]
         return self.conv(torch.cat(unpooled + skips, dim=1))
 
 
