@@ -29,7 +29,7 @@ from ..training.common import learning_rate, validation_scores
 from ..training.datasets import PatchDataset
 from ..training.engine import (NetworkWeights, amp_mode, lr_schedule_name, resumable_hparams, seed_everything,
                                train_network)
-from ..training.inference import inference_network, predict_tiled
+from ..training.inference import predict_tiled
 from .base import SynthesisModel, TrainSettings, register
 
 
@@ -109,12 +109,12 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
 
     def predict_volume(self, volume: np.ndarray, mask: np.ndarray | None = None, tile: int | None = None) -> np.ndarray:
         """(C_in, I, J, K) normalised inputs -> (n_targets, I, J, K), tiled (no masking applied)."""
-        device = self._inference_device()
+        net, device, dtype = self._for_inference()
         scale = self.hparams["intensity_scale"]
         tile = int(tile or self.hparams["tile"])
         margin = (ConvAutoencoder3D.input_size_for(tile, self.hparams["depth"]) - tile) // 2
-        return predict_tiled(inference_network(self.net), volume / scale, tile, margin, device,
-                             self.hparams["inference_batch"], mask, self._inference_dtype(device)) * scale
+        return predict_tiled(net, volume / scale, tile, margin, device, self.hparams["inference_batch"], mask,
+                             dtype) * scale
 
     def predict(self, subject: PreparedSubject, target: str) -> np.ndarray:
         if target not in self.targets:

@@ -29,7 +29,7 @@ from ..training.common import learning_rate, unique, validation_scores
 from ..training.datasets import SliceDataset
 from ..training.engine import (NetworkWeights, amp_mode, lr_schedule_name, resumable_hparams, seed_everything,
                                train_network)
-from ..training.inference import inference_network, predict_slices
+from ..training.inference import predict_slices
 from .base import SynthesisModel, TrainSettings, register
 
 
@@ -185,8 +185,7 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
         if lesion_channel:
             arrays.append(np.zeros(subject.shape, np.float32) if subject.lesion is None
                           else subject.lesion.astype(np.float32))
-        device = self._inference_device()
-        net, dtype = inference_network(self.net), self._inference_dtype(device)
+        net, device, dtype = self._for_inference()
 
         def run(batch):
             images = {name: batch[:, i:i + 1] for i, name in enumerate(names)}

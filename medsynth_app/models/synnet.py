@@ -21,7 +21,7 @@ from ..training.common import learning_rate, validation_scores
 from ..training.datasets import SliceDataset
 from ..training.engine import (NetworkWeights, amp_mode, lr_schedule_name, resumable_hparams, seed_everything,
                                train_network)
-from ..training.inference import inference_network, predict_slices
+from ..training.inference import predict_slices
 from .base import SynthesisModel, TrainSettings, register
 
 OPTIMIZERS = {"sgd": 0.01, "adam": 1e-3}  # default learning rates
@@ -96,8 +96,7 @@ class SynNetModel(NetworkWeights, SynthesisModel):
         missing = [c for c in self.inputs if c not in subject.images]
         if missing:
             raise ValueError(f"synnet: subject {subject.id} lacks {'+'.join(missing)}")
-        device = self._inference_device()
-        out = predict_slices(inference_network(self.net), [subject.images[c] for c in self.inputs], 2, device,
-                             self.hparams["inference_batch"], dtype=self._inference_dtype(device))
-        out = out[self.targets.index(target)]
+        net, device, dtype = self._for_inference()
+        out = predict_slices(net, [subject.images[c] for c in self.inputs], 2, device, self.hparams["inference_batch"],
+                             dtype=dtype)[self.targets.index(target)]
         return np.where(subject.mask, out, 0).astype(np.float32)

@@ -58,6 +58,7 @@ from tqdm import tqdm
 from ..atomic import atomic_write
 from .common import module_device, prefixed_state, unprefixed_state
 from .distributed import DistContext
+from .inference import inference_network
 
 if TYPE_CHECKING:
     from ..models.base import TrainSettings
@@ -471,10 +472,9 @@ class NetworkWeights:
         self.net.load_state_dict(unprefixed_state(state))
         self.device = "auto"
 
-    def _inference_device(self) -> torch.device:
+    def _for_inference(self) -> tuple[nn.Module, torch.device, torch.dtype | None]:
+        """(`inference_network` copy of ``self.net``, its device, the autocast dtype to predict under); the network
+        is placed on the wanted device once."""
         device = place_for_inference(self.net, self.device)
         self.device = None  # placed once
-        return device
-
-    def _inference_dtype(self, device: torch.device) -> torch.dtype | None:
-        return inference_dtype(device, self.hparams.get("amp", "auto"))
+        return inference_network(self.net), device, inference_dtype(device, self.hparams.get("amp", "auto"))
