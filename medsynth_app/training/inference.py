@@ -1,14 +1,14 @@
 """Whole-volume inference: slice-wise for the 2-D networks, exact tiling of the valid outputs for the 3-D one.
 
-Precision: a network trained under bfloat16 autocast (``amp`` "bf16") also predicts under it where the device
-computes bfloat16 natively (a CPU with AVX-512 BF16 or AMX, a CUDA GPU with bf16 support); otherwise, and for every
-other ``amp``, inference runs in float32. The weights and the returned volume stay float32. Measured on the shipped
-checkpoints and mni patient26 (whole volume, one thread of a 2-core AMD EPYC with AVX-512 BF16), float32 -> bfloat16
-PSNR / SSIM: SynNet T1+T2 -> FLAIR 21.388 / 0.6360 -> 21.385 / 0.6357, SynNet T1 -> T2 20.686 / 0.7115 -> 20.699 /
-0.7120, multimodal T1+T2 -> FLAIR 19.602 / 0.3942 -> 19.598 / 0.3939, multimodal T1 -> T2 19.457 / 0.5580 -> 19.444
-/ 0.5575, cae3d T1 -> T2 18.046 / 0.4238 -> 18.049 / 0.4236; with `inference_network` and the networks' own savings
-(SynNet's unpooling outside autocast, multimodal's `replicate_pad2d`) the seconds of `pipeline.synthesize` went
-11.8 -> 4.3, 6.8 -> 2.4, 23.4 -> 7.2, 13.8 -> 4.6 and 9.0 -> 2.4.
+Precision: a network trained under bfloat16 autocast (``amp`` "bf16") also predicts under it where the device computes
+bfloat16 natively (a CPU with AVX-512 BF16 or AMX, a CUDA GPU with bf16 support); otherwise, and for every other
+``amp``, inference runs in float32. The weights and the returned volume stay float32. Measured on the checkpoints
+shipped on 2026-12-03 and mni patient26 (whole volume, one thread of a 2-core AMD EPYC with AVX-512 BF16), float32 ->
+bfloat16 PSNR / SSIM: SynNet T1+T2 -> FLAIR 21.388 / 0.6360 -> 21.385 / 0.6357, SynNet T1 -> T2 20.686 / 0.7115 ->
+20.699 / 0.7120, multimodal T1+T2 -> FLAIR 19.602 / 0.3942 -> 19.598 / 0.3939, multimodal T1 -> T2 19.457 / 0.5580 ->
+19.444 / 0.5575, cae3d T1 -> T2 18.046 / 0.4238 -> 18.049 / 0.4236; with `inference_network` and the networks' own
+savings (SynNet's unpooling outside autocast, multimodal's `replicate_pad2d`) the seconds of `pipeline.synthesize`
+went 11.8 -> 4.3, 6.8 -> 2.4, 23.4 -> 7.2, 13.8 -> 4.6 and 9.0 -> 2.4.
 """
 from __future__ import annotations
 
