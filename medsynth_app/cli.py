@@ -73,8 +73,15 @@ def _training_split(args, studies):
 
 
 def _train_and_validation(args, studies):
-    """(train, validation) studies: --fold / --all-folds, then --val-fraction of them held out for validation."""
+    """(train, validation) studies: --fold / --all-folds, then --val-studies or --val-fraction of them held out for
+    validation."""
     train, _ = _training_split(args, studies)
+    if args.val_studies:
+        wanted = [i.strip() for i in args.val_studies.split(",") if i.strip()]
+        unknown = [i for i in wanted if i not in {s.id for s in train}]
+        if unknown:
+            raise ValueError(f"--val-studies: {', '.join(unknown)} not among the training studies")
+        return [s for s in train if s.id not in wanted], [s for s in train if s.id in wanted]
     n_val = int(round(len(train) * args.val_fraction)) if args.val_fraction > 0 else 0
     # Evenly spaced over the sorted ids, so validation spans the cohorts instead of taking the first few.
     picked = set(np.linspace(0, len(train) - 1, n_val).round().astype(int)) if n_val else set()
@@ -99,11 +106,13 @@ def _save_trained(args, checkpoint) -> int:
 
 def cmd_train(args) -> int:
     inputs, targets = _contrast_list(args.inputs), _contrast_list(args.target)
-    studies = [s for s in find_studies(args.studies) if s.has([*inputs, *targets])]
+    init = load_checkpoint(args.init) if args.init else None
+    inherited = init.hparams if init is not None and init.family == args.model else {}
+    hparams = {**inherited, **dict(args.hparam)}
+    studies = pipeline.trainable_studies(args.model, inputs, targets, find_studies(args.studies), hparams)
     train, validation = _train_and_validation(args, studies)
     print(f"training {args.model} {'+'.join(inputs)}->{'+'.join(targets)} on {len(train)} studies "
           f"({len(validation)} for validation)", file=sys.stderr)
-    init = load_checkpoint(args.init) if args.init else None
     checkpoint = pipeline.train(args.model, inputs, targets, train, validation, hparams=dict(args.hparam),
                                 settings=_train_settings(args), normalisation=args.normalisation, init=init)
     return _save_trained(args, checkpoint)
@@ -282,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
         group = p.add_mutually_exclusive_group()
         group.add_argument("--fold", help="train on the other folds of this test fold")
         group.add_argument("--all-folds", action="store_true", help="train on every subject listed in the folds")
-        p.add_argument("--val-fraction", type=float, default=0.0, help="share of training studies held out")
+        validation = p.add_mutually_exclusive_group()
+        validation.add_argument("--val-fraction", type=float, default=0.0, help="share of training studies held out")
+        validation.add_argument("--val-studies", help="comma-separated ids of the training studies held out")
         p.add_argument("--epochs", type=int, default=10)
         p.add_argument("--batch-size", type=int, default=16)
         p.add_argument("--lr", type=float, default=None)

@@ -19,7 +19,7 @@ SYNNET_LOSSES = ("joint", "l2", "weighted_l2")
 
 def _float32(value):
     if isinstance(value, Tensor):
-        return value.float()
+        return value.float() if value.is_floating_point() else value
     if isinstance(value, Mapping):
         return {key: _float32(item) for key, item in value.items()}
     return value
@@ -56,6 +56,11 @@ class MultimodalSynthesisLoss(nn.Module):
     averaged over pixels and channels. c3 (eq. 4): MAE of the fused prediction, averaged over the outputs.
     Only the outputs present in ``targets`` are scored, so a new decoder can be trained alone (Sec. VI-E). The
     optional ``mask`` (B, 1, H, W) restricts every mean to its pixels. The mean over the minibatch replaces eq. 7's sum.
+
+    Incomplete samples (training on studies that lack some contrasts): ``available`` maps a target to a (B,) bool
+    tensor of the samples that hold it, and the prediction's ``present`` flags say which samples hold each input. A
+    term is then averaged over the samples where its input and its target exist, and c2 runs over each sample's own
+    inputs; with every flag True the cost is the one above.
     """
 
     def __init__(self, c1_weight: float = 1.0, c2_weight: float = 1.0, c3_weight: float = 1.0) -> None:
@@ -64,7 +69,8 @@ class MultimodalSynthesisLoss(nn.Module):
 
     @in_float32
     def terms(
-        self, prediction: MultimodalOutput, targets: Mapping[str, Tensor], mask: Tensor | None = None
+        self, prediction: MultimodalOutput, targets: Mapping[str, Tensor], mask: Tensor | None = None,
+        available: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """The unweighted components {"c1", "c2", "c3"}."""
         if not targets:
@@ -74,21 +80,43 @@ class MultimodalSynthesisLoss(nn.Module):
             raise ValueError(f"no prediction for target {', '.join(map(repr, unknown))}")
         if not prediction["individual"]:
             raise ValueError("cost c1 needs the individual decodings: run the network with decode_individual=True")
-        m = len(targets)
-        c1 = sum(
-            _masked_mean((decoded[out] - target).abs(), mask)
-            for decoded in prediction["individual"].values()
-            for out, target in targets.items()
-        ) / m
+        batch = next(iter(targets.values())).shape[0]
+        everyone = torch.ones(batch, dtype=torch.bool, device=next(iter(targets.values())).device)
+        has = {out: everyone if available is None or available.get(out) is None else available[out].bool()
+               for out in targets}
+        present = {name: prediction.get("present", {}).get(name, everyone) for name in prediction["latents"]}
+        scored = [out for out in targets if has[out].any()]
+        if not scored:
+            raise ValueError("no sample holds any of the targets")
+
+        def mae(image: Tensor, out: str, samples: Tensor) -> Tensor:
+            return _masked_mean((image - targets[out]).abs(), _sample_mask(mask, samples, image))
+
+        c1 = sum(mae(prediction["individual"][name][out], out, present[name] & has[out])
+                 for name in prediction["individual"] for out in scored) / len(scored)
         latents = torch.stack(list(prediction["latents"].values()))
-        c2 = _masked_mean(latents.var(dim=0, unbiased=False), mask)
-        c3 = sum(_masked_mean((prediction["outputs"][out] - target).abs(), mask) for out, target in targets.items()) / m
+        weights = torch.stack(list(present.values())).to(latents.dtype)[:, :, None, None, None]
+        count = weights.sum(dim=0).clamp_min(1)
+        mean = (latents * weights).sum(dim=0) / count
+        variance = ((latents - mean).square() * weights).sum(dim=0) / count
+        c2 = _masked_mean(variance, mask)
+        c3 = sum(mae(prediction["outputs"][out], out, has[out]) for out in scored) / len(scored)
         return {"c1": c1, "c2": c2, "c3": c3}
 
     def forward(
-        self, prediction: MultimodalOutput, targets: Mapping[str, Tensor], mask: Tensor | None = None
+        self, prediction: MultimodalOutput, targets: Mapping[str, Tensor], mask: Tensor | None = None,
+        available: Mapping[str, Tensor] | None = None,
     ) -> Tensor:
-        return sum(self.weights[name] * value for name, value in self.terms(prediction, targets, mask).items())
+        return sum(self.weights[name] * value
+                   for name, value in self.terms(prediction, targets, mask, available).items())
+
+
+def _sample_mask(mask: Tensor | None, samples: Tensor, like: Tensor) -> Tensor | None:
+    """``mask`` (B, 1, H, W) limited to the flagged samples; None (every pixel) when every sample is flagged."""
+    if bool(samples.all()):
+        return mask
+    flags = samples.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+    return flags if mask is None else mask.to(like.dtype) * flags
 
 
 def edge_weights(target: Tensor, edge_weight: float = 10.0, threshold: float = 0.1) -> Tensor:

@@ -47,25 +47,31 @@ def prepare_study(
     )
 
 
-def _prepare_all(studies: Sequence[Study], contrasts: Sequence[str], reference: str, normalisation: str,
-                 progress: bool, what: str, skipped: dict[str, str]) -> list[PreparedSubject]:
-    """Prepared subjects; a study that cannot be read or prepared is left out and recorded in ``skipped``."""
+def _prepare_all(studies: Sequence[Study], contrasts_of: Callable[[Study], list[str]], reference: Sequence[str],
+                 normalisation: str, progress: bool, what: str, skipped: dict[str, str]) -> list[PreparedSubject]:
+    """Prepared subjects, each with the contrasts ``contrasts_of`` names, on the grid of the first of ``reference``
+    it holds; a study that cannot be read or prepared is left out and recorded in ``skipped``."""
     prepared = []
     for study in tqdm(studies, desc=f"preparing {what}", unit="study", disable=not progress):
+        contrasts = contrasts_of(study)
+        grid = next(c for c in [*reference, *contrasts] if c in contrasts)
         try:
-            prepared.append(prepare_study(study, contrasts, reference, contrasts, normalisation))
+            prepared.append(prepare_study(study, contrasts, grid, contrasts, normalisation))
         except ValueError as err:
             skipped[study.id] = str(err)
             logger.warning("skipped %s: %s", study.id, err)
     return prepared
 
 
-def _prepare_split(studies: Sequence[Study], validation: Sequence[Study], contrasts: Sequence[str], reference: str,
-                   normalisation: str, progress: bool):
-    """(training subjects, validation subjects, skipped study id -> reason), prepared on the grid of ``reference``."""
+def _prepare_split(studies: Sequence[Study], validation: Sequence[Study], contrasts_of: Callable[[Study], list[str]],
+                   reference: Sequence[str], normalisation: str, progress: bool):
+    """(training subjects, validation subjects, skipped study id -> reason): the studies for which ``contrasts_of``
+    names contrasts, prepared with those on the grid of the first of ``reference`` they hold."""
     skipped: dict[str, str] = {}
-    train_subjects = _prepare_all(studies, contrasts, reference, normalisation, progress, "training studies", skipped)
-    val_subjects = _prepare_all([s for s in validation if s.has(contrasts)], contrasts, reference, normalisation,
+    usable = [s for s in studies if contrasts_of(s)]
+    train_subjects = _prepare_all(usable, contrasts_of, reference, normalisation, progress, "training studies",
+                                  skipped)
+    val_subjects = _prepare_all([s for s in validation if contrasts_of(s)], contrasts_of, reference, normalisation,
                                 progress, "validation studies", skipped)
     return train_subjects, val_subjects, skipped
 
@@ -75,11 +81,19 @@ def _record_run(summary: dict, model, targets: Sequence[str], train_subjects: li
     """Add the validation metrics of every target, the subjects and the wall time to a fit's summary."""
     if val_subjects:
         summary["validation"] = {
-            target: _mean_rows([score_subject(model.predict(s, target), s, target) for s in val_subjects])
+            target: _mean_rows([score_subject(model.predict(s, target), s, target)
+                                for s in val_subjects if target in s.images])
             for target in targets
         }
     summary.update(subjects=[s.id for s in train_subjects], validation_subjects=[s.id for s in val_subjects],
                    skipped=skipped, seconds=round(time.time() - started, 1))
+
+
+def trainable_studies(family: str, inputs: Sequence[str], targets: Sequence[str], studies: Sequence[Study],
+                      hparams: Mapping | None = None) -> list[Study]:
+    """The studies that a ``family`` model with ``hparams`` can train or validate on."""
+    model = create(family, inputs, targets, **dict(hparams or {}))
+    return [s for s in studies if model.training_contrasts(s.contrasts)]
 
 
 def train(
@@ -94,7 +108,8 @@ def train(
     normalisation: str = "mean",
     init: Checkpoint | None = None,
 ) -> Checkpoint:
-    """Train ``family`` on the studies holding every input and target; returns the checkpoint (not yet saved).
+    """Train ``family`` on the studies holding every input and target (or, for a model trained on incomplete
+    studies, those its `training_contrasts` accepts); returns the checkpoint (not yet saved).
 
     ``init`` fine-tunes: the network starts from that checkpoint's weights instead of a fresh initialisation. It must
     be of the same family, inputs, targets and normalisation; its hyperparameters are the defaults ``hparams``
@@ -104,13 +119,15 @@ def train(
         _check_fine_tuning(init, family, inputs, targets, normalisation)
         hparams = {**init.hparams, **dict(hparams or {})}
         settings = dataclasses.replace(settings, initial_state=init.state)
-    contrasts = [*inputs, *targets]
-    usable = [s for s in studies if s.has(contrasts)]
-    if not usable:
-        raise ValueError(f"no study has {'+'.join(contrasts)}; cannot train {family}")
     model = create(family, inputs, targets, **dict(hparams or {}))
+
+    def contrasts_of(study: Study) -> list[str]:
+        return model.training_contrasts(study.contrasts)
+
+    if not any(contrasts_of(s) for s in studies):
+        raise ValueError(f"no study has {'+'.join(dict.fromkeys([*inputs, *targets]))}; cannot train {family}")
     started = time.time()
-    train_subjects, val_subjects, skipped = _prepare_split(usable, validation, contrasts, targets[0], normalisation,
+    train_subjects, val_subjects, skipped = _prepare_split(studies, validation, contrasts_of, targets, normalisation,
                                                            settings.progress)
     if not train_subjects:
         raise ValueError(f"no usable training study for {family}: " + "; ".join(skipped.values()))
@@ -119,7 +136,8 @@ def train(
         summary["fine_tuned_from"] = {"family": init.family, "task": init.task, "created": init.created,
                                       "validation": init.training.get("validation", {})}
     _record_run(summary, model, targets, train_subjects, val_subjects, skipped, started)
-    target_norms = {t: IntensityNorm.typical([s.norms[t] for s in train_subjects]).to_dict() for t in targets}
+    target_norms = {t: IntensityNorm.typical([s.norms[t] for s in train_subjects if t in s.norms]).to_dict()
+                    for t in targets}
     return Checkpoint.from_model(model, preprocessing={"normalisation": normalisation, "divisor": 16},
                                  target_norms=target_norms, training=summary)
 
@@ -165,8 +183,9 @@ def add_output(
     contrasts = [*checkpoint.inputs, target]
     normalisation = checkpoint.preprocessing.get("normalisation", "mean")
     started = time.time()
-    train_subjects, val_subjects, skipped = _prepare_split([s for s in studies if s.has(contrasts)], validation,
-                                                           contrasts, target, normalisation, settings.progress)
+    train_subjects, val_subjects, skipped = _prepare_split(studies, validation,
+                                                           lambda s: contrasts if s.has(contrasts) else [],
+                                                           [target], normalisation, settings.progress)
     if not train_subjects:
         raise ValueError(f"no usable study has {'+'.join(contrasts)} to train a {target} decoder")
     summary = model.add_output(target, train_subjects, val_subjects, settings)

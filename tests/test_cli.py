@@ -137,6 +137,30 @@ def test_training_prints_each_epochs_validation_scores(mni_crops, crop_folds, tm
     assert ": loss " not in capsys.readouterr().err
 
 
+def test_multimodal_trains_on_incomplete_studies_and_validates_on_named_ones(mni_crops, tmp_path, capsys):
+    import shutil
+
+    from medsynth_app.checkpoint import load_checkpoint
+
+    studies = tmp_path / "studies"
+    shutil.copytree(mni_crops, studies)
+    (studies / "patient07" / "T2.nii.gz").unlink()
+    run = ["train", "--model", "multimodal", "--inputs", "T1,T2,FLAIR", "--target", "T1,T2,FLAIR", "--studies",
+           str(studies), "--val-studies", "patient26", "--quiet", "--epochs", "1", "--batch-size", "4",
+           "--hparam", "max_steps_per_epoch=1", "--hparam", "crop=32", "--hparam", "input_dropout=0.5"]
+    complete = tmp_path / "complete.pt"
+    assert main([*run, "--out", str(complete)]) == 0
+    assert load_checkpoint(complete).training["subjects"] == ["patient19"]
+    incomplete = tmp_path / "incomplete.pt"
+    assert main([*run, "--hparam", "incomplete_studies=true", "--out", str(incomplete)]) == 0
+    training = load_checkpoint(incomplete).training
+    assert training["subjects"] == ["patient07", "patient19"] and training["validation_subjects"] == ["patient26"]
+    assert set(training["validation"]) == {"T1", "T2", "FLAIR"}
+    capsys.readouterr()
+    assert main([*run[:-6], "--val-studies", "patient99", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "--val-studies: patient99 not among the training studies" in capsys.readouterr().err
+
+
 def test_add_output_trains_a_new_decoder_alone_and_synthesises_with_it(mni_crops, crop_folds, trained, tmp_path,
                                                                         capsys):
     import torch

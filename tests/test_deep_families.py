@@ -15,6 +15,8 @@ from medsynth_app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medsynth_app.models import TrainSettings, create
 from medsynth_app.pipeline import prepare_study, synthesize
 from medsynth_app.studies import find_studies
+from medsynth_app.training.datasets import SliceDataset
+from medsynth_app.training.engine import seed_everything
 from medsynth_app.training.inference import predict_tiled
 
 CONTRASTS = ["T1", "T2", "FLAIR"]
@@ -172,6 +174,41 @@ def test_multimodal_add_output_trains_only_the_new_decoder(subjects, small, tmp_
         model.add_output("T2", subjects[:1], [], _settings())
 
 
+def _without(subject, contrast):
+    return dataclasses.replace(subject, id=f"{subject.id}-no{contrast}",
+                               images={k: v for k, v in subject.images.items() if k != contrast},
+                               norms={k: v for k, v in subject.norms.items() if k != contrast})
+
+
+def test_multimodal_trains_on_incomplete_studies(subjects, small):
+    """With incomplete_studies a subject lacking T2 still trains the T1 and FLAIR encoders and decoders, and never
+    the T2 ones: trained on that subject alone, T2's encoder and decoder keep their initial weights."""
+    brasyn = {"input_dropout": 0.5, "incomplete_studies": True, **QUICK}
+    model = create("multimodal", CONTRASTS, CONTRASTS, **brasyn)
+    assert model.training_contrasts(["T1", "T2", "FLAIR", "PD"]) == CONTRASTS
+    assert model.training_contrasts(["T1", "FLAIR"]) == ["T1", "FLAIR"]
+    assert model.training_contrasts(["T1"]) == [] and model.training_contrasts(["PD", "T2"]) == []
+    assert create("multimodal", CONTRASTS, CONTRASTS).training_contrasts(["T1", "FLAIR"]) == []
+    no_t2 = _without(subjects[0], "T2")
+    dataset = SliceDataset([no_t2], CONTRASTS, missing_ok=True)
+    image, available = dataset[0]
+    assert available.tolist() == [True, False, True] and not image[1].any() and image[0].any()
+    with pytest.raises(ValueError, match="lacks T2"):
+        SliceDataset([no_t2], CONTRASTS)
+
+    seed_everything(0)  # as fit does before it builds the network
+    before = model._build().state_dict()
+    summary = model.fit([no_t2], [small], _settings())
+    assert np.isfinite(summary["history"][0]["loss"])
+    after = model.net.state_dict()
+    for key in before:
+        assert torch.equal(before[key], after[key]) == (".T2." in key), key
+    summary = model.fit([no_t2, subjects[1]], [], _settings())
+    assert np.isfinite(summary["history"][0]["loss"])
+    assert not torch.equal(model.net.state_dict()["decoders.T2.head.0.weight"], before["decoders.T2.head.0.weight"])
+    assert np.isfinite(model.predict(small, "T2", inputs=["T1"])).all()
+
+
 @pytest.mark.parametrize(("inputs", "targets", "variant"),
                          [(["T1"], ["T2"], "SISO"), (["T1", "T2"], ["FLAIR"], "MISO"), (["T1"], ["T2", "FLAIR"], "MIMO")])
 def test_synnet_variants(inputs, targets, variant, subjects, small):
@@ -244,6 +281,8 @@ def test_hparam_errors():
         create("cae3d", ["T1"], ["T2"], depth="wide")
     with pytest.raises(ValueError, match="both an input and a target"):
         create("synnet", ["T1"], ["T1"])
+    with pytest.raises(ValueError, match=r"multimodal: unknown hyperparameter incomplete, no_such \(known: latent"):
+        create("multimodal", ["T1"], ["T2"], no_such=1, incomplete=True)
 
 
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no native bfloat16")

@@ -33,6 +33,10 @@ MNI = SHARED / "open_ms_data" / "mni"
 SUBJECTS = {"sub01": "patient07", "sub02": "patient19", "sub03": "patient26"}
 # SimpleITK (i, j, k): centred left-right, from the back of the head (j = 0, background) through the ventricles.
 CROP_START, CROP_SIZE = [51, 0, 70], [80, 96, 24]
+# sub04: T1 and FLAIR only (no T2), from a clinical scan of another MS patient (320 x 320 x 36, 4 mm slices).
+INCOMPLETE = SHARED / "open_ms_data" / "longitudinal" / "patient01_study1"
+INCOMPLETE_FILES = {"T1": "T1W_in_FLAIR_space.nii.gz", "FLAIR": "FLAIR.nii.gz"}
+INCOMPLETE_START = [120, 100, 6]
 TRAIN_SECONDS = 150
 FLAIR_CKPT = "linear_T1+T2_to_FLAIR.pt"
 
@@ -41,18 +45,21 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _crop(src: Path, dst: Path) -> None:
+def _crop(src: Path, dst: Path, start=CROP_START) -> None:
     image = sitk.ReadImage(str(src))
-    sitk.WriteImage(sitk.RegionOfInterest(image, CROP_SIZE, CROP_START), str(dst))
+    sitk.WriteImage(sitk.RegionOfInterest(image, CROP_SIZE, start), str(dst))
 
 
 @pytest.fixture(scope="module")
 def datastore(tmp_path_factory) -> Path:
-    """sub01..sub03 _T1/_T2/_FLAIR crops; sub01's lesion segmentation saved as a client would (labels/final)."""
+    """sub01..sub03 _T1/_T2/_FLAIR crops, sub04 _T1/_FLAIR; sub01's lesion segmentation saved as a client would
+    (labels/final)."""
     root = tmp_path_factory.mktemp("datastore")
     for study, patient in SUBJECTS.items():
         for contrast in ("T1", "T2", "FLAIR"):
             _crop(MNI / patient / f"{contrast}.nii.gz", root / f"{study}_{contrast}.nii.gz")
+    for contrast, name in INCOMPLETE_FILES.items():
+        _crop(INCOMPLETE / name, root / f"sub04_{contrast}.nii.gz", INCOMPLETE_START)
     (root / "labels" / "final").mkdir(parents=True)
     _crop(MNI / "patient07" / "lesion_consensus.nii.gz", root / "labels" / "final" / "sub01_FLAIR.nii.gz")
     return root
@@ -198,6 +205,26 @@ def test_one_epoch_of_every_trainer_is_served_without_restart(server, app_copy, 
     out.write_bytes(result.content)
     image = sitk.ReadImage(str(out))
     assert image.GetPixelID() == sitk.sitkFloat32 and image.GetSize() == tuple(CROP_SIZE)
+
+
+def test_multimodal_retrains_on_incomplete_studies_when_asked(server, app_copy):
+    """sub04 lacks T2: a multimodal T1+T2 -> FLAIR training leaves it out, unless ``incomplete_studies`` is set; then
+    it trains (or validates) on T1 -> FLAIR with the others."""
+    from medsynth_app.checkpoint import load_checkpoint
+
+    def studies_used(hparams: dict) -> list:
+        response = requests.post(f"{server}/train/multimodal", params={"run_sync": "true"}, timeout=900,
+                                 json={"target": "FLAIR", "inputs": ["T1", "T2"], "epochs": 1, "pretrained": False,
+                                       "hparams": {**TINY["multimodal"], "crop": 32, **hparams}})
+        assert response.status_code == 200, response.text
+        training = load_checkpoint(app_copy / "model" / "multimodal_T1+T2_to_FLAIR.pt").training
+        return sorted(training["subjects"] + training["validation_subjects"])
+
+    assert studies_used({}) == ["sub01", "sub02", "sub03"]
+    assert studies_used({"incomplete_studies": True}) == ["sub01", "sub02", "sub03", "sub04"]
+    response = requests.post(f"{server}/train/multimodal", params={"run_sync": "true"}, timeout=120,
+                             json={"target": "FLAIR", "inputs": ["T1", "T2"], "hparams": {"no_such": 1}})
+    assert 400 <= response.status_code < 500 and "no_such" in response.json()["detail"]
 
 
 def test_retraining_starts_from_the_served_weights_unless_pretrained_is_false(server, app_copy):

@@ -96,6 +96,61 @@ def test_hemis_channel_arithmetic():
         MultimodalSynthesisNet(INPUTS, ["FLAIR"], latent_channels=15, fusion="hemis")
 
 
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_a_mixed_batch_equals_each_sample_run_with_its_own_inputs(fusion):
+    """Presence flags: sample 0 holds T1 and DWI, sample 1 T2 alone, sample 2 all three; the batch's outputs and
+    fused latents equal those of each sample run alone with only its inputs (whatever the absent pixels hold)."""
+    net = MultimodalSynthesisNet(INPUTS, ["FLAIR"], fusion=fusion).eval()
+    images = _images(INPUTS, batch=3)
+    held = {"T1": [True, False, True], "T2": [False, True, True], "DWI": [True, False, True]}
+    present = {name: torch.tensor(flags) for name, flags in held.items()}
+    out = net(images, present=present)
+    for sample in range(3):
+        own = {name: images[name][sample:sample + 1] for name in INPUTS if held[name][sample]}
+        alone = net(own)
+        torch.testing.assert_close(out["outputs"]["FLAIR"][sample:sample + 1], alone["outputs"]["FLAIR"])
+        if fusion != "output_mean":
+            torch.testing.assert_close(out["fused_latent"][sample:sample + 1], alone["fused_latent"])
+    noise = {name: torch.where(present[name][:, None, None, None], x, torch.randn_like(x) * 100)
+             for name, x in images.items()}
+    torch.testing.assert_close(net(noise, present=present)["outputs"]["FLAIR"], out["outputs"]["FLAIR"])
+    everyone = {name: torch.ones(3, dtype=torch.bool) for name in INPUTS}
+    torch.testing.assert_close(net(images, present=everyone)["outputs"]["FLAIR"], net(images)["outputs"]["FLAIR"])
+    with pytest.raises(ValueError, match="at least one present input"):
+        net(images, present={name: torch.tensor([True, False, True]) for name in INPUTS})
+    with pytest.raises(ValueError, match="expected 3 flags"):
+        net(images, present={"T1": torch.tensor([True, False])})
+
+
+def test_the_cost_of_a_mixed_batch_scores_only_what_each_sample_holds():
+    """Sample 1 lacks target B and input T2: its B pixels and its T2 latent never reach the cost (changing them
+    changes nothing), c3 of B is sample 0's alone, and flags all True give the plain cost."""
+    net = MultimodalSynthesisNet(["T1", "T2"], ["A", "B"]).eval()
+    images = _images(["T1", "T2"])
+    present = {"T1": torch.tensor([True, True]), "T2": torch.tensor([True, False])}
+    available = {"A": torch.tensor([True, True]), "B": torch.tensor([True, False])}
+    targets = {"A": torch.rand(2, 1, 8, 8), "B": torch.rand(2, 1, 8, 8)}
+    cost = MultimodalSynthesisLoss()
+    out = net(images, present=present)
+    terms = cost.terms(out, targets, available=available)
+    changed_targets = {"A": targets["A"], "B": torch.cat([targets["B"][:1], targets["B"][1:] + 5])}
+    changed_images = {"T1": images["T1"], "T2": torch.cat([images["T2"][:1], images["T2"][1:] * 7])}
+    again = cost.terms(net(changed_images, present=present), changed_targets, available=available)
+    for name in terms:
+        torch.testing.assert_close(again[name], terms[name])
+    c3 = ((out["outputs"]["A"] - targets["A"]).abs().mean()
+          + (out["outputs"]["B"][:1] - targets["B"][:1]).abs().mean()) / 2
+    torch.testing.assert_close(terms["c3"], c3)
+    # c2 (eq. 3): only sample 0 holds two latents; sample 1's single latent has no variance
+    pair = torch.stack([out["latents"]["T1"][:1], out["latents"]["T2"][:1]])
+    torch.testing.assert_close(terms["c2"], pair.var(0, unbiased=False).sum() / out["latents"]["T1"].numel())
+    complete = net(images)
+    everyone = {name: torch.ones(2, dtype=torch.bool) for name in targets}
+    torch.testing.assert_close(cost(complete, targets, available=everyone), cost(complete, targets))
+    with pytest.raises(ValueError, match="no sample holds"):
+        cost(out, {"B": targets["B"]}, available={"B": torch.tensor([False, False])})
+
+
 @pytest.mark.parametrize("kernel_size", [1, 3, 5])
 @pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
 def test_replicate_padded_conv_equals_torchs_in_values_gradients_and_layout(kernel_size, layout):

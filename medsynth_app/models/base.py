@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import abc
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Sequence
 
@@ -56,6 +57,13 @@ class SynthesisModel(abc.ABC):
             raise ValueError(f"{self.family} needs {'+'.join(self.inputs)}; missing {'+'.join(missing)}")
         return list(self.inputs)
 
+    def training_contrasts(self, available: Sequence[str]) -> list[str]:
+        """The contrasts to read from a study holding ``available`` to train on it; empty when it cannot serve.
+
+        A study must hold every input and target, except for families that train on incomplete studies."""
+        wanted = list(dict.fromkeys([*self.inputs, *self.targets]))
+        return wanted if all(c in available for c in wanted) else []
+
     @abc.abstractmethod
     def fit(self, train: list[PreparedSubject], validation: list[PreparedSubject], settings: TrainSettings) -> dict:
         """Train on prepared subjects; returns a summary (epochs run, validation metrics...)."""
@@ -94,4 +102,11 @@ def fine_tunes(family: str) -> bool:
 
 
 def create(family: str, inputs: Sequence[str], targets: Sequence[str], **hparams) -> SynthesisModel:
-    return _family(family)(inputs, targets, **hparams)
+    cls = _family(family)
+    parameters = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        known = [name for name in parameters if name not in ("self", "inputs", "targets")]
+        unknown = sorted(set(hparams) - set(known))
+        if unknown:
+            raise ValueError(f"{family}: unknown hyperparameter {', '.join(unknown)} (known: {', '.join(known)})")
+    return cls(inputs, targets, **hparams)

@@ -12,6 +12,10 @@ Beyond the paper:
 - ``axes`` trains on slices along several axes; ``predict_axes`` (default: ``axes``) predicts slice-wise along each
   and averages, e.g. [0, 1, 2] averages the sagittal, coronal and axial predictions (Sec. VI-I shows an axially
   trained model transfers to coronal slices).
+- ``incomplete_studies``: train on studies that lack some of the contrasts too (any study holding an input and
+  another contrast of the model): a slice's missing contrasts are neither encoded nor scored (the network's
+  ``present`` flags, the cost's ``available`` flags), so a datastore where T1C or T2 was not always acquired still
+  trains every encoder and decoder on all that was.
 - `MultimodalModel.add_output` adds a decoder for a new contrast to a trained model and trains it alone, encoders
   and the other decoders frozen (Sec. VI-E).
 """
@@ -44,6 +48,14 @@ def _axes(value) -> tuple[int, ...]:
     return axes
 
 
+def _kept_inputs(count: int, dropout: float) -> torch.Tensor:
+    """Which of ``count`` inputs a batch keeps: each dropped with probability ``dropout``, at least one kept."""
+    keep = torch.rand(count) >= dropout if dropout > 0 and count > 1 else torch.ones(count, dtype=torch.bool)
+    if not keep.any():
+        keep[torch.randint(count, (1,))] = True
+    return keep
+
+
 @register
 class MultimodalModel(NetworkWeights, SynthesisModel):
     """Chartsias et al. 2018: per-input encoders, latent fusion, per-target decoders (module docstring)."""
@@ -56,7 +68,7 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
                  min_brain: float = 0.1, crop: int | None = None, c1_weight: float = 1.0, c2_weight: float = 1.0,
                  c3_weight: float = 1.0, patience: int = 10, min_delta: float = 0.0,
                  max_steps_per_epoch: int | None = None, amp: str = "auto", lr_schedule: str = "constant",
-                 inference_batch: int = 16):
+                 inference_batch: int = 16, incomplete_studies: bool = False):
         # Inputs and targets may overlap (a BraSyn-style model completes any missing contrast of T1/T1C/T2/FLAIR),
         # so the base class's no-overlap check is not applied.
         if not inputs or not targets:
@@ -77,7 +89,7 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
                             c3_weight=float(c3_weight), patience=int(patience), min_delta=float(min_delta),
                             max_steps_per_epoch=None if max_steps_per_epoch is None else int(max_steps_per_epoch),
                             amp=amp_mode(amp), lr_schedule=lr_schedule_name(lr_schedule),
-                            inference_batch=int(inference_batch))
+                            inference_batch=int(inference_batch), incomplete_studies=bool(incomplete_studies))
         self.device = "auto"  # inference device of a loaded model; a trained one stays where it was trained
         self.net = self._build()
 
@@ -95,6 +107,15 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
                              f"{'+'.join(available) or 'nothing'}")
         return used
 
+    def training_contrasts(self, available: Sequence[str]) -> list[str]:
+        """With ``incomplete_studies``, a study holding an input and another of the model's contrasts serves with
+        what it holds; otherwise it must hold them all."""
+        if not self.hparams["incomplete_studies"]:
+            return super().training_contrasts(available)
+        held = [c for c in unique([*self.inputs, *self.targets]) if c in available]
+        serves = any(c in self.inputs for c in held) and any(c in self.targets for c in held) and len(held) >= 2
+        return held if serves else []
+
     def _channels(self, targets: Sequence[str]) -> list[str]:
         return unique([*self.inputs, *targets]) + (["lesion"] if self.hparams["lesion_channel"] else [])
 
@@ -105,17 +126,24 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
         lesion_channel = self.hparams["lesion_channel"]
 
         def loss(net, batch, device):
-            x = batch.to(device, non_blocking=True)
-            present = list(self.inputs)
-            if input_dropout > 0 and len(present) > 1:
-                keep = torch.rand(len(present)) >= input_dropout
-                if not keep.any():
-                    keep[torch.randint(len(present), (1,))] = True
-                present = [name for name, k in zip(present, keep.tolist()) if k]
-            images = {name: x[:, where[name]:where[name] + 1] for name in present}
+            x, available = batch if isinstance(batch, (list, tuple)) else (batch, None)
+            x = x.to(device, non_blocking=True)
+            if available is None:
+                available = torch.ones(x.shape[0], len(channels), dtype=torch.bool)
+            held = available[:, [where[name] for name in self.inputs]]
+            present = held & _kept_inputs(len(self.inputs), input_dropout)
+            # A sample left without input by the dropout keeps one of its own, drawn at random.
+            empty = ~present.any(dim=1)
+            if empty.any():
+                pick = (torch.rand(held.shape) * held).argmax(dim=1)
+                present[empty, pick[empty]] = True
+            used = [i for i, name in enumerate(self.inputs) if present[:, i].any()]
+            images = {self.inputs[i]: x[:, where[self.inputs[i]]:where[self.inputs[i]] + 1] for i in used}
+            flags = {self.inputs[i]: present[:, i].to(device) for i in used}
             lesion = x[:, where["lesion"]:where["lesion"] + 1] if lesion_channel else None
-            out = net(images, lesion, outputs=list(targets), decode_individual=True)
-            return cost(out, {t: x[:, where[t]:where[t] + 1] for t in targets})
+            out = net(images, lesion, outputs=list(targets), decode_individual=True, present=flags)
+            return cost(out, {t: x[:, where[t]:where[t] + 1] for t in targets},
+                        available={t: available[:, where[t]].to(device) for t in targets})
 
         return loss
 
@@ -129,7 +157,8 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
     def _train(self, targets, train, validation, settings, parameters, tag) -> dict:
         hp = self.hparams
         channels = self._channels(targets)
-        dataset = SliceDataset(train, channels, hp["axes"], hp["min_brain"], crop=hp["crop"])
+        dataset = SliceDataset(train, channels, hp["axes"], hp["min_brain"], crop=hp["crop"],
+                               missing_ok=hp["incomplete_studies"])
         lr = learning_rate(settings, 1e-4)
         summary = train_network(
             self.net, dataset, self._loss(targets, channels, hp["input_dropout"]), settings,
@@ -137,7 +166,8 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
                       "hparams": resumable_hparams(hp)},
             lr=lr, optimizer="adam", parameters=parameters,
             validate=(lambda: validation_scores(self.predict, validation, targets)) if validation else None,
-            find_unused_parameters=hp["input_dropout"] > 0 or tag != "multimodal", hparams=hp)
+            find_unused_parameters=hp["input_dropout"] > 0 or hp["incomplete_studies"] or tag != "multimodal",
+            hparams=hp)
         summary["validation_metric"] = "mean PSNR" if validation else "training loss (no validation subject)"
         summary["slice_size"] = list(dataset.size)
         return summary

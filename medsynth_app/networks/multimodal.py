@@ -110,12 +110,15 @@ class MultimodalOutput(TypedDict):
     individual: individual[input][output] = decoding of that input's latent alone (cost c1 of eq. 2); for "hemis" the
         latent is completed with zeros in place of the variance, as in the authors' code. Empty when not requested.
     fused_latent: the fused latent Z_alpha (B, latent_channels, H, W); None for "output_mean".
+    present: per given input, a (B,) bool tensor of the samples that hold it (all True unless ``present`` was given
+        to `MultimodalSynthesisNet.forward`); the cost scores an input's latent only where it is present.
     """
 
     outputs: dict[str, Tensor]
     latents: dict[str, Tensor]
     individual: dict[str, dict[str, Tensor]]
     fused_latent: Tensor | None
+    present: dict[str, Tensor]
 
 
 def _check_names(names: Sequence[str], kind: str) -> list[str]:
@@ -189,13 +192,15 @@ class MultimodalSynthesisNet(nn.Module):
         for parameter in self.encoders.parameters():
             parameter.requires_grad_(not freeze)
 
-    def _fuse(self, stacked: Tensor) -> Tensor:
+    def _fuse(self, stacked: Tensor, weights: Tensor) -> Tensor:
+        """Fusion over the inputs (dim 0) present in each sample; ``weights`` (N, B, 1, 1, 1) is 1 where present."""
         if self.fusion == "max":
-            return stacked.amax(dim=0)
+            return stacked.masked_fill(weights == 0, float("-inf")).amax(dim=0)
+        mean = masked_mean_over_inputs(stacked, weights)
         if self.fusion == "mean":
-            return stacked.mean(dim=0)
+            return mean
         # hemis; population variance, so a single input gives zeros as in the authors' code
-        return torch.cat([stacked.mean(dim=0), stacked.var(dim=0, unbiased=False)], dim=1)
+        return torch.cat([mean, masked_mean_over_inputs((stacked - mean).square(), weights)], dim=1)
 
     def forward(
         self,
@@ -204,6 +209,7 @@ class MultimodalSynthesisNet(nn.Module):
         *,
         outputs: Sequence[str] | None = None,
         decode_individual: bool = True,
+        present: Mapping[str, Tensor] | None = None,
     ) -> MultimodalOutput:
         """Synthesise from any non-empty subset of the trained inputs.
 
@@ -214,6 +220,9 @@ class MultimodalSynthesisNet(nn.Module):
             outputs: the output contrasts to decode (default: all).
             decode_individual: also decode every individual latent (needed by the training cost; inference can
                 skip it, except for "output_mean" fusion which always needs them).
+            present: per given input, a (B,) bool tensor: the samples that hold it (default: all). Fusion then runs
+                over each sample's own inputs, so one batch can mix samples with different contrasts (training on
+                incomplete studies); every sample needs at least one. The absent samples' pixels are ignored.
         """
         unknown = [name for name in images if name not in self.encoders]
         if unknown:
@@ -243,6 +252,8 @@ class MultimodalSynthesisNet(nn.Module):
         if lesion is not None and lesion.shape != shape:
             raise ValueError(f"lesion: expected shape {tuple(shape)}, got {tuple(lesion.shape)}")
 
+        flags = _presence(present, names, shape[0], images[names[0]].device)
+
         latents = {
             name: self.encoders[name](
                 images[name] if lesion is None else torch.cat([images[name], lesion.to(images[name].dtype)], dim=1)
@@ -251,8 +262,9 @@ class MultimodalSynthesisNet(nn.Module):
         }
         individual_latents = list(latents.values())
         fused = None
+        weights = torch.stack([flags[name] for name in names]).to(individual_latents[0].dtype)[:, :, None, None, None]
         if self.fusion != "output_mean":
-            fused = self._fuse(torch.stack(individual_latents))
+            fused = self._fuse(torch.stack(individual_latents), weights)
         if self.fusion == "hemis":
             individual_latents = [torch.cat([z, torch.zeros_like(z)], dim=1) for z in individual_latents]
         with_individual = decode_individual or self.fusion == "output_mean"
@@ -267,5 +279,29 @@ class MultimodalSynthesisNet(nn.Module):
             if with_individual:
                 for name, image in zip(names, decoded):
                     individual[name][out] = image
-            predictions[out] = decoded[-1] if fused is not None else torch.stack(decoded).mean(dim=0)
-        return MultimodalOutput(outputs=predictions, latents=latents, individual=individual, fused_latent=fused)
+            predictions[out] = (decoded[-1] if fused is not None
+                                else masked_mean_over_inputs(torch.stack(decoded), weights.to(decoded[0].dtype)))
+        return MultimodalOutput(outputs=predictions, latents=latents, individual=individual, fused_latent=fused,
+                                present=flags)
+
+
+def masked_mean_over_inputs(stacked: Tensor, weights: Tensor) -> Tensor:
+    """Mean over dim 0 (the inputs) of (N, B, ...) values, counting only where ``weights`` (N, B, 1, ...) is 1."""
+    return (stacked * weights).sum(dim=0) / weights.sum(dim=0).clamp_min(1)
+
+
+def _presence(present: Mapping[str, Tensor] | None, names: Sequence[str], batch: int,
+              device: torch.device) -> dict[str, Tensor]:
+    if present is None:
+        return {name: torch.ones(batch, dtype=torch.bool, device=device) for name in names}
+    flags = {}
+    for name in names:
+        flag = present.get(name)
+        flag = (torch.ones(batch, dtype=torch.bool, device=device) if flag is None
+                else flag.to(device=device, dtype=torch.bool).reshape(-1))
+        if flag.shape[0] != batch:
+            raise ValueError(f"present[{name!r}]: expected {batch} flags, got {flag.shape[0]}")
+        flags[name] = flag
+    if not torch.stack(list(flags.values())).any(dim=0).all():
+        raise ValueError("every sample needs at least one present input")
+    return flags

@@ -14,13 +14,16 @@ from torch.utils.data import Dataset
 from ..preprocessing import PreparedSubject
 
 
-def channel_arrays(subject: PreparedSubject, channels: Sequence[str]) -> list[np.ndarray]:
-    """The subject's arrays in ``channels`` order; "lesion" is its lesion mask (zeros when it has none)."""
+def channel_arrays(subject: PreparedSubject, channels: Sequence[str], missing_ok: bool = False) -> list[np.ndarray]:
+    """The subject's arrays in ``channels`` order; "lesion" is its lesion mask (zeros when it has none). With
+    ``missing_ok`` a contrast the subject lacks is None instead of an error."""
     arrays = []
     for name in channels:
         if name == "lesion":
             lesion = subject.lesion
             arrays.append(np.zeros(subject.shape, np.float32) if lesion is None else lesion.astype(np.float32))
+        elif name not in subject.images and missing_ok:
+            arrays.append(None)
         elif name not in subject.images:
             raise ValueError(f"subject {subject.id} lacks {name} (has {'+'.join(subject.images)})")
         else:
@@ -57,17 +60,21 @@ class SliceDataset(Dataset):
 
     ``crop``: instead of the whole slice, a ``crop`` x ``crop`` window centred on a brain pixel of the slice drawn
     from torch's generator (which the engine re-seeds every epoch), zeros beyond the slice. Fully convolutional
-    networks trained so still predict whole slices; it spends a CPU's budget on brain instead of on padding."""
+    networks trained so still predict whole slices; it spends a CPU's budget on brain instead of on padding.
+
+    ``missing_ok``: subjects may lack some of the contrasts; a sample is then (slice, available) with the missing
+    channels zero and ``available`` a (C,) bool tensor flagging the channels the subject holds."""
 
     def __init__(self, subjects: Sequence[PreparedSubject], channels: Sequence[str], axes: Sequence[int] = (2,),
-                 min_brain: float = 0.1, divisor: int = 16, crop: int | None = None) -> None:
+                 min_brain: float = 0.1, divisor: int = 16, crop: int | None = None, missing_ok: bool = False) -> None:
         if not subjects:
             raise ValueError("no training subject")
         if crop is not None and (int(crop) <= 0 or int(crop) % divisor):
             raise ValueError(f"crop must be a positive multiple of {divisor}, got {crop}")
         self.channels = list(channels)
         self.crop = None if crop is None else int(crop)
-        self.volumes = [channel_arrays(s, self.channels) for s in subjects]
+        self.missing_ok = bool(missing_ok)
+        self.volumes = [channel_arrays(s, self.channels, self.missing_ok) for s in subjects]
         self.masks = [s.mask for s in subjects]
         self.index: list[tuple[int, int, int]] = []
         height = width = divisor
@@ -85,12 +92,17 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, item: int) -> torch.Tensor:
+    def __getitem__(self, item: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         n, axis, k = self.index[item]
-        image = np.stack([np.take(v, k, axis=axis) for v in self.volumes[n]]).astype(np.float32, copy=False)
+        mask = np.take(self.masks[n], k, axis=axis)
+        image = np.stack([np.zeros(mask.shape, np.float32) if v is None else np.take(v, k, axis=axis)
+                          for v in self.volumes[n]]).astype(np.float32, copy=False)
         if self.crop:
-            image = self._crop_at_brain(image, np.take(self.masks[n], k, axis=axis))
-        return torch.from_numpy(np.ascontiguousarray(_pad_centred(image, self.size)))
+            image = self._crop_at_brain(image, mask)
+        image = torch.from_numpy(np.ascontiguousarray(_pad_centred(image, self.size)))
+        if not self.missing_ok:
+            return image
+        return image, torch.tensor([v is not None for v in self.volumes[n]])
 
     def _crop_at_brain(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         rows, cols = np.nonzero(mask)

@@ -2,7 +2,8 @@
 
 ``POST /train/<family>`` with params ``{"target": "FLAIR", "inputs": ["T1", "T2"], "epochs": 10}`` (optional
 ``val_split`` (0.2), ``seed``, ``batch_size``, ``learning_rate``, ``device``, ``hparams``, ``pretrained``,
-``multi_gpu``, ``gpus``) trains the family on the studies of the datastore that hold the target and every input:
+``multi_gpu``, ``gpus``) trains the family on the studies of the datastore that hold the target and every input
+(multimodal with the hparam ``incomplete_studies``: the target and any of the inputs):
 
 * studies are the datastore images grouped by file-name prefix (``sub01_T1``, ``sub01_T2``: the flat datastore,
   ``medsynth_app.contrasts.parse_name``, as the infer task does); images marked SYNTHETIC are never training material;
@@ -52,6 +53,7 @@ from medsynth_app.contrasts import BRAIN_MASK, CONTRASTS, LESION_MASK, canonical
 from medsynth_app.imageio import is_synthetic_file
 from medsynth_app.models import TrainSettings, fine_tunes
 from medsynth_app.pipeline import train as pipeline_train
+from medsynth_app.pipeline import trainable_studies
 from medsynth_app.studies import Study
 from medsynth_app.weights import checkpoint_name
 
@@ -266,7 +268,10 @@ class SynthesisTrainTask(TrainTask):
                 raise TrainRequestError(f"val_split must be in [0, 1), not {val_split}")
             seed = int(_scalar(req.get("seed", 0)))
             studies, skipped = datastore_studies(datastore)
-            usable = [s for s in studies if s.has([*inputs, target])]
+            try:
+                usable = trainable_studies(self.family, inputs, [target], studies, hparams)
+            except ValueError as err:  # an unknown or invalid hyper-parameter
+                raise TrainRequestError(str(err)) from None
             if not usable:
                 have = sorted({"+".join(s.contrasts) for s in studies}) or ["no image"]
                 raise TrainRequestError(
