@@ -218,7 +218,8 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
                  f"paired t-test against the best complete baseline ({baseline or 'none yet'}), bold where p < 0.05."
                  " s / volume: end to end (read, preprocess, predict, write) on the largest fold-1 test volume, "
                  "median of 5 runs unless n says otherwise; peak MB: resident memory of that process. train min / fold: wall "
-                 "minutes of training, longer when other runs shared the CPU (several often did)."
+                 "minutes of training, longer when other runs shared the CPU (several often did); a fold interrupted and "
+                 "resumed adds the training minutes of its epochs before the interruption (validation not counted)."
                  + (" Load average (1 min) at the end of each timing (above the core count, other processes "
                     f"competed for the CPU and the seconds are pessimistic): {', '.join(loads)}."
                     if loads else "")

@@ -131,7 +131,7 @@ class Benchmark:
         started = time.time()
         checkpoint = pipeline.train(entry.family, task.inputs, [task.target], train, validation,
                                     hparams=entry.hparams, settings=settings)
-        train_seconds = time.time() - started
+        train_seconds = time.time() - started + _seconds_before_resumption(checkpoint.training)
         save_checkpoint(checkpoint, self._path("checkpoints", task, entry, f"fold{fold}.pt"))
         partial.unlink(missing_ok=True)
         figures = set(figure_subjects(self.studies, self.folds, task).values())
@@ -188,3 +188,10 @@ class Benchmark:
     def _say(self, text: str) -> None:
         if self.progress:
             print(text, file=sys.stderr, flush=True)
+
+
+def _seconds_before_resumption(training: dict) -> float:
+    """Training seconds of the epochs an interrupted fold ran before it was resumed (validation not included)."""
+    resumed = training.get("resumed_from_epoch") or 0
+    return float(sum(row.get("train_seconds", 0.0) for row in training.get("history", [])
+                     if 0 < row.get("epoch", 0) <= resumed))
