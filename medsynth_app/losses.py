@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from monai.metrics.regression import compute_ssim_and_cs
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from .networks.multimodal import MultimodalOutput
+from .networks.multimodal import MultimodalOutput, masked_mean_over_inputs
 
 SYNNET_LOSSES = ("joint", "l2", "weighted_l2")
 
@@ -96,10 +94,8 @@ class MultimodalSynthesisLoss(nn.Module):
                  for name in prediction["individual"] for out in scored) / len(scored)
         latents = torch.stack(list(prediction["latents"].values()))
         weights = torch.stack(list(present.values())).to(latents.dtype)[:, :, None, None, None]
-        count = weights.sum(dim=0).clamp_min(1)
-        mean = (latents * weights).sum(dim=0) / count
-        variance = ((latents - mean).square() * weights).sum(dim=0) / count
-        c2 = _masked_mean(variance, mask)
+        mean = masked_mean_over_inputs(latents, weights)
+        c2 = _masked_mean(masked_mean_over_inputs((latents - mean).square(), weights), mask)
         c3 = sum(mae(prediction["outputs"][out], out, has[out]) for out in scored) / len(scored)
         return {"c1": c1, "c2": c2, "c3": c3}
 
