@@ -2,8 +2,8 @@
 
 mni patient26 is a validation subject of every shipped checkpoint (model/README.md): never trained on. Each served
 model must return float32 on the input grid, marked synthetic, equal to the library's own synthesis with the same
-checkpoint, and better than the linear pipeline check in SSIM against the acquired target. On both primary tasks the
-shipped SynNet beats the REPLICA-style forest in PSNR and SSIM (model/README.md).
+checkpoint, and better than the linear pipeline check in SSIM against the acquired target. The shipped SynNet (both
+primary tasks) and cae3d (T1 -> T2) beat the REPLICA-style forest in PSNR and SSIM (model/README.md).
 """
 from __future__ import annotations
 
@@ -135,10 +135,17 @@ def test_the_replica_floor_beats_the_linear_pipeline_check(scores):
         assert scores[f"replica_{task}.pt", task]["ssim"] > scores[f"linear_{task}.pt", task]["ssim"]
 
 
-@pytest.mark.parametrize("task", PRIMARY_TASKS)
-def test_the_shipped_synnet_beats_the_replica_floor(scores, task):
-    synnet, replica = scores[f"synnet_{task}.pt", task], scores[f"replica_{task}.pt", task]
-    assert synnet["psnr"] > replica["psnr"] and synnet["ssim"] > replica["ssim"], (synnet, replica)
+# Measured below the forest on patient26 on both primary tasks (model/README.md); strict, as above.
+BELOW_REPLICA = {("multimodal_T1+T1C+T2+FLAIR_to_T1+T1C+T2+FLAIR.pt", task) for task in PRIMARY_TASKS}
+
+
+@pytest.mark.parametrize("name, task", [
+    pytest.param(n, t, marks=pytest.mark.xfail(strict=True, reason="measured below the forest"))
+    if (n, t) in BELOW_REPLICA else (n, t)
+    for n, t in SCORED if dict(SHIPPED)[n].family in ("synnet", "cae3d", "multimodal")])
+def test_the_shipped_networks_beat_the_replica_floor(scores, name, task):
+    network, replica = scores[name, task], scores[f"replica_{task}.pt", task]
+    assert network["psnr"] > replica["psnr"] and network["ssim"] > replica["ssim"], (name, task, network, replica)
 
 
 def test_every_primary_task_is_scored():
