@@ -121,9 +121,14 @@ def test_served_output_equals_the_library_synthesis(scores, name, task):
 BELOW_LINEAR = {("multimodal_T1+T1C+T2+FLAIR_to_T1+T1C+T2+FLAIR.pt", "T1+T2_to_FLAIR")}
 
 
-@pytest.mark.parametrize("name, task", [
-    pytest.param(n, t, marks=pytest.mark.xfail(strict=True, reason="measured below the linear check"))
-    if (n, t) in BELOW_LINEAR else (n, t) for n, t in SCORED if not n.startswith("linear_")])
+def _expecting(pairs, measured_below: set, reason: str) -> list:
+    """(checkpoint, task) parameters, those in ``measured_below`` as strict expected failures."""
+    return [pytest.param(n, t, marks=pytest.mark.xfail(strict=True, reason=reason)) if (n, t) in measured_below
+            else (n, t) for n, t in pairs]
+
+
+@pytest.mark.parametrize("name, task", _expecting([(n, t) for n, t in SCORED if not n.startswith("linear_")],
+                                                  BELOW_LINEAR, "measured below the linear check"))
 def test_every_model_beats_the_linear_pipeline_check_in_ssim(scores, name, task):
     linear = scores[f"linear_{task}.pt", task]
     assert scores[name, task]["ssim"] > linear["ssim"], (name, task, scores[name, task], linear)
@@ -139,10 +144,9 @@ def test_the_replica_floor_beats_the_linear_pipeline_check(scores):
 BELOW_REPLICA = {("multimodal_T1+T1C+T2+FLAIR_to_T1+T1C+T2+FLAIR.pt", task) for task in PRIMARY_TASKS}
 
 
-@pytest.mark.parametrize("name, task", [
-    pytest.param(n, t, marks=pytest.mark.xfail(strict=True, reason="measured below the forest"))
-    if (n, t) in BELOW_REPLICA else (n, t)
-    for n, t in SCORED if dict(SHIPPED)[n].family in ("synnet", "cae3d", "multimodal")])
+@pytest.mark.parametrize("name, task", _expecting(
+    [(n, t) for n, t in SCORED if dict(SHIPPED)[n].family in ("synnet", "cae3d", "multimodal")],
+    BELOW_REPLICA, "measured below the forest"))
 def test_the_shipped_networks_beat_the_replica_floor(scores, name, task):
     network, replica = scores[name, task], scores[f"replica_{task}.pt", task]
     assert network["psnr"] > replica["psnr"] and network["ssim"] > replica["ssim"], (name, task, network, replica)
