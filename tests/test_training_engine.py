@@ -4,7 +4,9 @@ with two gloo processes."""
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import os
+import signal
 import socket
 import time
 
@@ -239,6 +241,7 @@ def _ddp_worker(rank, world, port, subjects, start, out_dir):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a hung worker's stacks, asked for by the test
     model = create("synnet", ["T1"], ["T2"], **SYNNET)
     # CPU + gloo even where CUDA exists: the test checks the distributed code path, not a GPU
     summary = model.fit(subjects[:2], subjects[2:], _settings(device="cpu", initial_state=start,
@@ -258,8 +261,12 @@ def test_ddp_two_gloo_processes_end_identical(subjects, tmp_path):
     while not workers.join(timeout=5):
         if time.monotonic() > deadline:
             for process in workers.processes:
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGUSR1)
+            time.sleep(2)
+            for process in workers.processes:
                 process.kill()
-            pytest.fail("the two DDP workers did not finish within 10 minutes")
+            pytest.fail("the two DDP workers did not finish within 10 minutes (their stacks are in the captured stderr)")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["summary"]["world_size"] == 2 and r1["summary"]["world_size"] == 2
     # only rank 0 validates; every rank returns its account
