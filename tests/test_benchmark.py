@@ -246,6 +246,12 @@ def test_the_readme_table_has_a_column_per_task_that_two_models_finished():
     head, _, *rows = readme_table(summary, tasks)
     assert head == "| model | T2->T1 PSNR / SSIM |"
     assert rows == ["| replica | 21.00 / 0.500 |", "| mp | 17.20 / 0.500 |"]
+    # rows follow the plan's order, not the order the tasks list the models in; models the plan does not name last
+    summary["tasks"]["T1->T2"]["models"]["synnet"]["complete"] = True
+    summary["tasks"]["T2->T1"]["models"]["extra"] = model(16.0)
+    head, _, *rows = readme_table(summary, tasks, order=["mp", "synnet", "replica"])
+    assert head == "| model | T1->T2 PSNR / SSIM | T2->T1 PSNR / SSIM |"
+    assert [row.split(" | ")[0] for row in rows] == ["| mp", "| synnet", "| replica", "| extra"]
 
 
 def test_peak_memory_of_a_timing_process_is_its_own_not_its_parents():

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -272,19 +273,22 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
     # beside the report it describes: a run of a few tasks or models reporting elsewhere leaves the full summary alone
     report.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=float))
     if readme is not None:
-        update_readme(Path(readme), summary, tasks, os.path.relpath(report, Path(readme).parent))
+        update_readme(Path(readme), summary, tasks, os.path.relpath(report, Path(readme).parent),
+                      [e.name for e in entries])
     return summary
 
 
-def readme_table(summary: dict, tasks: list[Task]) -> list[str]:
+def readme_table(summary: dict, tasks: list[Task], order: Sequence[str] = ()) -> list[str]:
     """Pooled PSNR / SSIM of every model that finished every fold, one column per task that at least two models
-    finished. A task run for one model alone compares with nothing, and a partial run is not a pooled result: the
-    report holds both."""
+    finished, rows in ``order`` (the plan's) where it names them. A task run for one model alone compares with
+    nothing, and a partial run is not a pooled result: the report holds both."""
     def complete(t: Task) -> list[str]:
         return [m for m, r in summary["tasks"].get(t.name, {}).get("models", {}).items() if r["complete"]]
 
     shown = [t for t in tasks if len(complete(t)) >= 2]
     names = list(dict.fromkeys(m for t in shown for m in complete(t)))
+    rank = {name: i for i, name in enumerate(order)}
+    names.sort(key=lambda name: rank.get(name, len(rank)))
     lines = ["| model | " + " | ".join(f"{t.name} PSNR / SSIM" for t in shown) + " |", "|---|" + "---|" * len(shown)]
     for name in names:
         cells = []
@@ -295,12 +299,13 @@ def readme_table(summary: dict, tasks: list[Task]) -> list[str]:
     return lines
 
 
-def update_readme(readme: Path, summary: dict, tasks: list[Task], report_link: str) -> None:
+def update_readme(readme: Path, summary: dict, tasks: list[Task], report_link: str,
+                  order: Sequence[str] = ()) -> None:
     """Replace the table between the README's benchmark markers (the markers must be there)."""
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         raise ValueError(f"{readme}: no {README_START} ... {README_END} markers for the benchmark table")
-    table = "\n".join([*readme_table(summary, tasks), "",
+    table = "\n".join([*readme_table(summary, tasks, order), "",
                        f"Pooled test subjects of the three folds, mean PSNR (dB) / SSIM; generated "
                        f"{summary['generated']} by `{summary['command']}` (details: [{report_link}]({report_link}))."])
     pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
