@@ -286,9 +286,8 @@ def readme_table(summary: dict, tasks: list[Task], order: Sequence[str] = ()) ->
         return [m for m, r in summary["tasks"].get(t.name, {}).get("models", {}).items() if r["complete"]]
 
     shown = [t for t in tasks if len(complete(t)) >= 2]
-    names = list(dict.fromkeys(m for t in shown for m in complete(t)))
     rank = {name: i for i, name in enumerate(order)}
-    names.sort(key=lambda name: rank.get(name, len(rank)))
+    names = sorted(dict.fromkeys(m for t in shown for m in complete(t)), key=lambda name: rank.get(name, len(rank)))
     lines = ["| model | " + " | ".join(f"{t.name} PSNR / SSIM" for t in shown) + " |", "|---|" + "---|" * len(shown)]
     for name in names:
         cells = []
