@@ -6,11 +6,13 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from medsynth_app.benchmark.plan import Comparison, Plan, Task
 from medsynth_app.benchmark.report import comparison_lines, readme_table
 from medsynth_app.cli import main
 from medsynth_app.metrics import paired_ttest
+from medsynth_app.training.engine import native_bfloat16
 
 MODELS = [
     {"name": "linear", "family": "linear"},
@@ -77,6 +79,11 @@ def test_every_fold_of_every_model_is_a_result_file_scored_on_its_held_out_subje
         timing = json.loads((root / "out" / "runs" / "T1_to_T2" / model / "timing.json").read_text())
         assert timing["repeats"] == 1 and timing["median_seconds"] > 0 and timing["peak_memory_mb"] > 100
         assert timing["load_average_1min"] >= 0 and timing["cores"] >= 1
+        # the CPU's vector ISA is part of its name: the same model name covers parts with and without native bfloat16
+        capability = torch.backends.cpu.get_cpu_capability()
+        assert timing["device"] == result["device"] and timing["device"].startswith("CPU: ")
+        assert timing["device"].endswith(capability + (" + native bfloat16" if native_bfloat16(torch.device("cpu"))
+                                                       else ""))
         assert len(list((root / "out" / "slices" / "T1_to_T2" / model).glob("*.npz"))) == 1  # one per cohort
 
 
