@@ -15,8 +15,8 @@ from medsynth_app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medsynth_app.models import TrainSettings, create
 from medsynth_app.pipeline import prepare_study, synthesize
 from medsynth_app.studies import find_studies
-from medsynth_app.training.datasets import SliceDataset
 from medsynth_app.training import engine
+from medsynth_app.training.datasets import SliceDataset
 from medsynth_app.training.engine import seed_everything
 from medsynth_app.training.inference import predict_tiled
 

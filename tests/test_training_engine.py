@@ -211,9 +211,8 @@ def test_bf16_mixed_precision_trains_float32_weights_close_to_a_float32_run(subj
     run's (the arithmetic changed) but only slightly, and stay float32; an unknown mode is refused. The CPU is
     declared bfloat16-capable so that the autocast path runs on every machine (emulated where the CPU lacks it)."""
     monkeypatch.setattr(engine, "native_bfloat16", lambda device: True)
-    run = lambda **hparams: _adam_synnet_run(subjects, **hparams)  # noqa: E731
-    full, full_summary = run()
-    half, half_summary = run(amp="bf16")
+    full, full_summary = _adam_synnet_run(subjects)
+    half, half_summary = _adam_synnet_run(subjects, amp="bf16")
     assert full_summary["mixed_precision"] is None and half_summary["mixed_precision"] == "bfloat16"
     a, b = full.state_dict(), half.state_dict()
     assert all(v.dtype == a[k].dtype for k, v in b.items())
