@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medsynth_app.benchmark.plan import Comparison, Plan, Task
-from medsynth_app.benchmark.report import comparison_lines, readme_table
+from medsynth_app.benchmark.report import comparison_lines, data_set_table, readme_table
 from medsynth_app.cli import main
 from medsynth_app.metrics import paired_ttest
 from medsynth_app.training.engine import native_bfloat16
@@ -122,6 +122,24 @@ def test_report_numbers_are_the_means_of_the_result_files(bench):
     readme = (root / "README.md").read_text()
     assert "OLD-TABLE" not in readme and readme.endswith("tail\n")
     assert f"{task['models']['LSDN-1']['summary']['pooled']['psnr']['mean']:.2f}" in readme
+
+
+def test_data_set_table_averages_each_sets_paired_differences_to_the_baseline():
+    """Two data sets: each cell is the mean over that set's subjects of model minus baseline, on the subjects both
+    were scored on (n given where it falls short of the set's); one data set gives no table."""
+    def rows(values):
+        return [{"id": i, "psnr": p, "ssim": q} for i, (p, q) in values.items()]
+
+    forest = {"rows": rows({"a/x/s1": (20.0, 0.60), "a/x/s2": (22.0, 0.70), "a/y/s3": (18.0, 0.50)})}
+    net = {"rows": rows({"a/x/s1": (21.0, 0.62), "a/x/s2": (21.0, 0.74), "a/y/s3": (15.5, 0.45)})}
+    partial = {"rows": rows({"a/x/s1": (19.0, 0.58)})}
+    lines = data_set_table({"forest": forest, "net": net, "partial": partial}, "forest")
+    assert lines[0] == "| model | a/x (n=2) | a/y (n=1) |"
+    assert lines[2] == "| net | +0.00 / +0.030 | -2.50 / -0.050 |"
+    assert lines[3] == "| partial | -1.00 / -0.020 (n=1) | – |"
+    assert len(lines) == 4
+    one_set = {"rows": rows({"a/x/s1": (20.0, 0.6)})}
+    assert data_set_table({"forest": one_set, "net": one_set}, "forest") == []
 
 
 def test_run_folds_trains_only_those_folds(bench, tmp_path, capsys):

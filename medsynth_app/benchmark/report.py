@@ -118,6 +118,38 @@ def task_table(results: dict[str, dict], baseline: str | None, cohorts: list[str
     return lines
 
 
+def data_set(subject_id: str) -> str:
+    """The data set of a test subject: its study id without the last folder (open_ms_data/longitudinal/patient01_study1
+    -> open_ms_data/longitudinal)."""
+    return subject_id.rsplit("/", 1)[0] if "/" in subject_id else "."
+
+
+def data_set_table(results: dict[str, dict], baseline: str) -> list[str]:
+    """Per model and data set, the mean over the set's test subjects of the model's PSNR / SSIM minus the baseline's
+    on the same subject; empty when the test subjects come from one data set (the pooled Δ says it all). Cohorts can
+    mix conventions (the MS cohort holds skull-stripped and whole-head scans), which a cohort mean hides."""
+    base = {r["id"]: r for r in results[baseline]["rows"]}
+    sets = sorted({data_set(i) for i in base})
+    if len(sets) < 2:
+        return []
+    counts = {s: sum(data_set(i) == s for i in base) for s in sets}
+    lines = ["| model | " + " | ".join(f"{s} (n={counts[s]})" for s in sets) + " |", "|" + "---|" * (len(sets) + 1)]
+    for name, r in results.items():
+        if name == baseline:
+            continue
+        cells = []
+        for s in sets:
+            pairs = [(row, base[row["id"]]) for row in r["rows"] if row["id"] in base and data_set(row["id"]) == s]
+            if not pairs:
+                cells.append("–")
+                continue
+            psnr = np.mean([a["psnr"] - b["psnr"] for a, b in pairs])
+            ssim = np.mean([a["ssim"] - b["ssim"] for a, b in pairs])
+            cells.append(f"{psnr:+.2f} / {ssim:+.3f}" + (f" (n={len(pairs)})" if len(pairs) != counts[s] else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def shrink_rows(results: dict[str, dict]) -> list[str]:
     """ShrinkConnect per network: sizes before and after, multiply-adds, errors and forward speed-up (mean of folds)."""
     lines = []
@@ -226,6 +258,10 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
                     if loads else "")
                  + (" Timed with another checkpoint of the same network instead of the fold-1 weights: "
                     f"{', '.join(retimed)}." if retimed else ""), ""]
+        by_set = data_set_table(results, baseline) if baseline else []
+        if by_set:
+            body += [f"Difference to {baseline} by data set (mean over the set's test subjects of the model's PSNR in dB "
+                     f"/ SSIM minus {baseline}'s on the same subject):", "", *by_set, ""]
         stem = task.slug
         slices = Path(out) / "slices" / task.slug
         # The slices behind a montage are data and stay out of the repository: unless this folder holds them for
