@@ -2,7 +2,7 @@
 
 mni patient26 is a validation subject of every shipped checkpoint (model/README.md): never trained on. Each served
 model must return float32 on the input grid, marked synthetic, equal to the library's own synthesis with the same
-checkpoint, and better than the linear pipeline check in SSIM against the acquired target. The shipped SynNet (both
+checkpoint (one checkpoint per family), and better than the linear pipeline check in SSIM against the acquired target. The shipped SynNet (both
 primary tasks) and cae3d (T1 -> T2) beat the REPLICA-style forest in PSNR and SSIM (model/README.md).
 """
 from __future__ import annotations
@@ -46,6 +46,9 @@ def _primary_tasks(checkpoint) -> list[str]:
 
 SHIPPED = sorted((p.name, c) for p in SHIPPED_DIR.glob("*.pt") for c in [load_checkpoint(p)])
 SCORED = [(name, task) for name, checkpoint in SHIPPED for task in _primary_tasks(checkpoint)]
+# The app serves every checkpoint of a family through the same code: one (the first scored) per family is compared
+# with the library's own synthesis, which costs a second whole-volume synthesis.
+LIBRARY_COMPARED = list({dict(SHIPPED)[n].family: (n, t) for n, t in reversed(SCORED)}.values())
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +89,8 @@ def scores(server, datastore, tmp_path_factory) -> dict:
         truth = prepare({**inputs, target: acquired}, target, mask_from=input_names)
         predicted = prepare({**inputs, target: synthetic}, target, mask_from=input_names)
         results[name, task] = {"image": synthetic, "reference": inputs["T1"],
-                               "library": synthesize(checkpoint, inputs, target),
+                               "library": synthesize(checkpoint, inputs, target)
+                               if (name, task) in LIBRARY_COMPARED else None,
                                "psnr": psnr(predicted.images[target], truth.images[target], truth.mask),
                                "ssim": ssim(predicted.images[target], truth.images[target], truth.mask)}
     return results
@@ -109,7 +113,7 @@ def test_served_output_is_float32_on_the_input_grid_and_marked(scores, name, tas
     assert image.GetMetaData("descrip").startswith("SYNTHETIC")
 
 
-@pytest.mark.parametrize("name, task", SCORED)
+@pytest.mark.parametrize("name, task", LIBRARY_COMPARED)
 def test_served_output_equals_the_library_synthesis(scores, name, task):
     served = sitk.GetArrayFromImage(scores[name, task]["image"])
     library = sitk.GetArrayFromImage(scores[name, task]["library"])
