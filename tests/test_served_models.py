@@ -48,7 +48,8 @@ SHIPPED = sorted((p.name, c) for p in SHIPPED_DIR.glob("*.pt") for c in [load_ch
 SCORED = [(name, task) for name, checkpoint in SHIPPED for task in _primary_tasks(checkpoint)]
 # The app serves every checkpoint of a family through the same code: one (the first scored) per family is compared
 # with the library's own synthesis, which costs a second whole-volume synthesis.
-LIBRARY_COMPARED = list({dict(SHIPPED)[n].family: (n, t) for n, t in reversed(SCORED)}.values())
+LIBRARY_COMPARED = list({checkpoint.family: (name, task) for name, checkpoint in reversed(SHIPPED)
+                         for task in reversed(_primary_tasks(checkpoint))}.values())
 
 
 @pytest.fixture(scope="module")

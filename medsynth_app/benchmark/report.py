@@ -6,6 +6,7 @@ import json
 import os
 import re
 import time
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -129,23 +130,27 @@ def data_set_table(results: dict[str, dict], baseline: str) -> list[str]:
     on the same subject; empty when the test subjects come from one data set (the pooled Δ says it all). Cohorts can
     mix conventions (the MS cohort holds skull-stripped and whole-head scans), which a cohort mean hides."""
     base = {r["id"]: r for r in results[baseline]["rows"]}
-    sets = sorted({data_set(i) for i in base})
-    if len(sets) < 2:
+    counts = Counter(data_set(i) for i in base)
+    if len(counts) < 2:
         return []
-    counts = {s: sum(data_set(i) == s for i in base) for s in sets}
+    sets = sorted(counts)
     lines = ["| model | " + " | ".join(f"{s} (n={counts[s]})" for s in sets) + " |", "|" + "---|" * (len(sets) + 1)]
     for name, r in results.items():
         if name == baseline:
             continue
+        differences = defaultdict(list)
+        for row in r["rows"]:
+            if row["id"] in base:
+                other = base[row["id"]]
+                differences[data_set(row["id"])].append((row["psnr"] - other["psnr"], row["ssim"] - other["ssim"]))
         cells = []
         for s in sets:
-            pairs = [(row, base[row["id"]]) for row in r["rows"] if row["id"] in base and data_set(row["id"]) == s]
-            if not pairs:
+            if not differences[s]:
                 cells.append("–")
                 continue
-            psnr = np.mean([a["psnr"] - b["psnr"] for a, b in pairs])
-            ssim = np.mean([a["ssim"] - b["ssim"] for a, b in pairs])
-            cells.append(f"{psnr:+.2f} / {ssim:+.3f}" + (f" (n={len(pairs)})" if len(pairs) != counts[s] else ""))
+            psnr, ssim = np.mean(differences[s], axis=0)
+            n = len(differences[s])
+            cells.append(f"{psnr:+.2f} / {ssim:+.3f}" + (f" (n={n})" if n != counts[s] else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
