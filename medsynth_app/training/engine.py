@@ -381,6 +381,9 @@ def train_network(
 
     if best_state is not None:
         network.load_state_dict(best_state)
+    # The wrapper's reducer holds the process group: released at this function's exit, after the other ranks have
+    # left, the group's last reference takes gloo's teardown with it and can hang. Release it while all ranks are here.
+    del model
     # every rank returns rank 0's account of the run (only rank 0 validated)
     history, best_metric, best_epoch, stopped = ctx.broadcast([history, best_metric, best_epoch, stopped])
     ctx.barrier()
