@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import faulthandler
+import gc
 import os
 import signal
 import socket
@@ -260,11 +261,23 @@ def _ddp_worker(rank, world, port, subjects, start, out_dir):
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # a hung worker's stacks, asked for by the test
+    # a wrapper still alive when the group is destroyed takes gloo's teardown with it later, when the other rank may
+    # have left (a hang seen once in CI): count them at that moment
+    wrappers_at_teardown = []
+    destroy = torch.distributed.destroy_process_group
+
+    def counting_destroy(*args, **kwargs):
+        wrappers_at_teardown.append(sum(isinstance(o, torch.nn.parallel.DistributedDataParallel)
+                                        for o in gc.get_objects()))
+        destroy(*args, **kwargs)
+
+    torch.distributed.destroy_process_group = counting_destroy
     model = create("synnet", ["T1"], ["T2"], **SYNNET)
     # CPU + gloo even where CUDA exists: the test checks the distributed code path, not a GPU
     summary = model.fit(subjects[:2], subjects[2:], _settings(device="cpu", initial_state=start,
                                                               extra={"partial_path": f"{out_dir}/partial.pt"}))
-    torch.save({"state": model.state_dict(), "summary": summary}, f"{out_dir}/rank{rank}.pt")
+    torch.save({"state": model.state_dict(), "summary": summary, "wrappers_at_teardown": wrappers_at_teardown},
+               f"{out_dir}/rank{rank}.pt")
 
 
 def test_ddp_two_gloo_processes_end_identical(subjects, tmp_path):
@@ -287,6 +300,7 @@ def test_ddp_two_gloo_processes_end_identical(subjects, tmp_path):
             pytest.fail("the two DDP workers did not finish within 10 minutes (their stacks are in the captured stderr)")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["summary"]["world_size"] == 2 and r1["summary"]["world_size"] == 2
+    assert r0["wrappers_at_teardown"] == r1["wrappers_at_teardown"] == [0]
     # only rank 0 validates; every rank returns its account
     assert [row["epoch"] for row in r0["summary"]["history"]] == [0, 1]
     assert r1["summary"]["history"] == r0["summary"]["history"]
