@@ -49,7 +49,8 @@ SHIPPED = sorted((p.name, c) for p in SHIPPED_DIR.glob("*.pt") for c in [load_ch
 SCORED = [(name, task) for name, checkpoint in SHIPPED for task in _primary_tasks(checkpoint)]
 # The app serves every checkpoint of a family through the same code: one (the first scored) per family is compared
 # with the library's own synthesis, which costs a second whole-volume synthesis.
-LIBRARY_COMPARED = list({dict(SHIPPED)[name].family: (name, task) for name, task in reversed(SCORED)}.values())
+FAMILY = {name: checkpoint.family for name, checkpoint in SHIPPED}
+LIBRARY_COMPARED = list({FAMILY[name]: (name, task) for name, task in reversed(SCORED)}.values())
 
 
 @pytest.fixture(scope="module")
