@@ -171,6 +171,20 @@ def test_replicate_padded_conv_equals_torchs_in_values_gradients_and_layout(kern
         ReplicatePaddedConv2d(3, 4, 2)
 
 
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_multimodal_decoders_run_in_the_layout_of_channels_last_inputs(fusion):
+    # a channels-first map among channels-last ones made every decoder convolution convert its input
+    net = MultimodalSynthesisNet(INPUTS, ["FLAIR"], fusion=fusion).to(memory_format=torch.channels_last)
+    seen = []
+    for conv in net.decoders["FLAIR"].modules():
+        if isinstance(conv, torch.nn.Conv2d):
+            conv.register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous(
+                memory_format=torch.channels_last) and not args[0].is_contiguous()))
+    images = {n: x.contiguous(memory_format=torch.channels_last) for n, x in _images(INPUTS[:2], size=8).items()}
+    net(images, decode_individual=True)
+    assert len(seen) == 5 and all(seen)
+
+
 def test_multimodal_input_errors():
     net = MultimodalSynthesisNet(INPUTS, ["FLAIR"])
     with pytest.raises(ValueError, match="'PD'"):

@@ -9,6 +9,8 @@ import gc
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -113,6 +115,34 @@ def test_predict_slices_identity_along_every_axis():
     for axis in (0, 1, 2):
         out = predict_slices(lambda x: x[:, :1] * 2, [volume, volume + 1], axis, torch.device("cpu"), batch_size=5)
         np.testing.assert_array_equal(out[0], volume * 2)
+
+
+ALLOCATION_PROBE = """
+import ctypes, sys, torch
+from medsynth_app.training.allocator import keep_freed_memory
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+mallinfo2.restype = MallInfo2
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+before = mallinfo2().hblkhd
+x = torch.empty(64 * 2**20, dtype=torch.uint8)
+print(mallinfo2().hblkhd - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_large_tensors_come_from_the_heap_once_freed_memory_is_kept():
+    def mapped(mode):
+        run = subprocess.run([sys.executable, "-c", ALLOCATION_PROBE, mode], capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == 0, run.stderr
+        return int(run.stdout.split()[-1])
+
+    assert mapped("default") >= 64 * 2**20  # glibc maps a block this large on its own and unmaps it when freed
+    assert mapped("keep") == 0
 
 
 def test_devices():

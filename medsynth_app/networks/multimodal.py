@@ -15,7 +15,7 @@ from typing import TypedDict
 import torch
 from torch import Tensor, nn
 
-from .replicate_conv import ReplicatePaddedConv2d
+from .replicate_conv import ReplicatePaddedConv2d, memory_layout
 
 FUSIONS = ("max", "mean", "hemis", "output_mean")
 
@@ -264,7 +264,9 @@ class MultimodalSynthesisNet(nn.Module):
         fused = None
         weights = torch.stack([flags[name] for name in names]).to(individual_latents[0].dtype)[:, :, None, None, None]
         if self.fusion != "output_mean":
-            fused = self._fuse(torch.stack(individual_latents), weights)
+            # the reduction over stacked latents returns channels-first maps; the decoders run in the latents' layout
+            fused = self._fuse(torch.stack(individual_latents), weights).contiguous(
+                memory_format=memory_layout(individual_latents[0]))
         if self.fusion == "hemis":
             individual_latents = [torch.cat([z, torch.zeros_like(z)], dim=1) for z in individual_latents]
         with_individual = decode_individual or self.fusion == "output_mean"

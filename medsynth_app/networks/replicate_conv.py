@@ -1,23 +1,60 @@
 """A 2-D convolution whose borders are padded by repeating edge pixels, with a faster pad for channels-last maps."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+
+def memory_layout(x: Tensor) -> torch.memory_format:
+    """channels_last for a (B, C, H, W) tensor stored so (and not also channels-first), else contiguous_format."""
+    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous() else torch.contiguous_format
+
+
+class _ReplicatePad2d(torch.autograd.Function):
+    """Replication padding that keeps the memory layout and moves each full-size map once, forward and backward.
+
+    torch's replication-pad kernel converts a channels-last input to channels-first and its output back; writing the
+    border into a padded copy with sliced assignments keeps the layout, but autograd then clones the full gradient
+    once per assignment. Here the forward copies the map once into an uninitialised padded tensor and the backward
+    copies the interior of the gradient once and adds the border's sums to the edge rows and columns."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, p: int) -> Tensor:
+        ctx.p = p
+        height, width = x.shape[-2:]
+        y = torch.empty((*x.shape[:-2], height + 2 * p, width + 2 * p), dtype=x.dtype, device=x.device,
+                        memory_format=memory_layout(x))
+        y[..., p:-p, p:-p] = x
+        y[..., :p, p:-p] = x[..., :1, :]
+        y[..., -p:, p:-p] = x[..., -1:, :]
+        y[..., :, :p] = y[..., :, p:p + 1]
+        y[..., :, -p:] = y[..., :, -p - 1:-p]
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        p = ctx.p
+        grad_x = grad[..., p:-p, p:-p].clone(memory_format=memory_layout(grad))
+        grad_x[..., 0, :] += grad[..., :p, p:-p].sum(-2)
+        grad_x[..., -1, :] += grad[..., -p:, p:-p].sum(-2)
+        grad_x[..., :, 0] += grad[..., p:-p, :p].sum(-1)
+        grad_x[..., :, -1] += grad[..., p:-p, -p:].sum(-1)
+        grad_x[..., 0, 0] += grad[..., :p, :p].sum((-2, -1))
+        grad_x[..., 0, -1] += grad[..., :p, -p:].sum((-2, -1))
+        grad_x[..., -1, 0] += grad[..., -p:, :p].sum((-2, -1))
+        grad_x[..., -1, -1] += grad[..., -p:, -p:].sum((-2, -1))
+        return grad_x, None
 
 
 def replicate_pad2d(x: Tensor, p: int) -> Tensor:
-    """``F.pad(x, (p, p, p, p), mode="replicate")`` of a (B, C, H, W) tensor, in the same memory layout.
-
-    torch's replication-pad kernel converts a channels-last input to channels-first and its output back, which made
-    padding about 75 % of the multimodal network's CPU time; a zero pad whose border is then filled from the edge rows
-    and columns keeps the layout and gives the same values and gradients in half the network's time (16 slices of
-    144x176 through two encoders and a decoder, bfloat16, one thread: 1.91 s -> 0.90 s)."""
-    y = F.pad(x, (p, p, p, p))
-    y[..., :p, p:-p] = x[..., :1, :]
-    y[..., -p:, p:-p] = x[..., -1:, :]
-    y[..., :, :p] = y[..., :, p:p + 1]
-    y[..., :, -p:] = y[..., :, -p - 1:-p]
-    return y
+    """``F.pad(x, (p, p, p, p), mode="replicate")`` of a (B, C, H, W) tensor, in the same memory layout (p >= 1).
+    A multimodal CPU training step (16 crops of 96x96, two of four inputs present, float32, two threads) took 15.7 s
+    padded by sliced assignments, 14.3 s with this function."""
+    return _ReplicatePad2d.apply(x, p)
 
 
 class ReplicatePaddedConv2d(nn.Conv2d):

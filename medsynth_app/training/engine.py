@@ -57,6 +57,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from ..atomic import atomic_write
+from .allocator import keep_freed_memory
 from .common import module_device, prefixed_state, unprefixed_state
 from .distributed import DistContext
 from .inference import inference_network
@@ -253,6 +254,7 @@ def train_network(
     user_partial = bool(chosen_partial)
 
     seed_everything(seed)
+    keep_freed_memory()
     network.to(device, memory_format=channels_last_format(network))
     params = [p for p in (parameters if parameters is not None else network.parameters()) if p.requires_grad]
     if not params:

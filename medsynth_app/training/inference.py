@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .allocator import keep_freed_memory
 from .datasets import _pad_centred, round_up
 
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)
@@ -33,7 +34,9 @@ def inference_network(net: nn.Module) -> nn.Module:
     In every ``nn.Sequential``, a convolution followed by a batch norm becomes one convolution (the norm's running
     statistics and affine folded into its weights: about 20 % less time per SynNet forward pass on the CPU), and a
     ReLU or LeakyReLU right after a convolution runs in place (the convolution's output has no other reader; a new
-    activation tensor per layer took another 20 % of SynNet's CPU time)."""
+    activation tensor per layer took another 20 % of SynNet's CPU time). Large freed tensors stay in the process
+    heap for the next batch (`keep_freed_memory`)."""
+    keep_freed_memory()
     network = copy.deepcopy(net).eval()
     for module in network.modules():
         if not isinstance(module, nn.Sequential):
