@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _THRESHOLD = 2**31 - 1  # mallopt takes an int
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
-    """Raise glibc's mmap and trim thresholds for this process; False where the C library is not glibc."""
+    """Raise glibc's mmap and trim thresholds for this process, once (every prediction calls this); False where the
+    C library is not glibc."""
     if not sys.platform.startswith("linux"):
         return False
     try:
