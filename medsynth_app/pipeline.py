@@ -78,7 +78,8 @@ def _prepare_split(studies: Sequence[Study], validation: Sequence[Study], contra
 
 def _record_run(summary: dict, model, targets: Sequence[str], train_subjects: list[PreparedSubject],
                 val_subjects: list[PreparedSubject], skipped: dict[str, str], started: float) -> None:
-    """Add the validation metrics of every target, the subjects and the wall time to a fit's summary."""
+    """Add the validation metrics of every target, the subjects and the wall time to a fit's summary (with the
+    training seconds before a resumption: the time of a whole run, not of its last part)."""
     if val_subjects:
         summary["validation"] = {
             target: _mean_rows([score_subject(model.predict(s, target), s, target)
@@ -86,7 +87,14 @@ def _record_run(summary: dict, model, targets: Sequence[str], train_subjects: li
             for target in targets
         }
     summary.update(subjects=[s.id for s in train_subjects], validation_subjects=[s.id for s in val_subjects],
-                   skipped=skipped, seconds=round(time.time() - started, 1))
+                   skipped=skipped, seconds=round(time.time() - started + seconds_before_resumption(summary), 1))
+
+
+def seconds_before_resumption(training: dict) -> float:
+    """Training seconds of the epochs an interrupted run ran before it was resumed (validation not included)."""
+    resumed = training.get("resumed_from_epoch") or 0
+    return float(sum(row.get("train_seconds", 0.0) for row in training.get("history", [])
+                     if 0 < row.get("epoch", 0) <= resumed))
 
 
 def trainable_studies(family: str, inputs: Sequence[str], targets: Sequence[str], studies: Sequence[Study],

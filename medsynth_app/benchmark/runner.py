@@ -128,10 +128,9 @@ class Benchmark:
         settings = TrainSettings(epochs=entry.epochs, learning_rate=entry.lr, device=self.device,
                                  progress=self.progress, resume_from=str(partial) if partial.exists() else None,
                                  extra={"partial_path": str(partial)})
-        started = time.time()
         checkpoint = pipeline.train(entry.family, task.inputs, [task.target], train, validation,
                                     hparams=entry.hparams, settings=settings)
-        train_seconds = time.time() - started + _seconds_before_resumption(checkpoint.training)
+        train_seconds = checkpoint.training["seconds"]
         save_checkpoint(checkpoint, self._path("checkpoints", task, entry, f"fold{fold}.pt"))
         partial.unlink(missing_ok=True)
         figures = set(figure_subjects(self.studies, self.folds, task).values())
@@ -188,10 +187,3 @@ class Benchmark:
     def _say(self, text: str) -> None:
         if self.progress:
             print(text, file=sys.stderr, flush=True)
-
-
-def _seconds_before_resumption(training: dict) -> float:
-    """Training seconds of the epochs an interrupted fold ran before it was resumed (validation not included)."""
-    resumed = training.get("resumed_from_epoch") or 0
-    return float(sum(row.get("train_seconds", 0.0) for row in training.get("history", [])
-                     if 0 < row.get("epoch", 0) <= resumed))
