@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -294,16 +293,3 @@ def test_peak_memory_of_a_timing_process_is_its_own_not_its_parents():
     beside_a_large_parent = child_peak_kib()
     assert ballast.sum() == ballast.size
     assert beside_a_large_parent < alone + 200 * 1024, (alone, beside_a_large_parent)
-
-
-def test_a_resumed_run_records_the_training_seconds_before_its_resumption():
-    from medsynth_app.pipeline import _record_run, seconds_before_resumption
-
-    history = [{"epoch": 0, "train_seconds": 0.0}, {"epoch": 1, "train_seconds": 30.0},
-               {"epoch": 2, "train_seconds": 40.0}, {"epoch": 3, "train_seconds": 50.0}]
-    assert seconds_before_resumption({"resumed_from_epoch": 2, "history": history}) == 70.0
-    assert seconds_before_resumption({"resumed_from_epoch": None, "history": history}) == 0.0
-    assert seconds_before_resumption({}) == 0.0
-    summary = {"resumed_from_epoch": 2, "history": history}
-    _record_run(summary, None, ["FLAIR"], [], [], {}, started=time.time())
-    assert 70.0 <= summary["seconds"] < 75.0

@@ -19,7 +19,7 @@ import torch
 import torch.multiprocessing as mp
 
 from medsynth_app.models import TrainSettings, create
-from medsynth_app.pipeline import prepare_study
+from medsynth_app.pipeline import _record_run, prepare_study, seconds_before_resumption
 from medsynth_app.studies import find_studies
 from medsynth_app.training import engine
 from medsynth_app.training.engine import default_partial_path, scheduled_lr
@@ -215,6 +215,17 @@ def test_resume_reaches_the_uninterrupted_weights(subjects, tmp_path):
         create("synnet", ["T1"], ["FLAIR"], **SYNNET).fit(subjects[:2], [], _settings(epochs=2, resume_from=str(part)))
     with pytest.raises(ValueError, match="no such"):
         run(_settings(resume_from=str(tmp_path / "absent.pt")))
+
+
+def test_a_resumed_run_records_the_training_seconds_before_its_resumption():
+    history = [{"epoch": 0, "train_seconds": 0.0}, {"epoch": 1, "train_seconds": 30.0},
+               {"epoch": 2, "train_seconds": 40.0}, {"epoch": 3, "train_seconds": 50.0}]
+    assert seconds_before_resumption({"resumed_from_epoch": 2, "history": history}) == 70.0
+    assert seconds_before_resumption({"resumed_from_epoch": None, "history": history}) == 0.0
+    assert seconds_before_resumption({}) == 0.0
+    summary = {"resumed_from_epoch": 2, "history": history}
+    _record_run(summary, None, ["FLAIR"], [], [], {}, started=time.time())
+    assert 70.0 <= summary["seconds"] < 75.0
 
 
 def test_cosine_schedule_sets_the_learning_rate_of_every_step(subjects, tmp_path):
