@@ -310,8 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help="target contrast(s), comma-separated")
     p.add_argument("--normalisation", default="mean", choices=("mean", "percentile", "zscore"))
     p.add_argument("--init", metavar="CHECKPOINT",
-                   help="fine-tune: start from this checkpoint's weights (same family, inputs and targets; its "
-                        "hyperparameters are the defaults --hparam overrides)")
+                   help="fine-tune: start from this checkpoint's weights (same family, inputs and targets, or for "
+                        "multimodal a checkpoint holding those encoders and decoders; its hyperparameters are the "
+                        "defaults --hparam overrides)")
     schedule_options(p)
     p.set_defaults(func=cmd_train)
 

@@ -120,14 +120,21 @@ def train(
     studies, those its `training_contrasts` accepts); returns the checkpoint (not yet saved).
 
     ``init`` fine-tunes: the network starts from that checkpoint's weights instead of a fresh initialisation. It must
-    be of the same family, inputs, targets and normalisation; its hyperparameters are the defaults ``hparams``
-    overrides (change the loss or the schedule, not the architecture)."""
+    be of the same family, task and normalisation (a multimodal model may start from one trained for more
+    contrasts: `starting_weights`); its hyperparameters are the defaults ``hparams`` overrides (change the loss or the
+    schedule, not the architecture)."""
     settings = settings or TrainSettings()
     if init is not None:
         _check_fine_tuning(init, family, inputs, targets, normalisation)
         hparams = {**init.hparams, **dict(hparams or {})}
-        settings = dataclasses.replace(settings, initial_state=init.state)
     model = create(family, inputs, targets, **dict(hparams or {}))
+    if init is not None:
+        try:
+            state = model.starting_weights(init.state, init.inputs, init.targets)
+        except ValueError as err:
+            raise ValueError(f"cannot fine-tune {family} {'+'.join(inputs)}->{'+'.join(targets)} from a "
+                             f"{init.family} {init.task} checkpoint: {err}") from None
+        settings = dataclasses.replace(settings, initial_state=state)
 
     def contrasts_of(study: Study) -> list[str]:
         return model.training_contrasts(study.contrasts)
@@ -153,9 +160,9 @@ def train(
 def _check_fine_tuning(init: Checkpoint, family: str, inputs: Sequence[str], targets: Sequence[str],
                        normalisation: str) -> None:
     wanted = f"{family} {'+'.join(inputs)}->{'+'.join(targets)}"
-    if (init.family, list(init.inputs), list(init.targets)) != (family, list(inputs), list(targets)):
-        raise ValueError(f"cannot fine-tune {wanted} from a {init.family} {init.task} checkpoint: the family, the "
-                         "inputs (in order) and the targets must be the same")
+    if init.family != family:
+        raise ValueError(f"cannot fine-tune {wanted} from a {init.family} {init.task} checkpoint: the family must be "
+                         "the same")
     trained_on = init.preprocessing.get("normalisation", "mean")
     if trained_on != normalisation:
         raise ValueError(f"cannot fine-tune {wanted} with {normalisation} normalisation from a checkpoint trained "

@@ -161,6 +161,37 @@ def test_multimodal_trains_on_incomplete_studies_and_validates_on_named_ones(mni
     assert "--val-studies: patient99 not among the training studies" in capsys.readouterr().err
 
 
+def test_a_multimodal_model_fine_tunes_from_one_trained_for_more_contrasts(mni_crops, crop_folds, tmp_path, capsys):
+    """A T1 -> FLAIR model started from a T1+T2 -> T2+FLAIR one at learning rate 0 holds that one's T1 encoder and
+    FLAIR decoder, and nothing else; a model needing an encoder or decoder the checkpoint lacks is refused."""
+    import torch
+
+    from medsynth_app.checkpoint import load_checkpoint
+    from medsynth_app.pipeline import synthesize
+
+    quick = ["--model", "multimodal", "--studies", str(mni_crops), "--fold", "1", "--folds", str(crop_folds), "--quiet",
+             "--epochs", "1", "--batch-size", "4"]
+    wide, narrow = tmp_path / "wide.pt", tmp_path / "narrow.pt"
+    assert main(["train", *quick, "--inputs", "T1,T2", "--target", "T2,FLAIR", "--hparam", "max_steps_per_epoch=1",
+                 "--hparam", "crop=32", "--out", str(wide)]) == 0
+    assert main(["train", *quick, "--inputs", "T1", "--target", "FLAIR", "--init", str(wide), "--lr", "0",
+                 "--out", str(narrow)]) == 0
+    wide_ck, narrow_ck = load_checkpoint(wide), load_checkpoint(narrow)
+    assert narrow_ck.inputs == ["T1"] and narrow_ck.targets == ["FLAIR"]
+    assert {k.split(".")[1] + "." + k.split(".")[2] for k in narrow_ck.state} == {"encoders.T1", "decoders.FLAIR"}
+    convs = [k for k, v in narrow_ck.state.items() if k.endswith(".weight") and v.dim() == 4]
+    assert convs and all(torch.equal(narrow_ck.state[k], wide_ck.state[k]) for k in convs)
+    assert narrow_ck.training["fine_tuned_from"]["task"] == wide_ck.task
+    t1 = {"T1": sitk.ReadImage(str(mni_crops / "patient07" / "T1.nii.gz"))}  # max fusion: one input, same latent
+    np.testing.assert_allclose(*(sitk.GetArrayFromImage(synthesize(c, t1, "FLAIR", intensity="normalised"))
+                                 for c in (narrow_ck, wide_ck)), atol=1e-5)
+    capsys.readouterr()
+    assert main(["train", *quick, "--inputs", "T1,T1C", "--target", "T1", "--init", str(wide),
+                 "--out", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "the checkpoint has no encoder for T1C nor decoder for T1" in err, err
+
+
 def test_add_output_trains_a_new_decoder_alone_and_synthesises_with_it(mni_crops, crop_folds, trained, tmp_path,
                                                                         capsys):
     import torch

@@ -98,6 +98,20 @@ def test_explicit_inputs_supply_a_missing_contrast(server):
     assert response.json()["inputs"] == {"T1": "sub02_T1.nii.gz", "T2": "sub01_T2.nii.gz"}
 
 
+def test_a_named_checkpoint_is_the_one_used(server):
+    response = _infer(server, "sub01_T1", {"target": "FLAIR", "checkpoint": "linear_T1+T2_to_FLAIR.pt"}, output="json")
+    assert response.status_code == 200, response.text
+    assert response.json()["checkpoint"] == "linear_T1+T2_to_FLAIR.pt"
+
+
+@pytest.mark.parametrize("checkpoint, named", [("nobody.pt", "nobody.pt"),
+                                               ("linear_T1_to_T2.pt", "linear_T1_to_T2.pt does not synthesise FLAIR")])
+def test_a_checkpoint_that_cannot_serve_the_request_is_a_4xx_naming_it(server, checkpoint, named):
+    response = _infer(server, "sub01_T1", {"target": "FLAIR", "checkpoint": checkpoint})
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    assert named in response.json()["detail"]
+
+
 def test_unknown_image_is_a_4xx(server):
     response = _infer(server, "nobody_T1", {"target": "FLAIR"})
     assert 400 <= response.status_code < 500, (response.status_code, response.text)

@@ -79,7 +79,8 @@ def scores(server, datastore, tmp_path_factory) -> dict:
         input_names, target = PRIMARY_TASKS[task]
         study = STUDY[task]
         response = requests.post(f"{server}/infer/{checkpoint.family}", params={"image": f"{study}_T1", "output": "image"},
-                                 files={"params": (None, json.dumps({"target": target}))}, timeout=900)
+                                 files={"params": (None, json.dumps({"target": target, "checkpoint": name}))},
+                                 timeout=900)
         assert response.status_code == 200, f"{name} {task}: {response.text}"
         file_name = re.search(r'filename="?([^";]+)"?', response.headers["content-disposition"]).group(1)
         out = work / f"{Path(name).stem}_{task}_{file_name}"
@@ -104,6 +105,21 @@ def test_every_shipped_family_is_served(server):
         model = info["models"][checkpoint.family]
         assert model["type"] == "synthesis" and set(checkpoint.targets) <= set(model["targets"])
     assert {c.family for _, c in SHIPPED} >= {"linear", "replica", "lsdn", "vdn", "cdn", "synnet", "multimodal", "cae3d"}
+
+
+# Families shipping several checkpoints for one primary task (the any-subset multimodal beside dedicated ones).
+SHARED_TASKS = sorted({(FAMILY[n], t) for n, t in SCORED if sum(FAMILY[m] == FAMILY[n] for m, u in SCORED if u == t) > 1})
+
+
+@pytest.mark.parametrize("family, task", SHARED_TASKS)
+def test_by_default_the_checkpoint_trained_for_the_task_serves_it(server, family, task):
+    inputs, target = PRIMARY_TASKS[task]
+    response = requests.post(f"{server}/infer/{family}", params={"image": f"{STUDY[task]}_T1", "output": "json"},
+                             files={"params": (None, json.dumps({"target": target}))}, timeout=900)
+    assert response.status_code == 200, response.text
+    fewest_inputs = min((n for n, t in SCORED if FAMILY[n] == family and t == task),
+                        key=lambda n: len(dict(SHIPPED)[n].inputs))
+    assert response.json()["checkpoint"] == fewest_inputs and list(response.json()["inputs"]) == list(inputs)
 
 
 @pytest.mark.parametrize("name, task", SCORED)

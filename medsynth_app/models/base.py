@@ -64,6 +64,13 @@ class SynthesisModel(abc.ABC):
         wanted = list(dict.fromkeys([*self.inputs, *self.targets]))
         return wanted if all(c in available for c in wanted) else []
 
+    def starting_weights(self, state: dict, inputs: Sequence[str], targets: Sequence[str]) -> dict:
+        """The weights a fine-tune of this model starts from, out of a checkpoint of the same family trained for
+        ``inputs`` -> ``targets``: the same task only (raises ValueError saying what must match)."""
+        if (list(inputs), list(targets)) != (self.inputs, self.targets):
+            raise ValueError("the family, the inputs (in order) and the targets must be the same")
+        return state
+
     @abc.abstractmethod
     def fit(self, train: list[PreparedSubject], validation: list[PreparedSubject], settings: TrainSettings) -> dict:
         """Train on prepared subjects; returns a summary (epochs run, validation metrics...)."""

@@ -116,6 +116,17 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
         serves = any(c in self.inputs for c in held) and any(c in self.targets for c in held) and len(held) >= 2
         return held if serves else []
 
+    def starting_weights(self, state: dict, inputs: Sequence[str], targets: Sequence[str]) -> dict:
+        """The encoders of this model's inputs and the decoders of its targets, out of a checkpoint trained for
+        these contrasts or more: every contrast has its own encoder and decoder, so a model for one task can start
+        from an any-subset one (which, with max fusion, predicts the same from those inputs before the fine-tune)."""
+        missing = [f"encoder for {c}" for c in self.inputs if c not in inputs]
+        missing += [f"decoder for {c}" for c in self.targets if c not in targets]
+        if missing:
+            raise ValueError(f"the checkpoint has no {' nor '.join(missing)}")
+        kept = tuple([f"net.encoders.{c}." for c in self.inputs] + [f"net.decoders.{c}." for c in self.targets])
+        return {k: v for k, v in state.items() if k.startswith(kept)}
+
     def _channels(self, targets: Sequence[str]) -> list[str]:
         return unique([*self.inputs, *targets]) + (["lesion"] if self.hparams["lesion_channel"] else [])
 

@@ -102,6 +102,8 @@ class SynthesisInferTask(BasicInferTask):
                                else f"none yet: no trained {self.family} checkpoint (POST /train/{self.family})"),
                     "inputs": 'optional {"<contrast>": "<image id>"} overriding the study\'s own images',
                     "contrast": "optional contrast of `image` when its name does not say it",
+                    "checkpoint": "optional file name of one of `checkpoints` (default: the one using the most "
+                                  "inputs of the study, then the one trained for the fewest other inputs)",
                     "intensity": "scaled (training data's typical target scale, default) or normalised"},
         )
         return info
@@ -139,7 +141,7 @@ class SynthesisInferTask(BasicInferTask):
         for name, image_id in self._explicit_inputs(req.get("inputs")).items():
             files[name] = self._resolve_id(image_id)
 
-        path, ckpt, used = self._choose(target, files, study_id)
+        path, ckpt, used = self._choose(target, files, study_id, req.get("checkpoint"))
         if session_dir:  # the first input (in T1 T1C T2 PD FLAIR DWI order) gives the output grid
             contrast = next(c for c in CONTRASTS if c in used)
             image_path = str(files[contrast])
@@ -273,19 +275,28 @@ class SynthesisInferTask(BasicInferTask):
             files[contrast] = image_path
         return prefix or "", contrast, files
 
-    def _choose(self, target: str, files: Dict[str, Path], study_id: str):
-        """The checkpoint for ``target`` usable with the available contrasts, using the most inputs."""
+    def _choose(self, target: str, files: Dict[str, Path], study_id: str, checkpoint: Any = None):
+        """The checkpoint for ``target`` usable with the available contrasts: the named one, else the one using the
+        most inputs, and of those the one trained for the fewest others (a model trained for exactly these inputs
+        before one trained to accept any subset)."""
+        candidates = self.checkpoints
+        if checkpoint:
+            candidates = [(p, c) for p, c in self.checkpoints if p.name == str(checkpoint)]
+            if not candidates:
+                raise SynthesisRequestError(f"unknown checkpoint {checkpoint!r} for model {self.family}; it has "
+                                            f"{', '.join(p.name for p, _ in self.checkpoints)}", 404)
         available = [c for c in CONTRASTS if c in files and c != target]
         best, reasons = None, []
-        for path, ckpt in self.checkpoints:
+        for path, ckpt in candidates:
             if target not in ckpt.targets:
+                reasons.append(f"{path.name} does not synthesise {target}")
                 continue
             try:
                 used = create(ckpt.family, ckpt.inputs, ckpt.targets, **ckpt.hparams).usable_inputs(available)
             except ValueError as err:
                 reasons.append(str(err))
                 continue
-            if best is None or len(used) > len(best[2]):
+            if best is None or (len(used), -len(ckpt.inputs)) > (len(best[2]), -len(best[1].inputs)):
                 best = (path, ckpt, used)
         if best is None:
             raise SynthesisRequestError(
