@@ -68,7 +68,7 @@ class SynthesisModel(abc.ABC):
         """The weights a fine-tune of this model starts from, out of a checkpoint of the same family trained for
         ``inputs`` -> ``targets``: the same task only (raises ValueError saying what must match)."""
         if (list(inputs), list(targets)) != (self.inputs, self.targets):
-            raise ValueError("the family, the inputs (in order) and the targets must be the same")
+            raise ValueError("the inputs (in order) and the targets must be the checkpoint's")
         return state
 
     @abc.abstractmethod
