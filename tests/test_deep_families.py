@@ -155,6 +155,9 @@ def test_multimodal_three_view_average_and_lesion_channel(subjects, small):
     assert not np.allclose(views[0], views[2])
     model.hparams["predict_axes"] = [0, 1, 2]
     np.testing.assert_allclose(model.predict(subject, "FLAIR"), averaged, rtol=1e-6)
+    # 3 mm slices: the sagittal and coronal views of the slice stack are left out of the average.
+    thick = dataclasses.replace(subject, spacing=(1.0, 1.0, 3.0))
+    np.testing.assert_array_equal(model.predict(thick, "FLAIR"), views[2])
 
 
 def test_multimodal_add_output_trains_only_the_new_decoder(subjects, small, tmp_path):

@@ -25,6 +25,7 @@ from medsynth_app.training import engine
 from medsynth_app.training.engine import default_partial_path, scheduled_lr
 from medsynth_app.training import (PatchDataset, SliceDataset, brain_slices, load_partial, predict_slices,
                                    resolve_device)
+from medsynth_app.training.datasets import sampled_planes
 
 CONTRASTS = ["T1", "T2", "FLAIR"]
 SYNNET = {"features": 4, "depth": 2, "loss": "l2", "optimizer": "sgd", "max_steps_per_epoch": 2}
@@ -73,6 +74,16 @@ def test_slice_dataset(subjects):
     np.testing.assert_array_equal(sample[1].numpy(), subjects[n].images["FLAIR"][:, :, k])
     axial_0 = next(i for i, (n_, a, _) in enumerate(dataset.index) if a == 0)
     assert dataset[axial_0].shape == (3, 32, 32)  # (32, 16) sagittal slices padded to the common size
+
+
+def test_slices_come_only_from_the_well_sampled_planes_of_each_subject(subjects):
+    assert sampled_planes((1.0, 1.0, 1.0), (0, 1, 2)) == [0, 1, 2]
+    assert sampled_planes((0.72, 0.72, 4.0), (0, 1, 2)) == [2]  # thick axial slices: axial only
+    assert sampled_planes((0.72, 0.72, 4.0), (0, 1)) == [0]  # none qualifies: the best-sampled of those asked
+    thick = dataclasses.replace(subjects[0], spacing=(1.0, 1.0, 3.0))
+    dataset = SliceDataset([thick, subjects[1]], ["T1"], axes=(0, 1, 2), min_brain=0.0)
+    assert {a for n, a, _ in dataset.index if n == 0} == {2}
+    assert {a for n, a, _ in dataset.index if n == 1} == {0, 1, 2}
 
 
 def test_slice_crops_are_centred_on_brain_and_follow_the_seed(subjects):

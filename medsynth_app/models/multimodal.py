@@ -11,7 +11,8 @@ Beyond the paper:
   T1,T1C,T2,FLAIR): a target is never synthesised from itself at prediction time.
 - ``axes`` trains on slices along several axes; ``predict_axes`` (default: ``axes``) predicts slice-wise along each
   and averages, e.g. [0, 1, 2] averages the sagittal, coronal and axial predictions (Sec. VI-I shows an axially
-  trained model transfers to coronal slices).
+  trained model transfers to coronal slices). Both keep, per study, the planes whose two voxel spacings are within
+  a factor 2 (`sampled_planes`): a thick-slice axial study trains and predicts axially only.
 - ``incomplete_studies``: train on studies that lack some of the contrasts too (any study holding an input and
   another contrast of the model): a slice's missing contrasts are neither encoded nor scored (the network's
   ``present`` flags, the cost's ``available`` flags), so a datastore where T1C or T2 was not always acquired still
@@ -30,7 +31,7 @@ from ..losses import MultimodalSynthesisLoss
 from ..networks.multimodal import FUSIONS, MultimodalSynthesisNet
 from ..preprocessing import PreparedSubject
 from ..training.common import learning_rate, unique, validation_scores
-from ..training.datasets import SliceDataset
+from ..training.datasets import SliceDataset, sampled_planes
 from ..training.engine import (NetworkWeights, amp_mode, lr_schedule_name, resumable_hparams, seed_everything,
                                train_network)
 from ..training.inference import predict_slices
@@ -212,7 +213,8 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
     def predict(self, subject: PreparedSubject, target: str, axes: Sequence[int] | None = None,
                 inputs: Sequence[str] | None = None) -> np.ndarray:
         """``target`` from every trained input the subject holds except ``target`` itself (or only ``inputs``),
-        slice-wise along each of ``axes`` (default: the predict_axes hparam, else the training axes), averaged."""
+        slice-wise along each of ``axes`` (default: the predict_axes hparam, else the training axes) whose slice
+        plane is well sampled in this subject (`sampled_planes`), averaged."""
         if target not in self.targets:
             raise ValueError(f"multimodal: not trained for {target} (trained: {', '.join(self.targets)})")
         available = [c for c in (inputs if inputs is not None else subject.images) if c in subject.images]
@@ -220,7 +222,8 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
         if not names:
             raise ValueError(f"multimodal: subject {subject.id} holds none of {'+'.join(self.inputs)} "
                              f"to synthesise {target} from (a target is never its own input)")
-        axes = _axes(axes if axes is not None else (self.hparams["predict_axes"] or self.hparams["axes"]))
+        axes = sampled_planes(subject.spacing, _axes(axes if axes is not None
+                                                     else (self.hparams["predict_axes"] or self.hparams["axes"])))
         lesion_channel = self.hparams["lesion_channel"]
         arrays = [subject.images[c] for c in names]
         if lesion_channel:

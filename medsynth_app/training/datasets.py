@@ -40,6 +40,22 @@ def brain_slices(mask: np.ndarray, axis: int = 2, min_brain: float = 0.1) -> lis
     return [int(k) for k in np.flatnonzero((area > 0) & (area >= min_brain * area.max()))]
 
 
+MAX_PLANE_ANISOTROPY = 2.0
+
+
+def sampled_planes(spacing: Sequence[float], axes: Sequence[int],
+                   max_anisotropy: float = MAX_PLANE_ANISOTROPY) -> list[int]:
+    """Of ``axes``, those whose slice plane has its two voxel spacings within ``max_anisotropy`` of each other: a
+    sagittal slice of a 4 mm axial acquisition is a squashed image, no view to learn from or to predict along.
+    When no plane of ``axes`` qualifies, the best-sampled one."""
+    def ratio(axis: int) -> float:
+        first, second = (float(s) for a, s in enumerate(spacing) if a != axis)
+        return max(first, second) / min(first, second)
+
+    kept = [int(a) for a in axes if ratio(a) <= max_anisotropy]
+    return kept or [int(min(axes, key=ratio))]
+
+
 def round_up(value: int, divisor: int) -> int:
     return -(-int(value) // divisor) * divisor
 
@@ -54,7 +70,8 @@ def _pad_centred(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 class SliceDataset(Dataset):
-    """Every brain slice along ``axes`` of every subject as a (C, H, W) float32 tensor, channels in ``channels``
+    """Every brain slice along ``axes`` (those of a subject's well-sampled planes, `sampled_planes`) of every
+    subject as a (C, H, W) float32 tensor, channels in ``channels``
     order ("lesion" for the lesion mask). Slices are padded (centred, zeros) to one size for the whole set: the
     largest slice, rounded up to ``divisor`` (16: both 2-D networks pool 2-4 times).
 
@@ -79,7 +96,7 @@ class SliceDataset(Dataset):
         self.index: list[tuple[int, int, int]] = []
         height = width = divisor
         for n, subject in enumerate(subjects):
-            for axis in axes:
+            for axis in sampled_planes(subject.spacing, axes):
                 kept = brain_slices(subject.mask, axis, min_brain)
                 self.index += [(n, int(axis), k) for k in kept]
                 if kept:
