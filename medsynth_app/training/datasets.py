@@ -70,10 +70,10 @@ def _pad_centred(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 class SliceDataset(Dataset):
-    """Every brain slice along ``axes`` (those of a subject's well-sampled planes, `sampled_planes`) of every
-    subject as a (C, H, W) float32 tensor, channels in ``channels``
-    order ("lesion" for the lesion mask). Slices are padded (centred, zeros) to one size for the whole set: the
-    largest slice, rounded up to ``divisor`` (16: both 2-D networks pool 2-4 times).
+    """Every brain slice along ``axes`` (of each subject, those in its well-sampled planes: `sampled_planes`) of
+    every subject as a (C, H, W) float32 tensor, channels in ``channels`` order ("lesion" for the lesion mask).
+    Slices are padded (centred, zeros) to one size for the whole set: the largest slice, rounded up to ``divisor``
+    (16: both 2-D networks pool 2-4 times).
 
     ``crop``: instead of the whole slice, a ``crop`` x ``crop`` window centred on a brain pixel of the slice drawn
     from torch's generator (which the engine re-seeds every epoch), zeros beyond the slice. Fully convolutional
