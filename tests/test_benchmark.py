@@ -209,7 +209,7 @@ def test_a_model_that_accepts_missing_inputs_is_tested_with_each_subset(mni_crop
     the same entry trained on T1 alone (the task T1->FLAIR)."""
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"tasks": {"primary": ["T1+T2->FLAIR", "T1->FLAIR"]}, "baselines": [], "models": [
-        {"name": "multimodal", "family": "multimodal", "epochs": 1, "subsets": True, "lr": 0.003,
+        {"name": "multimodal", "family": "multimodal", "epochs": 1, "subsets": True, "lr": 0.003, "batch_size": 3,
          "hparams": {"max_steps_per_epoch": 1, "crop": 32}}]}))
     folds = tmp_path / "folds.json"
     folds.write_text(json.dumps({"cohorts": {"MS": ["patient"]},
@@ -220,6 +220,7 @@ def test_a_model_that_accepts_missing_inputs_is_tested_with_each_subset(mni_crop
     runs = tmp_path / "out" / "runs"
     fold = json.loads((runs / "T1+T2_to_FLAIR" / "multimodal" / "fold1.json").read_text())
     assert fold["lr"] == fold["training"]["learning_rate"] == 0.003  # the plan's rate replaces the paper's 1e-4
+    assert fold["batch_size"] == fold["training"]["batch_size"] == 3
     assert list(fold["subsets"]) == ["T1", "T2"]
     [with_t1] = fold["subsets"]["T1"]
     assert with_t1["id"] == "patient07" and with_t1["psnr"] != fold["subjects"][0]["psnr"]

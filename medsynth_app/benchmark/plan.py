@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..contrasts import canonical_contrast
 from ..models import families
+from ..models.base import TrainSettings
 
 DEFAULT_PLAN = Path(__file__).resolve().parents[1] / "data" / "benchmark.json"
 
@@ -47,8 +48,9 @@ class Task:
 class Entry:
     """One row of the report: a family trained with ``epochs`` and ``hparams``; ``validation`` carves one subject out
     of each fold's training subjects for early stopping (EVALUATION.md), for the families that stop early; ``lr``
-    overrides the family's paper learning rate (None keeps it); ``subsets`` also tests each fold's model with every
-    proper non-empty subset of the task's inputs (families that accept missing inputs)."""
+    overrides the family's paper learning rate (None keeps it); ``batch_size`` is the training batch; ``subsets``
+    also tests each fold's model with every proper non-empty subset of the task's inputs (families that accept
+    missing inputs)."""
 
     name: str
     family: str
@@ -57,6 +59,7 @@ class Entry:
     validation: bool = False
     subsets: bool = False
     lr: float | None = None
+    batch_size: int = TrainSettings.batch_size
 
     @property
     def slug(self) -> str:
@@ -89,7 +92,8 @@ class Plan:
             entries = tuple(Entry(name=str(m["name"]), family=str(m["family"]), epochs=int(m.get("epochs", 10)),
                                   hparams=dict(m.get("hparams", {})), validation=bool(m.get("validation", False)),
                                   subsets=bool(m.get("subsets", False)),
-                                  lr=float(m["lr"]) if m.get("lr") is not None else None)
+                                  lr=float(m["lr"]) if m.get("lr") is not None else None,
+                                  batch_size=int(m.get("batch_size", TrainSettings.batch_size)))
                             for m in data["models"])
             comparisons = tuple(Comparison(str(c["title"]), tuple(c["metrics"]),
                                            tuple((str(a), str(b)) for a, b in c["pairs"]))

@@ -125,8 +125,8 @@ class Benchmark:
                   f"{f' (+1 validation: {validation[0].id})' if validation else ''}, testing on {len(test)}")
         partial = self._path("partial", task, entry, f"fold{fold}.pt")
         partial.parent.mkdir(parents=True, exist_ok=True)
-        settings = TrainSettings(epochs=entry.epochs, learning_rate=entry.lr, device=self.device,
-                                 progress=self.progress, resume_from=str(partial) if partial.exists() else None,
+        settings = TrainSettings(epochs=entry.epochs, batch_size=entry.batch_size, learning_rate=entry.lr,
+                                 device=self.device, progress=self.progress, resume_from=str(partial) if partial.exists() else None,
                                  extra={"partial_path": str(partial)})
         checkpoint = pipeline.train(entry.family, task.inputs, [task.target], train, validation,
                                     hparams=entry.hparams, settings=settings)
@@ -149,7 +149,7 @@ class Benchmark:
             subsets["+".join(subset)] = self._tag_cohorts(
                 pipeline.evaluate(checkpoint, test, task.target, subset, progress=self.progress))
         result = {"task": task.name, "model": entry.name, "family": entry.family, "fold": fold,
-                  "epochs": entry.epochs, "lr": entry.lr, "hparams": entry.hparams,
+                  "epochs": entry.epochs, "lr": entry.lr, "batch_size": entry.batch_size, "hparams": entry.hparams,
                   "train_subjects": [s.id for s in train],
                   "validation_subjects": [s.id for s in validation], "train_seconds": round(train_seconds, 1),
                   "training": checkpoint.training, "subjects": rows, "subsets": subsets,
