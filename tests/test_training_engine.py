@@ -203,12 +203,13 @@ def test_fine_tuning_keeps_the_starting_weights_when_no_epoch_validates_better(s
     assert [r["epoch"] for r in scratch["history"]] == [1, 2] and scratch["best_epoch"] == 1
 
 
-def test_resume_reaches_the_uninterrupted_weights(subjects, tmp_path):
+@pytest.mark.parametrize("sampling", ["uniform", "per_study"])
+def test_resume_reaches_the_uninterrupted_weights(subjects, tmp_path, sampling):
     """Interrupted after epoch 1 by on_epoch, resumed from the partial file: bitwise the weights (current and best)
     of an uninterrupted 2-epoch run with the same seed (SGD momentum state, batch-norm statistics and the cosine
-    learning rate of every step included)."""
+    learning rate of every step included), with either sampling of the training slices."""
     def run(settings):
-        model = create("synnet", ["T1"], ["T2"], **SYNNET, lr_schedule="cosine")
+        model = create("synnet", ["T1"], ["T2"], **SYNNET, lr_schedule="cosine", sampling=sampling)
         return model, model.fit(subjects[:2], subjects[2:], settings)
 
     full, full_summary = run(_settings(epochs=2, extra={"partial_path": str(tmp_path / "full.pt")}))
@@ -252,6 +253,39 @@ def test_cosine_schedule_sets_the_learning_rate_of_every_step(subjects, tmp_path
     assert [g["lr"] for g in groups] == [pytest.approx(0.001464, abs=1e-6)]
     with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine"):
         create("synnet", ["T1"], ["T2"], lr_schedule="step")
+
+
+class _StudyNumbers(torch.utils.data.Dataset):
+    """Items that are their study's number; ``index`` rows start with it, as the slice and patch datasets' do."""
+
+    def __init__(self, sizes):
+        self.index = [(study, k) for study, size in enumerate(sizes) for k in range(size)]
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, item):
+        return torch.tensor([float(self.index[item][0])])
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "per_study"])
+def test_per_study_sampling_draws_every_study_equally_often(sampling):
+    """A 300-item study and a 30-item one: an epoch of 330 draws holds the small study's 30 items once each under
+    uniform sampling, and about half of the draws under per-study sampling."""
+    drawn = []
+
+    def loss(net, batch, device):
+        drawn.extend(batch.flatten().tolist())
+        return net(batch).mean()
+
+    summary = engine.train_network(torch.nn.Linear(1, 1), _StudyNumbers([300, 30]), loss,
+                                   _settings(batch_size=33), identity={"family": "toy"}, lr=0.01,
+                                   hparams={"sampling": sampling})
+    assert summary["sampling"] == sampling and len(drawn) == 330
+    small = drawn.count(1.0)
+    assert small == 30 if sampling == "uniform" else 130 <= small <= 200
+    with pytest.raises(ValueError, match="sampling must be one of uniform, per_study"):
+        create("cae3d", ["T1"], ["T2"], sampling="per_subject")
 
 
 def _adam_synnet_run(subjects, **hparams):

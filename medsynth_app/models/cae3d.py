@@ -27,8 +27,8 @@ from ..networks.cae3d import LAYOUTS, ConvAutoencoder3D
 from ..preprocessing import PreparedSubject
 from ..training.common import learning_rate, validation_scores
 from ..training.datasets import PatchDataset
-from ..training.engine import (NetworkWeights, amp_mode, lr_schedule_name, resumable_hparams, seed_everything,
-                               train_network)
+from ..training.engine import (NetworkWeights, amp_mode, lr_schedule_name, resumable_hparams, sampling_name,
+                               seed_everything, train_network)
 from ..training.inference import predict_tiled
 from .base import SynthesisModel, TrainSettings, register
 
@@ -59,7 +59,8 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
     def __init__(self, inputs: Sequence[str], targets: Sequence[str], depth: str = "base", features: int = 32,
                  intensity_scale: float = 3.0, patch_output: int = 16, step: int = 16, tile: int = 32,
                  patience: int = 10, min_delta: float = 0.0, max_steps_per_epoch: int | None = None,
-                 amp: str = "auto", lr_schedule: str = "constant", inference_batch: int = 2):
+                 amp: str = "auto", lr_schedule: str = "constant", sampling: str = "uniform",
+                 inference_batch: int = 2):
         if depth not in LAYOUTS:
             raise ValueError(f"cae3d: depth must be one of {', '.join(LAYOUTS)}, not {depth!r}")
         for name, value in (("patch_output", patch_output), ("tile", tile)):
@@ -72,7 +73,7 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
                          min_delta=float(min_delta),
                          max_steps_per_epoch=None if max_steps_per_epoch is None else int(max_steps_per_epoch),
                          amp=amp_mode(amp), lr_schedule=lr_schedule_name(lr_schedule),
-                         inference_batch=int(inference_batch))
+                         sampling=sampling_name(sampling), inference_batch=int(inference_batch))
         self.device = "auto"
         self.net = self._build()
 

@@ -32,8 +32,8 @@ from ..networks.multimodal import FUSIONS, MultimodalSynthesisNet
 from ..preprocessing import PreparedSubject
 from ..training.common import learning_rate, unique, validation_scores
 from ..training.datasets import SliceDataset, sampled_planes
-from ..training.engine import (NetworkWeights, amp_mode, lr_schedule_name, resumable_hparams, seed_everything,
-                               train_network)
+from ..training.engine import (NetworkWeights, amp_mode, lr_schedule_name, resumable_hparams, sampling_name,
+                               seed_everything, train_network)
 from ..training.inference import predict_slices
 from .base import SynthesisModel, TrainSettings, register
 
@@ -69,7 +69,7 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
                  min_brain: float = 0.1, crop: int | None = None, c1_weight: float = 1.0, c2_weight: float = 1.0,
                  c3_weight: float = 1.0, patience: int = 10, min_delta: float = 0.0,
                  max_steps_per_epoch: int | None = None, amp: str = "auto", lr_schedule: str = "constant",
-                 inference_batch: int = 16, incomplete_studies: bool = False):
+                 sampling: str = "uniform", inference_batch: int = 16, incomplete_studies: bool = False):
         # Inputs and targets may overlap (a BraSyn-style model completes any missing contrast of T1/T1C/T2/FLAIR),
         # so the base class's no-overlap check is not applied.
         if not inputs or not targets:
@@ -90,7 +90,8 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
                             c3_weight=float(c3_weight), patience=int(patience), min_delta=float(min_delta),
                             max_steps_per_epoch=None if max_steps_per_epoch is None else int(max_steps_per_epoch),
                             amp=amp_mode(amp), lr_schedule=lr_schedule_name(lr_schedule),
-                            inference_batch=int(inference_batch), incomplete_studies=bool(incomplete_studies))
+                            sampling=sampling_name(sampling), inference_batch=int(inference_batch),
+                            incomplete_studies=bool(incomplete_studies))
         self.device = "auto"  # inference device of a loaded model; a trained one stays where it was trained
         self.net = self._build()
 

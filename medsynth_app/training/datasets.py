@@ -56,6 +56,13 @@ def sampled_planes(spacing: Sequence[float], axes: Sequence[int],
     return kept or [int(min(axes, key=ratio))]
 
 
+def study_balanced_weights(index: Sequence[tuple]) -> torch.Tensor:
+    """Sampling weight of each row of a dataset's ``index`` (rows start with the study's number): one over its
+    study's row count, so that every study is drawn equally often."""
+    studies = torch.as_tensor([row[0] for row in index])
+    return 1.0 / torch.bincount(studies)[studies].double()
+
+
 def round_up(value: int, divisor: int) -> int:
     return -(-int(value) // divisor) * divisor
 

@@ -28,9 +28,12 @@ Settings read from ``TrainSettings.extra`` (the family's hparams may set the sam
 processes, 0), ``amp`` ("auto"), ``lr_schedule`` ("constant"; "cosine": the learning rate falls from its value to 0
 along half a cosine over every step of the run's ``epochs``, set before each step from the global step, so a resumed
 run continues the same curve when given the same ``epochs``; cosine annealing without restarts, Loshchilov & Hutter,
-SGDR, ICLR 2017). With a constant rate the weights keep jumping between epochs and the epoch early stopping keeps is
-partly chance; the decay lets the last epochs settle. ``max_steps_per_epoch`` and ``amp`` set the schedule and
-arithmetic, not the model: `resumable_hparams` leaves them out of the identity a resumed run must match. The
+SGDR, ICLR 2017), ``sampling`` ("uniform": every sample of the dataset equally likely; "per_study": every study
+equally likely, then a sample of it, as nnU-Net draws cases before patches: a 48-slice clinical scan then weighs as
+much as a 155-slice research one, and training on three slice axes does not drown the studies with one well-sampled
+plane; drawn with replacement, `study_balanced_weights`). With a constant rate the weights keep jumping between
+epochs and the epoch early stopping keeps is partly chance; the decay lets the last epochs settle.
+``max_steps_per_epoch`` and ``amp`` set the schedule and arithmetic, not the model: `resumable_hparams` leaves them out of the identity a resumed run must match. The
 partial-training file goes to ``partial_path``, else to ``resume_from`` (updated in place), else to
 <tmp>/medsynth_partial/<family>_<task>_seed<seed>.pt (deleted when that run finishes). The CLI sets them with
 ``train --partial`` and ``--resume``.
@@ -51,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from monai.data import DistributedWeightedRandomSampler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
@@ -59,6 +63,7 @@ from tqdm import tqdm
 from ..atomic import atomic_write
 from .allocator import keep_freed_memory
 from .common import module_device, prefixed_state, unprefixed_state
+from .datasets import study_balanced_weights
 from .distributed import DistContext
 from .inference import inference_network
 
@@ -122,6 +127,7 @@ def load_partial(path: str | Path, identity: dict) -> dict:
 
 AMP_MODES = ("auto", "bf16", "off")
 LR_SCHEDULES = ("constant", "cosine")
+SAMPLINGS = ("uniform", "per_study")
 SCHEDULE_HPARAMS = ("max_steps_per_epoch", "amp")
 
 
@@ -138,6 +144,13 @@ def lr_schedule_name(schedule) -> str:
     if schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {schedule!r}")
     return str(schedule)
+
+
+def sampling_name(sampling) -> str:
+    """The ``sampling`` setting checked: one of SAMPLINGS."""
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, not {sampling!r}")
+    return str(sampling)
 
 
 def scheduled_lr(lr: float, schedule: str, step: int, total_steps: int) -> float:
@@ -247,6 +260,7 @@ def train_network(
     device = ctx.device
     amp_dtype = autocast_dtype(device, _setting(settings, hparams, "amp", "auto"))
     schedule = lr_schedule_name(_setting(settings, hparams, "lr_schedule", "constant"))
+    sampling = sampling_name(_setting(settings, hparams, "sampling", "uniform"))
     use_scaler = amp_dtype == torch.float16
     resume_from = settings.resume_from or None
     chosen_partial = settings.extra.get("partial_path") or resume_from
@@ -296,7 +310,12 @@ def train_network(
         model = nn.parallel.DistributedDataParallel(
             network, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=find_unused_parameters)
-    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
+    if sampling == "per_study":
+        # Draws from torch's global generator, re-seeded every epoch below: resume stays exact.
+        sampler = DistributedWeightedRandomSampler(dataset, study_balanced_weights(dataset.index),
+                                                   num_replicas=ctx.world_size, rank=ctx.rank, seed=seed)
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=int(settings.extra.get("workers", 0)),
                         pin_memory=device.type == "cuda")
     steps = len(loader) if max_steps is None else min(len(loader), int(max_steps))
@@ -406,6 +425,7 @@ def train_network(
         "samples_per_epoch": len(dataset),
         "learning_rate": lr,
         "lr_schedule": schedule,
+        "sampling": sampling,
         "optimizer": optimizer,
         "device": str(device),
         "mixed_precision": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
