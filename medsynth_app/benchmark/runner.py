@@ -126,7 +126,8 @@ class Benchmark:
         partial = self._path("partial", task, entry, f"fold{fold}.pt")
         partial.parent.mkdir(parents=True, exist_ok=True)
         settings = TrainSettings(epochs=entry.epochs, batch_size=entry.batch_size, learning_rate=entry.lr,
-                                 device=self.device, progress=self.progress, resume_from=str(partial) if partial.exists() else None,
+                                 device=self.device, progress=self.progress,
+                                 resume_from=str(partial) if partial.exists() else None,
                                  extra={"partial_path": str(partial)})
         checkpoint = pipeline.train(entry.family, task.inputs, [task.target], train, validation,
                                     hparams=entry.hparams, settings=settings)

@@ -33,10 +33,10 @@ equally likely, then a sample of it, as nnU-Net draws cases before patches: a 48
 much as a 155-slice research one, and training on three slice axes does not drown the studies with one well-sampled
 plane; drawn with replacement, `study_balanced_weights`). With a constant rate the weights keep jumping between
 epochs and the epoch early stopping keeps is partly chance; the decay lets the last epochs settle.
-``max_steps_per_epoch`` and ``amp`` set the schedule and arithmetic, not the model: `resumable_hparams` leaves them out of the identity a resumed run must match. The
-partial-training file goes to ``partial_path``, else to ``resume_from`` (updated in place), else to
-<tmp>/medsynth_partial/<family>_<task>_seed<seed>.pt (deleted when that run finishes). The CLI sets them with
-``train --partial`` and ``--resume``.
+``max_steps_per_epoch`` and ``amp`` set the schedule and arithmetic, not the model: `resumable_hparams` leaves them
+out of the identity a resumed run must match. The partial-training file goes to ``partial_path``, else to
+``resume_from`` (updated in place), else to <tmp>/medsynth_partial/<family>_<task>_seed<seed>.pt (deleted when that
+run finishes). The CLI sets them with ``train --partial`` and ``--resume``.
 """
 from __future__ import annotations
 
