@@ -77,9 +77,9 @@ def _prepare_split(studies: Sequence[Study], validation: Sequence[Study], contra
 
 
 def _record_run(summary: dict, model, targets: Sequence[str], train_subjects: list[PreparedSubject],
-                val_subjects: list[PreparedSubject], skipped: dict[str, str], started: float) -> None:
-    """Add the validation metrics of every target, the subjects and the wall time to a fit's summary (with the
-    training seconds before a resumption: the time of a whole run, not of its last part)."""
+                val_subjects: list[PreparedSubject], skipped: dict[str, str], seed: int, started: float) -> None:
+    """Add the validation metrics of every target, the subjects, the seed and the wall time to a fit's summary (with
+    the training seconds before a resumption: the time of a whole run, not of its last part)."""
     if val_subjects:
         summary["validation"] = {
             target: _mean_rows([score_subject(model.predict(s, target), s, target)
@@ -87,7 +87,8 @@ def _record_run(summary: dict, model, targets: Sequence[str], train_subjects: li
             for target in targets
         }
     summary.update(subjects=[s.id for s in train_subjects], validation_subjects=[s.id for s in val_subjects],
-                   skipped=skipped, seconds=round(time.time() - started + seconds_before_resumption(summary), 1))
+                   skipped=skipped, seed=seed,
+                   seconds=round(time.time() - started + seconds_before_resumption(summary), 1))
 
 
 def seconds_before_resumption(training: dict) -> float:
@@ -150,7 +151,7 @@ def train(
     if init is not None:
         summary["fine_tuned_from"] = {"family": init.family, "task": init.task, "created": init.created,
                                       "validation": init.training.get("validation", {})}
-    _record_run(summary, model, targets, train_subjects, val_subjects, skipped, started)
+    _record_run(summary, model, targets, train_subjects, val_subjects, skipped, settings.seed, started)
     target_norms = {t: IntensityNorm.typical([s.norms[t] for s in train_subjects if t in s.norms]).to_dict()
                     for t in targets}
     return Checkpoint.from_model(model, preprocessing={"normalisation": normalisation, "divisor": 16},
@@ -204,7 +205,7 @@ def add_output(
     if not train_subjects:
         raise ValueError(f"no usable study has {'+'.join(contrasts)} to train a {target} decoder")
     summary = model.add_output(target, train_subjects, val_subjects, settings)
-    _record_run(summary, model, [target], train_subjects, val_subjects, skipped, started)
+    _record_run(summary, model, [target], train_subjects, val_subjects, skipped, settings.seed, started)
     norm = IntensityNorm.typical([s.norms[target] for s in train_subjects]).to_dict()
     return Checkpoint.from_model(model, preprocessing=checkpoint.preprocessing,
                                  target_norms={**checkpoint.target_norms, target: norm},
@@ -255,32 +256,47 @@ def synthesize(
     return restore(prediction, subject, checkpoint.target_norm(target) if intensity == "scaled" else None)
 
 
-def evaluate(checkpoint: Checkpoint, studies: Sequence[Study], target: str, inputs: Sequence[str] | None = None,
-             progress: bool = True,
+def evaluate(checkpoint: Checkpoint | Sequence[Checkpoint], studies: Sequence[Study], target: str,
+             inputs: Sequence[str] | None = None, progress: bool = True,
              on_prediction: Callable[[PreparedSubject, np.ndarray], None] | None = None) -> list[dict]:
     """Per-subject metrics (EVALUATION.md) of a checkpoint on every study holding the inputs and the target.
 
-    A study that cannot be read or prepared gets a row with its "error" instead of metrics. ``on_prediction`` sees
-    every prepared subject with its normalised prediction (the benchmark keeps slices of some for its figures)."""
-    model = checkpoint.build()
-    inputs = list(inputs or checkpoint.inputs)
-    used = model.usable_inputs(inputs)
+    Several checkpoints (one family and task, e.g. trained with different seeds) are an ensemble: the mean of their
+    predictions is scored. A study that cannot be read or prepared gets a row with its "error" instead of metrics.
+    ``on_prediction`` sees every prepared subject with its normalised prediction (the benchmark keeps slices of some
+    for its figures)."""
+    members = [checkpoint] if isinstance(checkpoint, Checkpoint) else list(checkpoint)
+    _check_ensemble(members)
+    models = [member.build() for member in members]
+    inputs = list(inputs or members[0].inputs)
+    used = models[0].usable_inputs(inputs)
     rows = []
     for study in tqdm([s for s in studies if s.has([*used, target])], desc="evaluating", unit="study",
                       disable=not progress):
         started = time.time()
         try:
             subject = prepare_study(study, [*used, target], target, [*used, target],
-                                    checkpoint.preprocessing.get("normalisation", "mean"))
+                                    members[0].preprocessing.get("normalisation", "mean"))
         except ValueError as err:  # ImageError included: one unusable study must not end a whole evaluation
             rows.append({"id": study.id, "error": str(err)})
             continue
-        prediction = np.clip(model.predict(subject, target), 0, None)
+        prediction = np.mean([np.clip(model.predict(subject, target), 0, None) for model in models], axis=0)
         rows.append({"id": study.id, **score_subject(prediction, subject, target),
                      "seconds": round(time.time() - started, 2)})
         if on_prediction is not None:
             on_prediction(subject, prediction)
     return rows
+
+
+def _check_ensemble(members: list[Checkpoint]) -> None:
+    if not members:
+        raise ValueError("no checkpoint to evaluate")
+    first = members[0]
+    for other in members[1:]:
+        if (other.family, other.inputs, other.targets, other.preprocessing) != \
+                (first.family, first.inputs, first.targets, first.preprocessing):
+            raise ValueError(f"an ensemble needs checkpoints of one family, task and preprocessing: "
+                             f"{first.family} {first.task} and {other.family} {other.task} differ")
 
 
 def provenance_for(checkpoint: Checkpoint, inputs: Sequence[str], target: str) -> Provenance:

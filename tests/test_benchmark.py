@@ -1,6 +1,7 @@
 """`medsynth benchmark` on crops of three real MS subjects: per-fold result files, resume, report, figures, README."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -8,10 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from medsynth_app import pipeline
 from medsynth_app.benchmark.plan import Comparison, Plan, Task
 from medsynth_app.benchmark.report import comparison_lines, data_set_table, readme_table
+from medsynth_app.checkpoint import load_checkpoint
 from medsynth_app.cli import main
 from medsynth_app.metrics import paired_ttest
+from medsynth_app.studies import find_studies
 from medsynth_app.training.engine import native_bfloat16
 
 MODELS = [
@@ -55,6 +59,10 @@ def test_plan_parses_tasks_and_rejects_unknown_families(tmp_path):
     bad.write_text(json.dumps({"tasks": {"primary": ["T1->T2"]}, "models": [{"name": "x", "family": "linear"}],
                                "comparisons": [{"title": "t", "metrics": ["psnr"], "pairs": [["x", "y"]]}]}))
     with pytest.raises(ValueError, match="comparisons name models the plan does not have: y"):
+        Plan.load(bad)
+    bad.write_text(json.dumps({"tasks": {"primary": ["T1->T2"]},
+                               "models": [{"name": "x", "family": "linear", "seeds": [1, 1]}]}))
+    with pytest.raises(ValueError, match="x: seeds must be distinct"):
         Plan.load(bad)
     default = Plan.load()
     assert [t.name for t in default.tasks()] == ["T1+T2->FLAIR", "T1->T2"]
@@ -294,3 +302,57 @@ def test_peak_memory_of_a_timing_process_is_its_own_not_its_parents():
     beside_a_large_parent = child_peak_kib()
     assert ballast.sum() == ballast.size
     assert beside_a_large_parent < alone + 200 * 1024, (alone, beside_a_large_parent)
+
+
+def test_an_entry_with_several_seeds_is_scored_as_the_mean_of_its_members(mni_crops, tmp_path, capsys):
+    """seeds [0, 1]: two forests a fold, each saved with its seed; the fold's scores are those of the mean of the two
+    predictions. A saved member is used again when it is that training, and refused when it is not."""
+    forest = {"n_estimators": 4, "max_samples": 6000}
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"tasks": {"primary": ["T1->T2"]}, "baselines": [], "models": [
+        {"name": "replica", "family": "replica", "hparams": forest},
+        {"name": "replica-x2", "family": "replica", "seeds": [0, 1], "hparams": forest}]}))
+    folds = tmp_path / "folds.json"
+    folds.write_text(json.dumps({"cohorts": {"MS": ["patient"]},
+                                 "folds": {"1": ["patient07"], "2": ["patient19"], "3": ["patient26"]}}))
+    out = tmp_path / "out"
+    args = ["benchmark", "--studies", str(mni_crops), "--out", str(out), "--plan", str(plan), "--folds", str(folds),
+            "--timing-repeats", "0", "--quiet"]
+    assert main(args) == 0
+    saved = out / "checkpoints" / "T1_to_T2" / "replica-x2"
+    assert sorted(p.name for p in saved.iterdir()) == [f"fold{f}-seed{s}.pt" for f in "123" for s in (0, 1)]
+    result = out / "runs" / "T1_to_T2" / "replica-x2" / "fold1.json"
+    fold = json.loads(result.read_text())
+    members = fold["training"]["members"]
+    assert fold["seeds"] == [0, 1] and [m["seed"] for m in members] == [0, 1]
+    assert fold["train_seconds"] == pytest.approx(sum(m["seconds"] for m in members), abs=0.11)
+
+    checkpoints = [load_checkpoint(saved / f"fold1-seed{s}.pt") for s in (0, 1)]
+    [study] = [s for s in find_studies(mni_crops) if s.id.endswith("patient07")]
+    subject = pipeline.prepare_study(study, ["T1", "T2"], "T2", ["T1", "T2"])
+    predictions = [np.clip(c.build().predict(subject, "T2"), 0, None) for c in checkpoints]
+    assert np.abs(predictions[0] - predictions[1]).max() > 0.01  # the seeds grew different forests
+    expected = pipeline.score_subject(np.mean(predictions, axis=0), subject, "T2")
+    [row] = fold["subjects"]
+    assert row["psnr"] == pytest.approx(expected["psnr"], abs=1e-4)
+    assert row["ssim"] == pytest.approx(expected["ssim"], abs=1e-4)
+    single = json.loads((out / "runs" / "T1_to_T2" / "replica" / "fold1.json").read_text())
+    assert single["training"]["seed"] == 0 and single["subjects"][0]["psnr"] != row["psnr"]
+
+    # the single-seed entry's fold checkpoint is the same training as the seed-0 member: used again, not retrained
+    result.unlink()
+    shutil.copy(out / "checkpoints" / "T1_to_T2" / "replica" / "fold1.pt", saved / "fold1-seed0.pt")
+    stamps = {p.name: p.stat().st_mtime_ns for p in saved.iterdir()}
+    assert main(args) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in saved.iterdir()} == stamps
+    assert json.loads(result.read_text())["subjects"][0]["psnr"] == pytest.approx(row["psnr"], abs=1e-4)
+
+    # a member saved in the wrong slot is refused, naming the file and what differs
+    (out / "runs" / "T1_to_T2" / "replica-x2" / "fold2.json").unlink()
+    shutil.copy(saved / "fold2-seed0.pt", saved / "fold2-seed1.pt")
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "fold2-seed1.pt: not replica-x2's training of this fold and seed (seed differ: 0 instead of 1)" in err
+    with pytest.raises(ValueError, match="an ensemble needs checkpoints of one family, task"):
+        pipeline.evaluate([checkpoints[0], dataclasses.replace(checkpoints[1], inputs=["T1C"])], [study], "T2")

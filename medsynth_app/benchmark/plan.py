@@ -60,6 +60,7 @@ class Entry:
     subsets: bool = False
     lr: float | None = None
     batch_size: int = TrainSettings.batch_size
+    seeds: tuple[int, ...] = (TrainSettings.seed,)
 
     @property
     def slug(self) -> str:
@@ -93,7 +94,8 @@ class Plan:
                                   hparams=dict(m.get("hparams", {})), validation=bool(m.get("validation", False)),
                                   subsets=bool(m.get("subsets", False)),
                                   lr=float(m["lr"]) if m.get("lr") is not None else None,
-                                  batch_size=int(m.get("batch_size", TrainSettings.batch_size)))
+                                  batch_size=int(m.get("batch_size", TrainSettings.batch_size)),
+                                  seeds=tuple(int(seed) for seed in m.get("seeds", [TrainSettings.seed])))
                             for m in data["models"])
             comparisons = tuple(Comparison(str(c["title"]), tuple(c["metrics"]),
                                            tuple((str(a), str(b)) for a, b in c["pairs"]))
@@ -106,6 +108,9 @@ class Plan:
         unknown = sorted({e.family for e in entries} - set(families()))
         if unknown:
             raise ValueError(f"{path}: unknown model famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}")
+        for entry in entries:
+            if not entry.seeds or len(set(entry.seeds)) != len(entry.seeds):
+                raise ValueError(f"{path}: {entry.name}: seeds must be distinct and at least one")
         names = [e.name for e in entries]
         if len(set(names)) != len(names):
             raise ValueError(f"{path}: model names must be unique")

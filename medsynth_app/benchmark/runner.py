@@ -5,11 +5,13 @@ Layout of the output folder:
     runs/<task>/<model>/fold<k>.json      per-subject metrics, training summary and seconds of that fold
     runs/<task>/<model>/timing.json       end-to-end seconds per volume (median of N) and peak memory
     slices/<task>/<model>/<subject>.npz   one axial slice of inputs, acquired target, prediction and mask (figures)
-    checkpoints/<task>/<model>/fold<k>.pt the fold's weights (timing uses fold 1's)
+    checkpoints/<task>/<model>/fold<k>.pt the fold's weights (timing uses fold 1's); an entry with several seeds
+                                          has fold<k>-seed<s>.pt, one per member of its ensemble (not timed)
     partial/...                           partial-training files of the deep families while a fold trains
 
 A file that exists is a step already done: running the same command again resumes where it stopped (an
-interrupted deep-family fold continues from its partial-training file).
+interrupted deep-family fold continues from its partial-training file; a checkpoint is used again once it is checked
+to be the entry's training of that fold and seed).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import numpy as np
 
 from .. import pipeline
 from ..atomic import atomic_write
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..folds import Folds
 from ..models import TrainSettings
 from ..preprocessing import PreparedSubject
@@ -85,6 +87,28 @@ def _check_timing_weights(weights: Path, entry: Entry, task: Task) -> None:
                          f"({entry.family}) on {task.name}")
 
 
+def _check_member(path: Path, checkpoint: Checkpoint, entry: Entry, task: Task, seed: int, train: list[Study],
+                  validation: list[Study]) -> None:
+    """A saved fold checkpoint must be the entry's training: family, task, hyperparameters, learning rate, seed (a
+    checkpoint that predates the seed's record was trained with the default seed) and subjects."""
+    training = checkpoint.training
+    found = {"family": checkpoint.family, "inputs": list(checkpoint.inputs), "targets": list(checkpoint.targets),
+             "hparams": {k: checkpoint.hparams.get(k) for k in entry.hparams},
+             "seed": training.get("seed", TrainSettings.seed),
+             "subjects": sorted([*training.get("subjects", []), *training.get("skipped", {})]),
+             "validation_subjects": sorted(training.get("validation_subjects", []))}
+    wanted = {"family": entry.family, "inputs": list(task.inputs), "targets": [task.target],
+              "hparams": json.loads(json.dumps(entry.hparams)), "seed": seed,
+              "subjects": sorted(s.id for s in train), "validation_subjects": sorted(s.id for s in validation)}
+    if entry.lr is not None:
+        found["learning_rate"], wanted["learning_rate"] = training.get("learning_rate"), entry.lr
+    differ = [k for k in wanted if found[k] != wanted[k]]
+    if differ:
+        raise ValueError(f"{path}: not {entry.name}'s training of this fold and seed ({', '.join(differ)} differ: "
+                         f"{', '.join(f'{found[k]} instead of {wanted[k]}' for k in differ)}); move it away to "
+                         f"train again")
+
+
 class Benchmark:
     def __init__(self, studies: list[Study], folds: Folds, out: Path, device: str = "auto", progress: bool = True,
                  timing_repeats: int = 5, timing_weights: dict[str, Path] | None = None):
@@ -123,17 +147,7 @@ class Benchmark:
         validation = [train.pop(len(train) // 2)] if entry.validation and len(train) > 1 else []
         self._say(f"{task.name} {entry.name} fold {fold}: training on {len(train)} studies"
                   f"{f' (+1 validation: {validation[0].id})' if validation else ''}, testing on {len(test)}")
-        partial = self._path("partial", task, entry, f"fold{fold}.pt")
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        settings = TrainSettings(epochs=entry.epochs, batch_size=entry.batch_size, learning_rate=entry.lr,
-                                 device=self.device, progress=self.progress,
-                                 resume_from=str(partial) if partial.exists() else None,
-                                 extra={"partial_path": str(partial)})
-        checkpoint = pipeline.train(entry.family, task.inputs, [task.target], train, validation,
-                                    hparams=entry.hparams, settings=settings)
-        train_seconds = checkpoint.training["seconds"]
-        save_checkpoint(checkpoint, self._path("checkpoints", task, entry, f"fold{fold}.pt"))
-        partial.unlink(missing_ok=True)
+        members = [self._member(task, entry, fold, seed, train, validation) for seed in entry.seeds]
         figures = set(figure_subjects(self.studies, self.folds, task).values())
 
         def keep_slices(subject: PreparedSubject, prediction: np.ndarray) -> None:
@@ -141,23 +155,48 @@ class Benchmark:
                 save_slices(self._path("slices", task, entry, subject.id.replace("/", "__") + ".npz"),
                             subject, prediction, task)
 
-        rows = pipeline.evaluate(checkpoint, test, task.target, task.inputs, progress=self.progress,
+        rows = pipeline.evaluate(members, test, task.target, task.inputs, progress=self.progress,
                                  on_prediction=keep_slices)
         self._tag_cohorts(rows)
         subsets = {}
         for subset in task.input_subsets() if entry.subsets else []:
             self._say(f"{task.name} {entry.name} fold {fold}: testing with {'+'.join(subset)} only")
             subsets["+".join(subset)] = self._tag_cohorts(
-                pipeline.evaluate(checkpoint, test, task.target, subset, progress=self.progress))
+                pipeline.evaluate(members, test, task.target, subset, progress=self.progress))
         result = {"task": task.name, "model": entry.name, "family": entry.family, "fold": fold,
                   "epochs": entry.epochs, "lr": entry.lr, "batch_size": entry.batch_size, "hparams": entry.hparams,
-                  "train_subjects": [s.id for s in train],
-                  "validation_subjects": [s.id for s in validation], "train_seconds": round(train_seconds, 1),
-                  "training": checkpoint.training, "subjects": rows, "subsets": subsets,
+                  "seeds": list(entry.seeds), "train_subjects": [s.id for s in train],
+                  "validation_subjects": [s.id for s in validation],
+                  "train_seconds": round(sum(m.training["seconds"] for m in members), 1),
+                  "training": members[0].training if len(members) == 1 else {"members": [m.training for m in members]},
+                  "subjects": rows, "subsets": subsets,
                   "device": describe_device(self.device),
                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         write_json(result_path, result)
         return result
+
+    def _member(self, task: Task, entry: Entry, fold: str, seed: int, train: list[Study],
+                validation: list[Study]) -> Checkpoint:
+        """The entry's checkpoint of ``fold`` trained with ``seed``: the saved one when there is one, else trained."""
+        name = f"fold{fold}" if len(entry.seeds) == 1 else f"fold{fold}-seed{seed}"
+        path = self._path("checkpoints", task, entry, f"{name}.pt")
+        if path.exists():
+            checkpoint = load_checkpoint(path)
+            _check_member(path, checkpoint, entry, task, seed, train, validation)
+            return checkpoint
+        partial = self._path("partial", task, entry, f"{name}.pt")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        settings = TrainSettings(epochs=entry.epochs, batch_size=entry.batch_size, learning_rate=entry.lr,
+                                 device=self.device, seed=seed, progress=self.progress,
+                                 resume_from=str(partial) if partial.exists() else None,
+                                 extra={"partial_path": str(partial)})
+        if len(entry.seeds) > 1:
+            self._say(f"{task.name} {entry.name} fold {fold}: training seed {seed}")
+        checkpoint = pipeline.train(entry.family, task.inputs, [task.target], train, validation,
+                                    hparams=entry.hparams, settings=settings)
+        save_checkpoint(checkpoint, path)
+        partial.unlink(missing_ok=True)
+        return checkpoint
 
     def run_timing(self, task: Task, entry: Entry) -> dict | None:
         path = self._path("runs", task, entry, "timing.json")
