@@ -98,7 +98,7 @@ def _check_member(path: Path, checkpoint: Checkpoint, entry: Entry, task: Task, 
              "subjects": sorted([*training.get("subjects", []), *training.get("skipped", {})]),
              "validation_subjects": sorted(training.get("validation_subjects", []))}
     wanted = {"family": entry.family, "inputs": list(task.inputs), "targets": [task.target],
-              "hparams": json.loads(json.dumps(entry.hparams)), "seed": seed,
+              "hparams": entry.hparams, "seed": seed,
               "subjects": sorted(s.id for s in train), "validation_subjects": sorted(s.id for s in validation)}
     if entry.lr is not None:
         found["learning_rate"], wanted["learning_rate"] = training.get("learning_rate"), entry.lr
