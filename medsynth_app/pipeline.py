@@ -172,7 +172,8 @@ def _check_fine_tuning(init: Checkpoint, family: str, inputs: Sequence[str], tar
         raise ValueError(f"{family} cannot start from a checkpoint's weights: it is always trained from scratch")
 
 
-ADD_OUTPUT_HPARAMS = ("crop", "min_brain", "max_steps_per_epoch", "amp", "lr_schedule", "patience", "min_delta")
+ADD_OUTPUT_HPARAMS = ("crop", "min_brain", "max_steps_per_epoch", "amp", "lr_schedule", "patience", "min_delta",
+                      "validate_every")
 
 
 def add_output(

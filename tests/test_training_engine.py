@@ -186,6 +186,28 @@ def test_on_epoch_callback_and_early_stopping(subjects, tmp_path):
     assert not all(torch.equal(best[k], v) for k, v in partial["model"].items())
 
 
+def test_validate_every_validates_every_nth_and_the_last_epoch_and_keeps_the_best_of_those(subjects, tmp_path):
+    """validate_every=2 over 5 epochs validates after epochs 2, 4 and 5 only; the others log their training loss; the
+    weights returned are the best validated epoch's; patience counts epochs since that best."""
+    model = create("synnet", ["T1"], ["T2"], **SYNNET, validate_every=2)
+    summary = model.fit(subjects[:2], subjects[2:], _settings(epochs=5,
+                                                              extra={"partial_path": str(tmp_path / "p.pt")}))
+    assert [("val_psnr" in r, "loss" in r) for r in summary["history"]] == [(False, True), (True, True)] * 2 + \
+        [(True, True)]
+    validated = {r["epoch"]: r["metric"] for r in summary["history"] if "metric" in r}
+    assert summary["best_epoch"] == max(validated, key=validated.get) and summary["epochs"] == 5
+    partial = load_partial(tmp_path / "p.pt", {"family": "synnet"})
+    best = {k[4:]: v for k, v in model.state_dict().items()}
+    assert all(torch.equal(best[k], v) for k, v in partial["best"].items())
+    assert partial["bad_epochs"] == 5 - summary["best_epoch"]
+    # patience 1 with nothing improving: the first validation (epoch 2) is best, the second (epoch 4) stops the run
+    strict = create("synnet", ["T1"], ["T2"], **SYNNET, validate_every=2, patience=1, min_delta=1e9)
+    stopped = strict.fit(subjects[:2], subjects[2:], _settings(epochs=6))
+    assert (stopped["stopped"], stopped["epochs"], stopped["best_epoch"]) == ("early_stopping", 4, 2)
+    with pytest.raises(ValueError, match="validate_every"):
+        create("synnet", ["T1"], ["T2"], **SYNNET, validate_every=0).fit(subjects[:2], subjects[2:], _settings())
+
+
 def test_fine_tuning_keeps_the_starting_weights_when_no_epoch_validates_better(subjects):
     """Fine-tuning validates the checkpoint's weights first (history row 0, the same scores the run that made them
     reported); when no epoch beats them (min_delta makes every epoch fail) it returns them unchanged, where a run

@@ -60,7 +60,7 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
                  intensity_scale: float = 3.0, patch_output: int = 16, step: int = 16, tile: int = 32,
                  patience: int = 10, min_delta: float = 0.0, max_steps_per_epoch: int | None = None,
                  amp: str = "auto", lr_schedule: str = "constant", sampling: str = "uniform",
-                 inference_batch: int = 2):
+                 inference_batch: int = 2, validate_every: int = 1):
         if depth not in LAYOUTS:
             raise ValueError(f"cae3d: depth must be one of {', '.join(LAYOUTS)}, not {depth!r}")
         for name, value in (("patch_output", patch_output), ("tile", tile)):
@@ -73,7 +73,8 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
                          min_delta=float(min_delta),
                          max_steps_per_epoch=None if max_steps_per_epoch is None else int(max_steps_per_epoch),
                          amp=amp_mode(amp), lr_schedule=lr_schedule_name(lr_schedule),
-                         sampling=sampling_name(sampling), inference_batch=int(inference_batch))
+                         sampling=sampling_name(sampling), inference_batch=int(inference_batch),
+                         validate_every=int(validate_every))
         self.device = "auto"
         self.net = self._build()
 

@@ -69,7 +69,8 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
                  min_brain: float = 0.1, crop: int | None = None, c1_weight: float = 1.0, c2_weight: float = 1.0,
                  c3_weight: float = 1.0, patience: int = 10, min_delta: float = 0.0,
                  max_steps_per_epoch: int | None = None, amp: str = "auto", lr_schedule: str = "constant",
-                 sampling: str = "uniform", inference_batch: int = 16, incomplete_studies: bool = False):
+                 sampling: str = "uniform", inference_batch: int = 16, incomplete_studies: bool = False,
+                 validate_every: int = 1):
         # Inputs and targets may overlap (a BraSyn-style model completes any missing contrast of T1/T1C/T2/FLAIR),
         # so the base class's no-overlap check is not applied.
         if not inputs or not targets:
@@ -91,7 +92,7 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
                             max_steps_per_epoch=None if max_steps_per_epoch is None else int(max_steps_per_epoch),
                             amp=amp_mode(amp), lr_schedule=lr_schedule_name(lr_schedule),
                             sampling=sampling_name(sampling), inference_batch=int(inference_batch),
-                            incomplete_studies=bool(incomplete_studies))
+                            incomplete_studies=bool(incomplete_studies), validate_every=int(validate_every))
         self.device = "auto"  # inference device of a loaded model; a trained one stays where it was trained
         self.net = self._build()
 

@@ -39,7 +39,8 @@ class SynNetModel(NetworkWeights, SynthesisModel):
                  l2_weight: float = 10.0, ssim_weight: float = 5.0, tv_weight: float = 0.5,
                  edge_weight: float = 10.0, min_brain: float = 0.1, crop: int | None = None, patience: int = 10,
                  min_delta: float = 0.0, max_steps_per_epoch: int | None = None, amp: str = "auto",
-                 lr_schedule: str = "constant", sampling: str = "uniform", inference_batch: int = 16):
+                 lr_schedule: str = "constant", sampling: str = "uniform", inference_batch: int = 16,
+                 validate_every: int = 1):
         if loss not in SYNNET_LOSSES:
             raise ValueError(f"synnet: loss must be one of {', '.join(SYNNET_LOSSES)}, not {loss!r}")
         if optimizer not in OPTIMIZERS:
@@ -51,7 +52,8 @@ class SynNetModel(NetworkWeights, SynthesisModel):
                          patience=int(patience), min_delta=float(min_delta),
                          max_steps_per_epoch=None if max_steps_per_epoch is None else int(max_steps_per_epoch),
                          amp=amp_mode(amp), lr_schedule=lr_schedule_name(lr_schedule),
-                         sampling=sampling_name(sampling), inference_batch=int(inference_batch))
+                         sampling=sampling_name(sampling), inference_batch=int(inference_batch),
+                         validate_every=int(validate_every))
         self.device = "auto"
         self.net = self._build()
 

@@ -1,10 +1,11 @@
 """The training loop shared by the deep families.
 
-`train_network` runs epochs over a Dataset with a progress bar, validates after every epoch (the family's
-``validate`` callable: EVALUATION.md metrics on whole validation subjects; without validation subjects the training
-loss decides), keeps the best weights (when fine-tuning a checkpoint, its own weights validated before the first
-epoch count as epoch 0, so fine-tuning never returns weights that validate worse than its start), stops early after
-``patience`` epochs without improvement, calls ``TrainSettings.on_epoch`` (stopping when it returns True) and writes a partial-training file every epoch so an
+`train_network` runs epochs over a Dataset with a progress bar, validates after every ``validate_every``-th epoch
+and the last (the family's ``validate`` callable: EVALUATION.md metrics on whole validation subjects; without
+validation subjects the training loss decides, every epoch), keeps the best weights (when fine-tuning a checkpoint,
+its own weights validated before the first epoch count as epoch 0, so fine-tuning never returns weights that
+validate worse than its start), stops early after ``patience`` epochs without improvement, calls
+``TrainSettings.on_epoch`` (stopping when it returns True) and writes a partial-training file every epoch so an
 interrupted run resumes where it stopped (``TrainSettings.resume_from``).
 
 Determinism: everything random is drawn from generators re-seeded at every epoch from (seed, epoch): the sampler's
@@ -23,20 +24,21 @@ faster on a 2-core AMD EPYC). Under torchrun with WORLD_SIZE > 1 the network is 
 in DistributedDataParallel (gloo on CPU, nccl on CUDA), each rank gets its share of every epoch through the
 DistributedSampler, and only rank 0 validates, writes and reports (see `distributed`).
 
-Settings read from ``TrainSettings.extra`` (the family's hparams may set the same): ``patience`` (10),
-``min_delta`` (0), ``max_steps_per_epoch`` (None: every batch), ``partial_path``, ``workers`` (DataLoader worker
-processes, 0), ``amp`` ("auto"), ``lr_schedule`` ("constant"; "cosine": the learning rate falls from its value to 0
-along half a cosine over every step of the run's ``epochs``, set before each step from the global step, so a resumed
-run continues the same curve when given the same ``epochs``; cosine annealing without restarts, Loshchilov & Hutter,
-SGDR, ICLR 2017), ``sampling`` ("uniform": every sample of the dataset equally likely; "per_study": every study
-equally likely, then a sample of it, as nnU-Net draws cases before patches: a 48-slice clinical scan then weighs as
-much as a 155-slice research one, and training on three slice axes does not drown the studies with one well-sampled
-plane; drawn with replacement, `study_balanced_weights`). With a constant rate the weights keep jumping between
-epochs and the epoch early stopping keeps is partly chance; the decay lets the last epochs settle.
-``max_steps_per_epoch`` and ``amp`` set the schedule and arithmetic, not the model: `resumable_hparams` leaves them
-out of the identity a resumed run must match. The partial-training file goes to ``partial_path``, else to
-``resume_from`` (updated in place), else to <tmp>/medsynth_partial/<family>_<task>_seed<seed>.pt (deleted when that
-run finishes). The CLI sets them with ``train --partial`` and ``--resume``.
+Settings read from ``TrainSettings.extra`` (the family's hparams may set the same): ``patience`` (10: epochs since
+the best, checked when validating), ``min_delta`` (0), ``validate_every`` (1), ``max_steps_per_epoch`` (None: every
+batch), ``partial_path``, ``workers`` (DataLoader worker processes, 0), ``amp`` ("auto"), ``lr_schedule``
+("constant"; "cosine": the learning rate falls from its value to 0 along half a cosine over every step of the run's
+``epochs``, set before each step from the global step, so a resumed run continues the same curve when given the same
+``epochs``; cosine annealing without restarts, Loshchilov & Hutter, SGDR, ICLR 2017), ``sampling`` ("uniform": every
+sample of the dataset equally likely; "per_study": every study equally likely, then a sample of it, as nnU-Net draws
+cases before patches: a 48-slice clinical scan then weighs as much as a 155-slice research one, and training on
+three slice axes does not drown the studies with one well-sampled plane; drawn with replacement,
+`study_balanced_weights`). With a constant rate the weights keep jumping between epochs and the epoch early stopping
+keeps is partly chance; the decay lets the last epochs settle. ``max_steps_per_epoch``, ``amp`` and
+``validate_every`` set the schedule and arithmetic, not the model: `resumable_hparams` leaves them out of the
+identity a resumed run must match. The partial-training file goes to ``partial_path``, else to ``resume_from``
+(updated in place), else to <tmp>/medsynth_partial/<family>_<task>_seed<seed>.pt (deleted when that run finishes).
+The CLI sets them with ``train --partial`` and ``--resume``.
 """
 from __future__ import annotations
 
@@ -128,7 +130,7 @@ def load_partial(path: str | Path, identity: dict) -> dict:
 AMP_MODES = ("auto", "bf16", "off")
 LR_SCHEDULES = ("constant", "cosine")
 SAMPLINGS = ("uniform", "per_study")
-SCHEDULE_HPARAMS = ("max_steps_per_epoch", "amp")
+SCHEDULE_HPARAMS = ("max_steps_per_epoch", "amp", "validate_every")
 
 
 def amp_mode(amp) -> str:
@@ -237,14 +239,14 @@ def train_network(
         identity: {"family", "inputs", "targets", "hparams", ...}: stored in the partial file and checked on resume.
         lr, optimizer ("adam" | "sgd"), optimizer_options: the optimiser (e.g. momentum, weight_decay for SGD).
         parameters: what to optimise (default: every parameter that requires a gradient).
-        validate: called on rank 0 after every epoch with the network in eval mode, returns {"metric": higher is
+        validate: called on rank 0 after every ``validate_every``-th epoch and the last, network in eval mode, returns {"metric": higher is
             better, ...other numbers}; None: the negated mean training loss is the metric. When fine-tuning
             (``settings.initial_state`` given), it also scores the starting weights: history row 0, and
             ``best_epoch`` 0 when no epoch beats them.
         find_unused_parameters: passed to DistributedDataParallel (needed when some parameters may get no gradient
             in a step, e.g. encoders of dropped inputs).
-        hparams: the family's hyperparameters, searched for patience / min_delta / max_steps_per_epoch / amp /
-            lr_schedule after ``settings.extra``.
+        hparams: the family's hyperparameters, searched for patience / min_delta / validate_every /
+            max_steps_per_epoch / amp / lr_schedule / sampling after ``settings.extra``.
     """
     hparams = hparams or {}
     epochs = int(settings.epochs)
@@ -253,6 +255,9 @@ def train_network(
     patience = int(_setting(settings, hparams, "patience", 10))
     min_delta = float(_setting(settings, hparams, "min_delta", 0.0))
     max_steps = _setting(settings, hparams, "max_steps_per_epoch", None)
+    validate_every = int(_setting(settings, hparams, "validate_every", 1))
+    if validate_every < 1:
+        raise ValueError(f"validate_every must be >= 1, got {validate_every}")
     batch_size = int(batch_size or settings.batch_size)
     seed = int(settings.seed)
     device = resolve_device(settings.device)
@@ -367,18 +372,19 @@ def train_network(
 
         decisions = [False, False, False, best_metric]  # improved, stop by callback, early stop, best metric
         if ctx.is_main:
-            network.eval()
-            with torch.no_grad():
-                scores = dict(validate()) if validate is not None else {"metric": -train_loss}
-            network.train()
-            metric = float(scores.pop("metric"))
-            improved = metric > best_metric + min_delta or best_state is None
-            if improved:
-                best_metric, best_epoch, bad_epochs = metric, epoch + 1, 0
-            else:
-                bad_epochs += 1
-            row = {"epoch": epoch + 1, "loss": round(train_loss, 6), "metric": round(metric, 4),
-                   "train_seconds": round(train_seconds, 1), **{k: round(float(v), 4) for k, v in scores.items()}}
+            row = {"epoch": epoch + 1, "loss": round(train_loss, 6), "train_seconds": round(train_seconds, 1)}
+            metric, improved = None, False
+            if validate is None or (epoch + 1) % validate_every == 0 or epoch + 1 == epochs:
+                network.eval()
+                with torch.no_grad():
+                    scores = dict(validate()) if validate is not None else {"metric": -train_loss}
+                network.train()
+                metric = float(scores.pop("metric"))
+                improved = metric > best_metric + min_delta or best_state is None
+                if improved:
+                    best_metric, best_epoch = metric, epoch + 1
+                bad_epochs = epoch + 1 - best_epoch
+                row.update(metric=round(metric, 4), **{k: round(float(v), 4) for k, v in scores.items()})
             history.append(row)
             if settings.progress:
                 logger.info("%s epoch %d/%d: %s%s", identity.get("family"), epoch + 1, epochs,
