@@ -178,6 +178,43 @@ def test_multimodal_add_output_trains_only_the_new_decoder(subjects, small, tmp_
         model.add_output("T2", subjects[:1], [], _settings())
 
 
+def _silence_heads(module):
+    for decoder in module.decoders.values():
+        with torch.no_grad():
+            decoder.head[0].bias.fill_(-100.0)  # every pixel starts below the output ReLU
+    return module
+
+
+def test_multimodal_wakes_a_decoder_head_that_starts_silent(subjects, monkeypatch):
+    """A head whose ReLU starts inactive on most brain pixels would never learn (no gradient through it): its bias is
+    shifted so half the probe's brain pixels are active and the decoder trains; a head that starts active keeps its
+    initialisation bitwise, and so does the rest of the network."""
+    from medsynth_app.models.multimodal import MultimodalModel, _activate_output_heads
+
+    dataset = SliceDataset(subjects, CONTRASTS, (2,), crop=16)
+    seed_everything(0)
+    healthy = create("multimodal", ["T1", "T2"], ["FLAIR"]).net
+    before = {k: v.clone() for k, v in healthy.state_dict().items()}
+    assert _activate_output_heads(healthy, dataset, ["T1", "T2"], ["FLAIR"], False, seed=0) == {}
+    assert all(torch.equal(before[k], v) for k, v in healthy.state_dict().items())
+
+    silent = _silence_heads(create("multimodal", ["T1", "T2"], ["FLAIR"]).net)
+    shifts = _activate_output_heads(silent, dataset, ["T1", "T2"], ["FLAIR"], False, seed=0)
+    assert shifts["FLAIR"] > 99
+    x = torch.stack([dataset[i] for i in range(len(dataset))])
+    brain = (x[:, :2] != 0).any(dim=1, keepdim=True)
+    with torch.no_grad():
+        out = silent({"T1": x[:, :1], "T2": x[:, 1:2]})["outputs"]["FLAIR"]
+    assert 0.2 < float((out[brain] > 0).float().mean()) < 0.8
+
+    build = MultimodalModel._build
+    monkeypatch.setattr(MultimodalModel, "_build", lambda self: _silence_heads(build(self)))
+    model = create("multimodal", ["T1", "T2"], ["FLAIR"], max_steps_per_epoch=3)
+    summary = model.fit(subjects, [], _settings())
+    assert summary["output_bias_shift"]["FLAIR"] > 99
+    assert model.predict(subjects[0], "FLAIR")[subjects[0].mask].max() > 0
+
+
 def _without(subject, contrast):
     return dataclasses.replace(subject, id=f"{subject.id}-no{contrast}",
                                images={k: v for k, v in subject.images.items() if k != contrast},
