@@ -185,10 +185,10 @@ def _silence_heads(module):
     return module
 
 
-def test_multimodal_wakes_a_decoder_head_that_starts_silent(subjects, monkeypatch):
+def test_multimodal_wakes_a_decoder_head_that_starts_silent(subjects, monkeypatch, tmp_path):
     """A head whose ReLU starts inactive on most brain pixels would never learn (no gradient through it): its bias is
     shifted so half the probe's brain pixels are active and the decoder trains; a head that starts active keeps its
-    initialisation bitwise, and so does the rest of the network."""
+    initialisation bitwise, and so does the rest of the network. A resumed run records the same shift."""
     from medsynth_app.models.multimodal import MultimodalModel, _activate_output_heads
 
     dataset = SliceDataset(subjects, CONTRASTS, (2,), crop=16)
@@ -210,9 +210,12 @@ def test_multimodal_wakes_a_decoder_head_that_starts_silent(subjects, monkeypatc
     build = MultimodalModel._build
     monkeypatch.setattr(MultimodalModel, "_build", lambda self: _silence_heads(build(self)))
     model = create("multimodal", ["T1", "T2"], ["FLAIR"], max_steps_per_epoch=3)
-    summary = model.fit(subjects, [], _settings())
+    partial = str(tmp_path / "partial.pt")
+    summary = model.fit(subjects, [], _settings(extra={"partial_path": partial}))
     assert summary["output_bias_shift"]["FLAIR"] > 99
     assert model.predict(subjects[0], "FLAIR")[subjects[0].mask].max() > 0
+    resumed = model.fit(subjects, [], _settings(epochs=2, resume_from=partial))
+    assert resumed["resumed_from_epoch"] == 1 and resumed["output_bias_shift"] == summary["output_bias_shift"]
 
 
 def _without(subject, contrast):

@@ -219,9 +219,10 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
         dataset = SliceDataset(train, channels, hp["axes"], hp["min_brain"], crop=hp["crop"],
                                missing_ok=hp["incomplete_studies"])
         lr = learning_rate(settings, 1e-4)
-        fresh = settings.initial_state is None and not settings.resume_from
+        # A resumed run repeats the shift on the same seeded init (its weights then come from the partial file), so
+        # its summary records it too.
         shifts = _activate_output_heads(self.net, dataset, self.inputs, targets, hp["lesion_channel"],
-                                        settings.seed) if fresh else {}
+                                        settings.seed) if settings.initial_state is None else {}
         summary = train_network(
             self.net, dataset, self._loss(targets, channels, hp["input_dropout"]), settings,
             identity={"family": tag, "inputs": list(self.inputs), "targets": list(targets),
