@@ -68,7 +68,7 @@ def _settings(**kw):
 FAMILIES = {
     "multimodal": {"input_dropout": 0.5, **QUICK},
     "synnet": {"features": 8, "crop": 16, **QUICK},  # trained on 16x16 crops, predicts 32x48 slices
-    "cae3d": {"features": 8, "step": 8, "tile": 16, **QUICK},
+    "cae3d": {"features": 8, "step": 8, "tile": 16, "patch_jitter": 2, **QUICK},
 }
 
 
@@ -290,6 +290,25 @@ def test_cae3d_tiling_has_no_seams():
     np.testing.assert_allclose(model.predict_volume(volume * 3, tile=16), single * 3, atol=3e-5, rtol=0)
     with pytest.raises(ValueError, match="even"):
         predict_tiled(net, volume, 15, margin, torch.device("cpu"))
+
+
+def test_cae3d_parity_average_makes_the_prediction_follow_a_one_voxel_shift():
+    """The pooling grid makes a single pass depend on the input's parity: moving the volume by one voxel changes the
+    prediction beyond the move. Averaged over the 8 parities, the prediction moves with the volume (to rounding)."""
+    torch.manual_seed(0)
+    model = create("cae3d", ["T1"], ["T2"], features=4)
+    for module in model.net.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    volume = np.random.default_rng(0).random((1, 30, 26, 22)).astype(np.float32) * 3
+    moved = np.pad(volume, [(0, 0), (1, 0), (0, 0), (0, 0)])  # the same volume one voxel further along axis 0
+    single, single_moved = model.predict_volume(volume, tile=16), model.predict_volume(moved, tile=16)[:, 1:]
+    assert np.abs(single_moved - single).max() > 1e-2
+    model.hparams["parity_average"] = True
+    average, average_moved = model.predict_volume(volume, tile=16), model.predict_volume(moved, tile=16)[:, 1:]
+    np.testing.assert_allclose(average_moved, average, atol=3e-5, rtol=0)
+    assert np.abs(average - single).max() > 1e-3
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import faulthandler
 import gc
+import itertools
 import os
 import signal
 import socket
@@ -119,6 +120,32 @@ def test_patch_dataset_alignment(subjects):
         _, i, j, k = dataset.index[item]
         centre = tuple(min(a + 8, s - 1) for a, s in zip((i, j, k), subjects[0].shape))
         assert subjects[0].mask[centre]
+
+
+def test_patch_dataset_jitter_moves_patches_by_seeded_offsets_within_the_brain(subjects):
+    """With jitter, each draw is a patch moved by at most ``jitter`` voxels per axis from its grid position, centred
+    in the brain, with the input still its output grown by the margin; the same seed draws the same patches."""
+    subject = subjects[0]
+    moving = PatchDataset([subject], ["T1"], ["T1"], output_size=16, margin=11, step=8, jitter=3)
+    padded = np.pad(subject.images["T1"], [(0, 16)] * 3)
+    torch.manual_seed(0)
+    draws = [(item, *moving[item]) for item in range(len(moving))]
+    offsets = set()
+    for item, x, y in draws:
+        torch.testing.assert_close(x[:, 11:27, 11:27, 11:27], y)
+        _, *grid = moving.index[item]
+        found = [o for o in itertools.product(range(-3, 4), repeat=3)
+                 if min(g + d for g, d in zip(grid, o)) >= 0 and np.array_equal(
+                     padded[tuple(slice(g + d, g + d + 16) for g, d in zip(grid, o))], y[0].numpy())]
+        assert found, f"patch {item} is not within 3 voxels of its grid position"
+        offsets.add(found[0])
+        start = [g + d for g, d in zip(grid, found[0])]
+        assert subject.mask[tuple(min(a + 8, n - 1) for a, n in zip(start, subject.shape))]
+    assert len(offsets) > len(draws) // 2 and any(sum(o) % 2 for o in offsets)
+    torch.manual_seed(0)
+    assert all(torch.equal(moving[item][1], y) for item, _, y in draws)
+    with pytest.raises(ValueError, match="jitter"):
+        PatchDataset([subject], ["T1"], ["T1"], output_size=16, margin=11, jitter=-1)
 
 
 def test_predict_slices_identity_along_every_axis():

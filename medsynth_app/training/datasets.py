@@ -142,13 +142,21 @@ class PatchDataset(Dataset):
     output patch starts at every multiple of ``step`` (per axis) whose centre voxel is in the brain mask (the
     autoencoder paper: step 16, patches kept when their centre is in the mask). The input patch is the output patch
     grown by ``margin`` voxels on every side, read from the volume zero-padded by ``margin`` (voxels beyond the
-    prepared grid are background), exactly as `predict_tiled` reads its tiles."""
+    prepared grid are background), exactly as `predict_tiled` reads its tiles.
+
+    ``jitter`` > 0 moves each drawn patch by a random offset in [-jitter, jitter] per axis (torch's global generator,
+    which the training engine re-seeds every epoch), kept only when the moved patch's centre is still in the mask:
+    every epoch then sees other crops, at both parities of the network's 2x2x2 pooling grid, instead of the same
+    fixed grid of patches."""
 
     def __init__(self, subjects: Sequence[PreparedSubject], inputs: Sequence[str], targets: Sequence[str],
-                 output_size: int, margin: int, step: int = 16) -> None:
+                 output_size: int, margin: int, step: int = 16, jitter: int = 0) -> None:
         if not subjects:
             raise ValueError("no training subject")
-        self.output_size, self.margin = int(output_size), int(margin)
+        if int(jitter) < 0:
+            raise ValueError(f"patch jitter must be >= 0, got {jitter}")
+        self.output_size, self.margin, self.jitter = int(output_size), int(margin), int(jitter)
+        self.masks = [subject.mask for subject in subjects]
         self.input_size = self.output_size + 2 * self.margin
         self.inputs, self.targets, self.index = [], [], []
         for n, subject in enumerate(subjects):
@@ -162,8 +170,7 @@ class PatchDataset(Dataset):
             for i in grids[0]:
                 for j in grids[1]:
                     for k in grids[2]:
-                        centre = tuple(min(s + half, side - 1) for s, side in zip((i, j, k), subject.shape))
-                        if subject.mask[centre]:
+                        if subject.mask[_centre((i, j, k), half, subject.shape)]:
                             self.index.append((n, i, j, k))
         if not self.index:
             raise ValueError("no patch centre falls in a brain mask")
@@ -173,7 +180,20 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
         n, i, j, k = self.index[item]
+        if self.jitter:
+            i, j, k = self._jittered(n, (i, j, k))
         a, b = self.input_size, self.output_size
         x = self.inputs[n][:, i:i + a, j:j + a, k:k + a]
         y = self.targets[n][:, i:i + b, j:j + b, k:k + b]
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+
+    def _jittered(self, n: int, start: tuple[int, int, int]) -> tuple[int, int, int]:
+        mask = self.masks[n]
+        offset = torch.randint(-self.jitter, self.jitter + 1, (3,)).tolist()
+        moved = tuple(min(max(s + o, 0), side - 1) for s, o, side in zip(start, offset, mask.shape))
+        return moved if mask[_centre(moved, self.output_size // 2, mask.shape)] else start
+
+
+def _centre(start: Sequence[int], half: int, shape: Sequence[int]) -> tuple[int, ...]:
+    """The centre voxel of a patch starting at ``start``, clipped to the volume."""
+    return tuple(min(s + half, side - 1) for s, side in zip(start, shape))
