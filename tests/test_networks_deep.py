@@ -409,6 +409,20 @@ def test_cae3d_parameter_counts_match_the_paper():
     assert y.shape == (1, 1, 8, 8, 8) and ((y > 0) & (y < 1)).all()
 
 
+@pytest.mark.parametrize("momentum", [0.1, 0.01])
+def test_cae3d_batch_norm_statistics_move_by_the_momentum(momentum):
+    """One training-mode batch moves each running mean from 0 to momentum x the batch mean of that norm's input
+    (Keras' moving-average 0.99 is momentum 0.01)."""
+    torch.manual_seed(0)
+    net = ConvAutoencoder3D(features=4, bn_momentum=momentum).train()
+    first_norm = next(m for m in net.layers if isinstance(m, torch.nn.BatchNorm3d))
+    x = torch.rand(2, 1, 30, 30, 30)
+    with torch.no_grad():
+        net(x)
+        seen = net.layers[1](net.layers[0](x))  # the input of the first batch norm
+    torch.testing.assert_close(first_norm.running_mean, momentum * seen.mean(dim=(0, 2, 3, 4)))
+
+
 # --- SynNet losses ------------------------------------------------------------------------------------------------
 
 

@@ -43,9 +43,11 @@ from .base import SynthesisModel, TrainSettings, register
 class PerTargetAutoencoders(nn.Module):
     """One `ConvAutoencoder3D` per target; (B, C_in, n, n, n) -> (B, n_targets, m, m, m)."""
 
-    def __init__(self, targets: Sequence[str], in_channels: int, depth: str, features: int) -> None:
+    def __init__(self, targets: Sequence[str], in_channels: int, depth: str, features: int,
+                 bn_momentum: float = 0.1) -> None:
         super().__init__()
-        self.nets = nn.ModuleDict({t: ConvAutoencoder3D(in_channels, depth, features) for t in targets})
+        self.nets = nn.ModuleDict({t: ConvAutoencoder3D(in_channels, depth, features, bn_momentum=bn_momentum)
+                                   for t in targets})
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([net(x) for net in self.nets.values()], dim=1)
@@ -68,14 +70,15 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
                  patience: int = 10, min_delta: float = 0.0, max_steps_per_epoch: int | None = None,
                  amp: str = "auto", lr_schedule: str = "constant", sampling: str = "uniform",
                  inference_batch: int = 2, validate_every: int = 1, patch_jitter: int = 0,
-                 parity_average: bool = False):
+                 parity_average: bool = False, bn_momentum: float = 0.1):
         if depth not in LAYOUTS:
             raise ValueError(f"cae3d: depth must be one of {', '.join(LAYOUTS)}, not {depth!r}")
         for name, value in (("patch_output", patch_output), ("tile", tile)):
             if int(value) < 2 or int(value) % 2:
                 raise ValueError(f"cae3d: {name} must be even and >= 2, got {value}")
-        if float(intensity_scale) <= 0 or int(step) < 1 or int(patch_jitter) < 0:
-            raise ValueError("cae3d: intensity_scale must be > 0, step >= 1 and patch_jitter >= 0")
+        if float(intensity_scale) <= 0 or int(step) < 1 or int(patch_jitter) < 0 or not 0 < float(bn_momentum) <= 1:
+            raise ValueError("cae3d: intensity_scale must be > 0, step >= 1, patch_jitter >= 0 and bn_momentum in "
+                             "(0, 1]")
         super().__init__(inputs, targets, depth=depth, features=int(features), intensity_scale=float(intensity_scale),
                          patch_output=int(patch_output), step=int(step), tile=int(tile), patience=int(patience),
                          min_delta=float(min_delta),
@@ -83,12 +86,13 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
                          amp=amp_mode(amp), lr_schedule=lr_schedule_name(lr_schedule),
                          sampling=sampling_name(sampling), inference_batch=int(inference_batch),
                          validate_every=int(validate_every), patch_jitter=int(patch_jitter),
-                         parity_average=bool(parity_average))
+                         parity_average=bool(parity_average), bn_momentum=float(bn_momentum))
         self.device = "auto"
         self.net = self._build()
 
     def _build(self) -> PerTargetAutoencoders:
-        return PerTargetAutoencoders(self.targets, len(self.inputs), self.hparams["depth"], self.hparams["features"])
+        return PerTargetAutoencoders(self.targets, len(self.inputs), self.hparams["depth"], self.hparams["features"],
+                                     self.hparams["bn_momentum"])
 
     @property
     def margin(self) -> int:

@@ -47,10 +47,13 @@ class ConvAutoencoder3D(nn.Module):
 
     ``in_channels`` > 1 feeds several co-registered contrasts at once. ``sigmoid_output`` applies the sigmoid that
     Sec. 2.1.1 puts on the last layer (intensities are then bounded to (0, 1)); the default is a linear output.
+    ``bn_momentum``: weight of each batch in the batch norms' running statistics (PyTorch's 0.1 by default; the
+    paper's library, Keras, keeps a moving average with 0.99, i.e. 0.01 here).
     """
 
     def __init__(
-        self, in_channels: int = 1, depth: str = "base", features: int = 32, sigmoid_output: bool = False
+        self, in_channels: int = 1, depth: str = "base", features: int = 32, sigmoid_output: bool = False,
+        bn_momentum: float = 0.1,
     ) -> None:
         super().__init__()
         before, middle, after = _layout(depth)
@@ -62,7 +65,7 @@ class ConvAutoencoder3D(nn.Module):
             elif index == before + middle:
                 layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
             last = index == before + middle + after - 1
-            layers += [nn.BatchNorm3d(features), nn.Conv3d(features, 1 if last else features, 3)]
+            layers += [nn.BatchNorm3d(features, momentum=bn_momentum), nn.Conv3d(features, 1 if last else features, 3)]
             if not last:
                 layers.append(nn.ReLU())
         if sigmoid_output:
