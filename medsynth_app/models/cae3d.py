@@ -16,9 +16,10 @@ forward pass.
 
 Beyond the paper (both off by default): ``patch_jitter`` moves every training patch by a random offset of up to that
 many voxels per axis, so that each epoch sees new crops (`PatchDataset`): the paper trains on 90 subjects, the
-benchmark's folds on 10-12 (3,677-4,498 grid patches, each seen 11-14 times by `cae3d-long`). ``parity_average`` predicts the volume 8 times, shifted by 0 or
-1 voxel along each axis, and averages: the 2x2x2 pooling and nearest upsampling make the output depend on where the
-pooling grid falls (a 2-voxel pattern), and the average takes that dependence out (8 times the inference time).
+benchmark's folds on 10-12 (3,677-4,498 grid patches, each seen 11-14 times by `cae3d-long`). ``parity_average``
+predicts the volume 8 times, shifted by 0 or 1 voxel along each axis, and averages: the 2x2x2 pooling and nearest
+upsampling make the output depend on where the pooling grid falls (a 2-voxel pattern), and the average takes that
+dependence out (8 times the inference time). ``bn_momentum`` 0.01 is the paper's library's (Keras) moving average.
 """
 from __future__ import annotations
 
