@@ -130,10 +130,11 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
         scale = self.hparams["intensity_scale"]
         tile = int(tile or self.hparams["tile"])
         margin = (ConvAutoencoder3D.input_size_for(tile, self.hparams["depth"]) - tile) // 2
+        scaled = volume / scale
 
         def run(shift: tuple[int, int, int]) -> np.ndarray:
             pad = [(s, 0) for s in shift]
-            out = predict_tiled(net, np.pad(volume / scale, [(0, 0), *pad]), tile, margin, device,
+            out = predict_tiled(net, np.pad(scaled, [(0, 0), *pad]), tile, margin, device,
                                 self.hparams["inference_batch"], None if mask is None else np.pad(mask, pad), dtype)
             return out[:, shift[0]:, shift[1]:, shift[2]:]
 
