@@ -1,6 +1,7 @@
 """Benchmark figures (matplotlib, PNG): a montage per task and box plots of PSNR and SSIM per model."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -51,7 +52,7 @@ def montage(task: Task, slices: Path, entries: list[Entry], path: Path) -> Path 
                 bottom[col].axis("off")
                 continue
             _show(top[col], d["prediction"] * (d["mask"] > 0), grey)
-            top[col].set_title(entry.name, fontsize=8)
+            top[col].set_title(textwrap.fill(entry.name, 18), fontsize=7)  # long names break at hyphens
             error_image = _show(bottom[col], np.abs(d["prediction"] - d["target"]) * (d["mask"] > 0), error_max,
                                 "magma")
     if error_image is not None:
