@@ -148,6 +148,29 @@ def test_patch_dataset_jitter_moves_patches_by_seeded_offsets_within_the_brain(s
         PatchDataset([subject], ["T1"], ["T1"], output_size=16, margin=11, jitter=-1)
 
 
+def test_patch_dataset_input_noise_perturbs_brain_inputs_only_with_seeded_levels(subjects):
+    """With input noise, each input patch is the clean one plus Gaussian noise on its non-zero voxels, at a level of
+    at most ``input_noise`` drawn per patch; background and targets stay exact; the same seed draws the same noise."""
+    subject = subjects[0]
+    clean = PatchDataset([subject], ["T1", "T2"], ["FLAIR"], output_size=16, margin=11, step=8)
+    noisy = PatchDataset([subject], ["T1", "T2"], ["FLAIR"], output_size=16, margin=11, step=8, input_noise=0.2)
+    torch.manual_seed(0)
+    draws = [noisy[item] for item in range(len(noisy))]
+    levels = []
+    for item, (x, y) in enumerate(draws):
+        x0, y0 = clean[item]
+        assert torch.equal(y, y0) and torch.equal(x[x0 == 0], x0[x0 == 0])
+        for channel in range(2):
+            brain = x0[channel] != 0
+            if brain.sum() > 1000:
+                levels.append(float((x[channel] - x0[channel])[brain].std()))
+    assert max(levels) <= 0.2 * 1.05 and min(levels) < 0.05 and np.median(levels) > 0.05
+    torch.manual_seed(0)
+    assert all(torch.equal(noisy[item][0], x) for item, (x, _) in enumerate(draws))
+    with pytest.raises(ValueError, match="input noise"):
+        PatchDataset([subject], ["T1"], ["T1"], output_size=16, margin=11, input_noise=-0.1)
+
+
 def test_predict_slices_identity_along_every_axis():
     volume = np.random.default_rng(1).random((20, 28, 12)).astype(np.float32)  # not multiples of 16: padded
     for axis in (0, 1, 2):

@@ -14,12 +14,14 @@ tiles of (tile + 2 margin)^3 (tile = 32: 54^3 -> 32^3 for base) whose outputs ab
 pass over the whole padded volume, without seams; tiles without brain are skipped; ``inference_batch`` tiles per
 forward pass.
 
-Beyond the paper (both off by default): ``patch_jitter`` moves every training patch by a random offset of up to that
+Beyond the paper (all off by default): ``patch_jitter`` moves every training patch by a random offset of up to that
 many voxels per axis, so that each epoch sees new crops (`PatchDataset`): the paper trains on 90 subjects, the
 benchmark's folds on 10-12 (3,677-4,498 grid patches, each seen 11-14 times by `cae3d-long`). ``parity_average``
 predicts the volume 8 times, shifted by 0 or 1 voxel along each axis, and averages: the 2x2x2 pooling and nearest
 upsampling make the output depend on where the pooling grid falls (a 2-voxel pattern), and the average takes that
 dependence out (8 times the inference time). ``bn_momentum`` 0.01 is the paper's library's (Keras) moving average.
+``input_noise`` adds Gaussian noise of a random level up to that (brain mean 1) to the training input patches (targets
+clean): the network otherwise reads the noisier T1 of a study unlike its training ones as anatomy (docs/deep_models.md).
 """
 from __future__ import annotations
 
@@ -71,15 +73,16 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
                  patience: int = 10, min_delta: float = 0.0, max_steps_per_epoch: int | None = None,
                  amp: str = "auto", lr_schedule: str = "constant", sampling: str = "uniform",
                  inference_batch: int = 2, validate_every: int = 1, patch_jitter: int = 0,
-                 parity_average: bool = False, bn_momentum: float = 0.1):
+                 parity_average: bool = False, bn_momentum: float = 0.1, input_noise: float = 0.0):
         if depth not in LAYOUTS:
             raise ValueError(f"cae3d: depth must be one of {', '.join(LAYOUTS)}, not {depth!r}")
         for name, value in (("patch_output", patch_output), ("tile", tile)):
             if int(value) < 2 or int(value) % 2:
                 raise ValueError(f"cae3d: {name} must be even and >= 2, got {value}")
-        if float(intensity_scale) <= 0 or int(step) < 1 or int(patch_jitter) < 0 or not 0 < float(bn_momentum) <= 1:
-            raise ValueError("cae3d: intensity_scale must be > 0, step >= 1, patch_jitter >= 0 and bn_momentum in "
-                             "(0, 1]")
+        if (float(intensity_scale) <= 0 or int(step) < 1 or int(patch_jitter) < 0 or float(input_noise) < 0
+                or not 0 < float(bn_momentum) <= 1):
+            raise ValueError("cae3d: intensity_scale must be > 0, step >= 1, patch_jitter and input_noise >= 0 and "
+                             "bn_momentum in (0, 1]")
         super().__init__(inputs, targets, depth=depth, features=int(features), intensity_scale=float(intensity_scale),
                          patch_output=int(patch_output), step=int(step), tile=int(tile), patience=int(patience),
                          min_delta=float(min_delta),
@@ -87,7 +90,8 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
                          amp=amp_mode(amp), lr_schedule=lr_schedule_name(lr_schedule),
                          sampling=sampling_name(sampling), inference_batch=int(inference_batch),
                          validate_every=int(validate_every), patch_jitter=int(patch_jitter),
-                         parity_average=bool(parity_average), bn_momentum=float(bn_momentum))
+                         parity_average=bool(parity_average), bn_momentum=float(bn_momentum),
+                         input_noise=float(input_noise))
         self.device = "auto"
         self.net = self._build()
 
@@ -106,7 +110,7 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
         seed_everything(settings.seed)
         self.net = self._initial_network(settings)
         dataset = PatchDataset(train, self.inputs, self.targets, hp["patch_output"], self.margin, hp["step"],
-                               hp["patch_jitter"])
+                               hp["patch_jitter"], hp["input_noise"])
         scale = hp["intensity_scale"]
 
         def loss(net, batch, device):

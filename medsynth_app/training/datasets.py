@@ -147,15 +147,20 @@ class PatchDataset(Dataset):
     ``jitter`` > 0 moves each drawn patch by a random offset in [-jitter, jitter] per axis (torch's global generator,
     which the training engine re-seeds every epoch), kept only when the moved patch's centre is still in the mask:
     every epoch then sees other crops, at both parities of the network's 2x2x2 pooling grid, instead of the same
-    fixed grid of patches."""
+    fixed grid of patches.
+
+    ``input_noise`` > 0 adds Gaussian noise to the non-zero voxels of each input patch, with a standard deviation
+    drawn per channel uniformly in [0, input_noise] (intensity units of the prepared arrays; same generator): the
+    targets stay clean, so the network learns to see through input noise levels its training studies lack."""
 
     def __init__(self, subjects: Sequence[PreparedSubject], inputs: Sequence[str], targets: Sequence[str],
-                 output_size: int, margin: int, step: int = 16, jitter: int = 0) -> None:
+                 output_size: int, margin: int, step: int = 16, jitter: int = 0, input_noise: float = 0.0) -> None:
         if not subjects:
             raise ValueError("no training subject")
-        if int(jitter) < 0:
-            raise ValueError(f"patch jitter must be >= 0, got {jitter}")
+        if int(jitter) < 0 or float(input_noise) < 0:
+            raise ValueError(f"patch jitter and input noise must be >= 0, got {jitter} and {input_noise}")
         self.output_size, self.margin, self.jitter = int(output_size), int(margin), int(jitter)
+        self.input_noise = float(input_noise)
         self.masks = [subject.mask for subject in subjects]
         self.input_size = self.output_size + 2 * self.margin
         self.inputs, self.targets, self.index = [], [], []
@@ -185,7 +190,15 @@ class PatchDataset(Dataset):
         a, b = self.input_size, self.output_size
         x = self.inputs[n][:, i:i + a, j:j + a, k:k + a]
         y = self.targets[n][:, i:i + b, j:j + b, k:k + b]
-        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+        x = torch.from_numpy(np.ascontiguousarray(x))
+        if self.input_noise:
+            x = self._noisy(x)
+        return x, torch.from_numpy(np.ascontiguousarray(y))
+
+    def _noisy(self, x: torch.Tensor) -> torch.Tensor:
+        # torch's generator rather than a MONAI transform's own: the engine re-seeds it every epoch (resumable runs)
+        std = torch.rand(x.shape[0], 1, 1, 1) * self.input_noise
+        return torch.where(x != 0, x + torch.randn(x.shape) * std, x)
 
     def _jittered(self, n: int, start: tuple[int, int, int]) -> tuple[int, int, int]:
         mask = self.masks[n]
