@@ -1,12 +1,14 @@
 """Training costs of the deep synthesis networks (`medsynth_app.networks`): the three-component cost of Chartsias et
-al. 2018 and the SynNet joint loss (edge-weighted L2, SSIM and total variation)."""
+al. 2018, the SynNet joint loss (edge-weighted L2, SSIM and total variation) and the 3-D autoencoder's MSE with an
+optional structural term."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from monai.losses import SSIMLoss
 from monai.metrics.regression import compute_ssim_and_cs
 from torch import Tensor, nn
 
@@ -231,3 +233,31 @@ class SynNetJointLoss(nn.Module):
             + self.ssim_weight * self.ssim_loss(prediction, target)
             + self.tv_weight * total_variation(prediction)
         )
+
+
+class PatchMSEWithSSIM(nn.Module):
+    """MSE + ``ssim_weight`` x mean over channels of (1 - 3-D SSIM), for (B, C, D, H, W) output patches.
+
+    SSIM is MONAI's `SSIMLoss` (11^3 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, valid window positions: patches
+    need >= 11 voxels per side), with one data range per channel (``data_ranges``, in the patches' intensity units),
+    the range EVALUATION.md's SSIM takes from each test volume. ``ssim_weight`` 0 is the plain MSE (ranges unused)."""
+
+    def __init__(self, data_ranges: Sequence[float], ssim_weight: float = 0.0) -> None:
+        super().__init__()
+        if ssim_weight < 0 or (ssim_weight > 0 and not all(r > 0 for r in data_ranges)):
+            raise ValueError(f"ssim_weight must be >= 0 and data ranges > 0, got {ssim_weight} and {list(data_ranges)}")
+        self.ssim_weight = float(ssim_weight)
+        self.ssims = nn.ModuleList(SSIMLoss(spatial_dims=3, data_range=float(r)) for r in data_ranges)
+
+    @in_float32
+    def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
+        if prediction.shape != target.shape or prediction.ndim != 5 or prediction.shape[1] != len(self.ssims):
+            raise ValueError(f"expected equal (B, {len(self.ssims)}, D, H, W) shapes, got prediction "
+                             f"{tuple(prediction.shape)}, target {tuple(target.shape)}")
+        loss = F.mse_loss(prediction, target)
+        if self.ssim_weight == 0:
+            return loss
+        if min(target.shape[2:]) < 11:
+            raise ValueError(f"SSIM uses an 11^3 window: patches must be >= 11 per side, got {tuple(target.shape[2:])}")
+        structural = sum(ssim(prediction[:, c:c + 1], target[:, c:c + 1]) for c, ssim in enumerate(self.ssims))
+        return loss + self.ssim_weight * structural / len(self.ssims)

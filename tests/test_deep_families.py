@@ -69,7 +69,7 @@ FAMILIES = {
     "multimodal": {"input_dropout": 0.5, **QUICK},
     "synnet": {"features": 8, "crop": 16, **QUICK},  # trained on 16x16 crops, predicts 32x48 slices
     "cae3d": {"features": 8, "step": 8, "tile": 16, "patch_jitter": 2, "bn_momentum": 0.01, "input_noise": 0.05,
-              **QUICK},
+              "ssim_weight": 0.5, **QUICK},
 }
 
 

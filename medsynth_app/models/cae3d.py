@@ -22,6 +22,9 @@ upsampling make the output depend on where the pooling grid falls (a 2-voxel pat
 dependence out (8 times the inference time). ``bn_momentum`` 0.01 is the paper's library's (Keras) moving average.
 ``input_noise`` adds Gaussian noise of a random level up to that (brain mean 1) to the training input patches (targets
 clean): the network otherwise reads the noisier T1 of a study unlike its training ones as anatomy (docs/deep_models.md).
+``ssim_weight`` adds that times (1 - 3-D SSIM) of each output patch to the MSE (`PatchMSEWithSSIM`), with the
+target's data range taken as the median over the training subjects of EVALUATION.md's per-volume range: an MSE
+optimum is the conditional mean, whose local contrast SSIM finds too low where the target is noisy.
 """
 from __future__ import annotations
 
@@ -30,9 +33,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..losses import PatchMSEWithSSIM
+from ..metrics import data_range
 from ..networks.cae3d import LAYOUTS, ConvAutoencoder3D
 from ..preprocessing import PreparedSubject
 from ..training.common import learning_rate, validation_scores
@@ -73,16 +77,17 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
                  patience: int = 10, min_delta: float = 0.0, max_steps_per_epoch: int | None = None,
                  amp: str = "auto", lr_schedule: str = "constant", sampling: str = "uniform",
                  inference_batch: int = 2, validate_every: int = 1, patch_jitter: int = 0,
-                 parity_average: bool = False, bn_momentum: float = 0.1, input_noise: float = 0.0):
+                 parity_average: bool = False, bn_momentum: float = 0.1, input_noise: float = 0.0,
+                 ssim_weight: float = 0.0):
         if depth not in LAYOUTS:
             raise ValueError(f"cae3d: depth must be one of {', '.join(LAYOUTS)}, not {depth!r}")
         for name, value in (("patch_output", patch_output), ("tile", tile)):
             if int(value) < 2 or int(value) % 2:
                 raise ValueError(f"cae3d: {name} must be even and >= 2, got {value}")
         if (float(intensity_scale) <= 0 or int(step) < 1 or int(patch_jitter) < 0 or float(input_noise) < 0
-                or not 0 < float(bn_momentum) <= 1):
-            raise ValueError("cae3d: intensity_scale must be > 0, step >= 1, patch_jitter and input_noise >= 0 and "
-                             "bn_momentum in (0, 1]")
+                or float(ssim_weight) < 0 or not 0 < float(bn_momentum) <= 1):
+            raise ValueError("cae3d: intensity_scale must be > 0, step >= 1, patch_jitter, input_noise and ssim_weight "
+                             ">= 0 and bn_momentum in (0, 1]")
         super().__init__(inputs, targets, depth=depth, features=int(features), intensity_scale=float(intensity_scale),
                          patch_output=int(patch_output), step=int(step), tile=int(tile), patience=int(patience),
                          min_delta=float(min_delta),
@@ -91,7 +96,7 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
                          sampling=sampling_name(sampling), inference_batch=int(inference_batch),
                          validate_every=int(validate_every), patch_jitter=int(patch_jitter),
                          parity_average=bool(parity_average), bn_momentum=float(bn_momentum),
-                         input_noise=float(input_noise))
+                         input_noise=float(input_noise), ssim_weight=float(ssim_weight))
         self.device = "auto"
         self.net = self._build()
 
@@ -112,10 +117,12 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
         dataset = PatchDataset(train, self.inputs, self.targets, hp["patch_output"], self.margin, hp["step"],
                                hp["patch_jitter"], hp["input_noise"])
         scale = hp["intensity_scale"]
+        cost = PatchMSEWithSSIM([float(np.median([data_range(s.images[t], s.mask.astype(bool)) for s in train])) / scale
+                                 for t in self.targets], hp["ssim_weight"])
 
         def loss(net, batch, device):
             x, y = (t.to(device, non_blocking=True) / scale for t in batch)
-            return F.mse_loss(net(x).float(), y)
+            return cost(net(x), y)
 
         summary = train_network(
             self.net, dataset, loss, settings,
