@@ -343,6 +343,8 @@ def test_hparam_errors():
         create("synnet", ["T1"], ["T2"], loss="l1")
     with pytest.raises(ValueError, match="depth"):
         create("cae3d", ["T1"], ["T2"], depth="wide")
+    with pytest.raises(ValueError, match="ssim_weight"):
+        create("cae3d", ["T1"], ["T2"], ssim_weight=-1)
     with pytest.raises(ValueError, match="both an input and a target"):
         create("synnet", ["T1"], ["T1"])
     with pytest.raises(ValueError, match=r"multimodal: unknown hyperparameter incomplete, no_such \(known: latent"):

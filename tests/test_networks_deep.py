@@ -11,6 +11,7 @@ from monai.losses import SSIMLoss
 
 from medsynth_app.losses import (
     MultimodalSynthesisLoss,
+    PatchMSEWithSSIM,
     SynNetJointLoss,
     edge_weighted_l2,
     edge_weights,
@@ -462,6 +463,7 @@ def test_costs_stay_float32_under_bfloat16_autocast():
     assert joint.item() == pytest.approx(expected[0].item(), rel=1e-6)
     assert multimodal.item() == pytest.approx(expected[1].item(), rel=1e-6)
 
+
 def test_synnet_loss_kinds():
     target = torch.rand(2, 1, 16, 16)
     prediction = torch.rand(2, 1, 16, 16)
@@ -483,6 +485,37 @@ def test_synnet_loss_kinds():
         SynNetJointLoss("l1")
     with pytest.raises(ValueError, match="11"):
         joint(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
+
+
+# --- cae3d cost ----------------------------------------------------------------------------------------------------
+
+
+def test_cae3d_cost_adds_each_channels_ssim_at_its_own_range_to_the_mse():
+    torch.manual_seed(0)
+    ranges = (1.0, 3.0)
+    target = torch.rand(2, 2, 16, 16, 16) * torch.tensor(ranges).reshape(1, 2, 1, 1, 1)
+    prediction = target + 0.2 * torch.randn_like(target)
+    mse = F.mse_loss(prediction, target).item()
+    assert PatchMSEWithSSIM(ranges)(prediction, target).item() == pytest.approx(mse)
+    ssims = [SSIMLoss(spatial_dims=3, data_range=r)(prediction[:, c:c + 1], target[:, c:c + 1]).item()
+             for c, r in enumerate(ranges)]
+    cost = PatchMSEWithSSIM(ranges, ssim_weight=0.5)
+    assert cost(prediction, target).item() == pytest.approx(mse + 0.5 * sum(ssims) / 2, rel=1e-5)
+    assert PatchMSEWithSSIM(ranges[::-1], 0.5)(prediction, target).item() != pytest.approx(
+        cost(prediction, target).item(), rel=1e-3)
+    assert cost(target, target).item() == pytest.approx(0.0, abs=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = cost(prediction, target)
+    assert under_autocast.dtype == torch.float32
+    assert under_autocast.item() == pytest.approx(cost(prediction, target).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="ssim_weight"):
+        PatchMSEWithSSIM([1.0], ssim_weight=-0.1)
+    with pytest.raises(ValueError, match="data ranges"):
+        PatchMSEWithSSIM([0.0], ssim_weight=0.1)
+    with pytest.raises(ValueError, match="shapes"):
+        cost(prediction[:, :1], target[:, :1])
+    with pytest.raises(ValueError, match="11"):
+        PatchMSEWithSSIM([1.0], 0.1)(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8))
 
 
 # --- learning checks: 20 Adam steps on a tiny fixed batch ---------------------------------------------------------
