@@ -24,7 +24,8 @@ dependence out (8 times the inference time). ``bn_momentum`` 0.01 is the paper's
 clean): the network otherwise reads the noisier T1 of a study unlike its training ones as anatomy (docs/deep_models.md).
 ``ssim_weight`` adds that times (1 - 3-D SSIM) of each output patch to the MSE (`PatchMSEWithSSIM`), with the
 target's data range taken as the median over the training subjects of EVALUATION.md's per-volume range: an MSE
-optimum is the conditional mean, whose local contrast SSIM finds too low where the target is noisy.
+optimum is the conditional mean, whose local contrast SSIM finds too low where the target holds detail the
+inputs do not predict.
 """
 from __future__ import annotations
 
