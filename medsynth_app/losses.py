@@ -61,18 +61,29 @@ class MultimodalSynthesisLoss(nn.Module):
     tensor of the samples that hold it, and the prediction's ``present`` flags say which samples hold each input. A
     term is then averaged over the samples where its input and its target exist, and c2 runs over each sample's own
     inputs; with every flag True the cost is the one above.
+
+    Beyond the paper, ``ssim_weight`` > 0 adds a term "ssim": 1 - SSIM of the fused prediction, averaged over the
+    outputs, the 2-D SSIM of `ssim_map_2d` at each output's range in ``data_ranges``; the mask and the flags select
+    the SSIM map's pixels and samples as they select the MAEs'.
     """
 
-    def __init__(self, c1_weight: float = 1.0, c2_weight: float = 1.0, c3_weight: float = 1.0) -> None:
+    def __init__(self, c1_weight: float = 1.0, c2_weight: float = 1.0, c3_weight: float = 1.0,
+                 ssim_weight: float = 0.0, data_ranges: Mapping[str, float] | None = None) -> None:
         super().__init__()
+        data_ranges = dict(data_ranges or {})
+        if ssim_weight < 0 or any(r <= 0 for r in data_ranges.values()):
+            raise ValueError(f"ssim_weight must be >= 0 and data ranges > 0, got {ssim_weight} and {data_ranges}")
         self.weights = {"c1": c1_weight, "c2": c2_weight, "c3": c3_weight}
+        if ssim_weight > 0:
+            self.weights["ssim"] = float(ssim_weight)
+        self.data_ranges = data_ranges
 
     @in_float32
     def terms(
         self, prediction: MultimodalOutput, targets: Mapping[str, Tensor], mask: Tensor | None = None,
         available: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
-        """The unweighted components {"c1", "c2", "c3"}."""
+        """The unweighted components {"c1", "c2", "c3"}, and "ssim" when it is weighted."""
         if not targets:
             raise ValueError("no target given")
         unknown = [name for name in targets if name not in prediction["outputs"]]
@@ -88,6 +99,9 @@ class MultimodalSynthesisLoss(nn.Module):
         scored = [out for out in targets if has[out].any()]
         if not scored:
             raise ValueError("no sample holds any of the targets")
+        unranged = [name for name in scored if "ssim" in self.weights and name not in self.data_ranges]
+        if unranged:
+            raise ValueError(f"no SSIM data range for target {', '.join(map(repr, unranged))}")
 
         def mae(image: Tensor, out: str, samples: Tensor) -> Tensor:
             return _masked_mean((image - targets[out]).abs(), _sample_mask(mask, samples, image))
@@ -99,7 +113,19 @@ class MultimodalSynthesisLoss(nn.Module):
         mean = masked_mean_over_inputs(latents, weights)
         c2 = _masked_mean(masked_mean_over_inputs((latents - mean).square(), weights), mask)
         c3 = sum(mae(prediction["outputs"][out], out, has[out]) for out in scored) / len(scored)
-        return {"c1": c1, "c2": c2, "c3": c3}
+        terms = {"c1": c1, "c2": c2, "c3": c3}
+        if "ssim" in self.weights:
+            terms["ssim"] = sum(self._dissimilarity(prediction["outputs"][out], targets[out], self.data_ranges[out],
+                                                    mask, has[out]) for out in scored) / len(scored)
+        return terms
+
+    @staticmethod
+    def _dissimilarity(image: Tensor, target: Tensor, data_range: float, mask: Tensor | None,
+                       samples: Tensor) -> Tensor:
+        ssim_map = ssim_map_2d(image, target, data_range)
+        # the map covers the valid window positions: crop the mask alike
+        valid = None if mask is None else mask[..., 5:-5, 5:-5]
+        return _masked_mean(1.0 - ssim_map, _sample_mask(valid, samples, ssim_map))
 
     def forward(
         self, prediction: MultimodalOutput, targets: Mapping[str, Tensor], mask: Tensor | None = None,
@@ -107,6 +133,16 @@ class MultimodalSynthesisLoss(nn.Module):
     ) -> Tensor:
         return sum(self.weights[name] * value
                    for name, value in self.terms(prediction, targets, mask, available).items())
+
+
+def ssim_map_2d(prediction: Tensor, target: Tensor, data_range: float) -> Tensor:
+    """MONAI's SSIM map (`compute_ssim_and_cs`: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03) of (B, C, H, W)
+    images over the valid window positions, (B, C, H - 10, W - 10)."""
+    if min(target.shape[-2:]) < 11:
+        raise ValueError(f"SSIM uses an 11x11 window: H and W must be >= 11, got {tuple(target.shape[-2:])}")
+    ssim_map, _ = compute_ssim_and_cs(prediction, target, spatial_dims=2, kernel_size=(11, 11),
+                                      kernel_sigma=(1.5, 1.5), data_range=data_range)
+    return ssim_map
 
 
 def _sample_mask(mask: Tensor | None, samples: Tensor, like: Tensor) -> Tensor | None:
@@ -202,14 +238,10 @@ class SynNetJointLoss(nn.Module):
 
     def ssim_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         """1 - SSIM (eq. 2), or its edge-weighted form (eq. 5) when ``weighted_ssim``."""
-        if min(target.shape[-2:]) < 11:
-            raise ValueError(f"SSIM uses an 11x11 window: H and W must be >= 11, got {tuple(target.shape[-2:])}")
         data_range = self.data_range
         if data_range is None:
             data_range = float(target.detach().amax() - target.detach().amin()) or 1.0
-        ssim_map, _ = compute_ssim_and_cs(
-            prediction, target, spatial_dims=2, kernel_size=(11, 11), kernel_sigma=(1.5, 1.5), data_range=data_range
-        )
+        ssim_map = ssim_map_2d(prediction, target, data_range)
         if not self.weighted_ssim:
             return 1.0 - ssim_map.mean()
         # the SSIM map covers the valid window positions: crop the weights alike

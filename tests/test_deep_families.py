@@ -66,7 +66,7 @@ def _settings(**kw):
 
 
 FAMILIES = {
-    "multimodal": {"input_dropout": 0.5, **QUICK},
+    "multimodal": {"input_dropout": 0.5, "ssim_weight": 0.5, **QUICK},
     "synnet": {"features": 8, "crop": 16, **QUICK},  # trained on 16x16 crops, predicts 32x48 slices
     "cae3d": {"features": 8, "step": 8, "tile": 16, "patch_jitter": 2, "bn_momentum": 0.01, "input_noise": 0.05,
               "ssim_weight": 0.5, **QUICK},
@@ -228,7 +228,7 @@ def _without(subject, contrast):
 def test_multimodal_trains_on_incomplete_studies(subjects, small):
     """With incomplete_studies a subject lacking T2 still trains the T1 and FLAIR encoders and decoders, and never
     the T2 ones: trained on that subject alone, T2's encoder and decoder keep their initial weights."""
-    brasyn = {"input_dropout": 0.5, "incomplete_studies": True, **QUICK}
+    brasyn = {"input_dropout": 0.5, "incomplete_studies": True, "ssim_weight": 0.5, **QUICK}
     model = create("multimodal", CONTRASTS, CONTRASTS, **brasyn)
     assert model.training_contrasts(["T1", "T2", "FLAIR", "PD"]) == CONTRASTS
     assert model.training_contrasts(["T1", "FLAIR"]) == ["T1", "FLAIR"]
@@ -343,8 +343,9 @@ def test_hparam_errors():
         create("synnet", ["T1"], ["T2"], loss="l1")
     with pytest.raises(ValueError, match="depth"):
         create("cae3d", ["T1"], ["T2"], depth="wide")
-    with pytest.raises(ValueError, match="ssim_weight"):
-        create("cae3d", ["T1"], ["T2"], ssim_weight=-1)
+    for family in ("cae3d", "multimodal"):
+        with pytest.raises(ValueError, match="ssim_weight"):
+            create(family, ["T1"], ["T2"], ssim_weight=-1)
     with pytest.raises(ValueError, match="both an input and a target"):
         create("synnet", ["T1"], ["T1"])
     with pytest.raises(ValueError, match=r"multimodal: unknown hyperparameter incomplete, no_such \(known: latent"):

@@ -273,12 +273,49 @@ def test_multimodal_loss_hand_computed():
     assert masked["c1"].item() == pytest.approx(1.5)
 
 
+def test_multimodal_ssim_term_scores_the_fused_output_of_the_samples_holding_each_target():
+    torch.manual_seed(0)
+    net = MultimodalSynthesisNet(["T1", "T2"], ["FLAIR", "PD"])
+    out = net(_images(["T1", "T2"], size=16), decode_individual=True)
+    targets = {"FLAIR": torch.rand(2, 1, 16, 16) * 3, "PD": torch.rand(2, 1, 16, 16)}
+    ranges = {"FLAIR": 3.0, "PD": 1.0}
+    plain = MultimodalSynthesisLoss().terms(out, targets)
+    terms = MultimodalSynthesisLoss(ssim_weight=0.5, data_ranges=ranges).terms(out, targets)
+    assert set(terms) == {"c1", "c2", "c3", "ssim"} and set(plain) == {"c1", "c2", "c3"}
+    for name in plain:
+        assert terms[name].item() == pytest.approx(plain[name].item())
+
+    def dissimilarity(target, samples=slice(None)):
+        return SSIMLoss(spatial_dims=2, data_range=ranges[target])(out["outputs"][target][samples],
+                                                                    targets[target][samples]).item()
+
+    assert terms["ssim"].item() == pytest.approx((dissimilarity("FLAIR") + dissimilarity("PD")) / 2, rel=1e-5)
+    weighted = MultimodalSynthesisLoss(ssim_weight=0.5, data_ranges=ranges)(out, targets).item()
+    assert weighted == pytest.approx(sum(plain.values()).item() + 0.5 * terms["ssim"].item(), rel=1e-5)
+    swapped = MultimodalSynthesisLoss(ssim_weight=0.5, data_ranges={"FLAIR": 1.0, "PD": 3.0}).terms(out, targets)
+    assert swapped["ssim"].item() != pytest.approx(terms["ssim"].item(), rel=1e-3)
+    # the second sample lacks PD: PD's term comes from the first sample alone
+    available = {"FLAIR": torch.tensor([True, True]), "PD": torch.tensor([True, False])}
+    partial = MultimodalSynthesisLoss(ssim_weight=0.5, data_ranges=ranges).terms(out, targets, available=available)
+    assert partial["ssim"].item() == pytest.approx((dissimilarity("FLAIR") + dissimilarity("PD", slice(0, 1))) / 2,
+                                                   rel=1e-5)
+
+
 def test_multimodal_loss_errors():
     net = MultimodalSynthesisNet(["T1"], ["FLAIR"])
     with pytest.raises(ValueError, match="decode_individual"):
         MultimodalSynthesisLoss()(net(_images(["T1"]), decode_individual=False), {"FLAIR": torch.rand(2, 1, 8, 8)})
     with pytest.raises(ValueError, match="'T2'"):
         MultimodalSynthesisLoss()(net(_images(["T1"])), {"T2": torch.rand(2, 1, 8, 8)})
+    with pytest.raises(ValueError, match="ssim_weight"):
+        MultimodalSynthesisLoss(ssim_weight=-1.0)
+    with pytest.raises(ValueError, match="data ranges"):
+        MultimodalSynthesisLoss(ssim_weight=1.0, data_ranges={"FLAIR": 0.0})
+    with pytest.raises(ValueError, match="no SSIM data range for target 'FLAIR'"):
+        MultimodalSynthesisLoss(ssim_weight=1.0)(net(_images(["T1"], size=16)), {"FLAIR": torch.rand(2, 1, 16, 16)})
+    with pytest.raises(ValueError, match="11x11"):
+        MultimodalSynthesisLoss(ssim_weight=1.0, data_ranges={"FLAIR": 1.0})(net(_images(["T1"])),
+                                                                            {"FLAIR": torch.rand(2, 1, 8, 8)})
 
 
 # --- SynNet -------------------------------------------------------------------------------------------------------

@@ -37,10 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from ..losses import PatchMSEWithSSIM
-from ..metrics import data_range
 from ..networks.cae3d import LAYOUTS, ConvAutoencoder3D
 from ..preprocessing import PreparedSubject
-from ..training.common import learning_rate, validation_scores
+from ..training.common import learning_rate, typical_data_range, validation_scores
 from ..training.datasets import PatchDataset
 from ..training.engine import (NetworkWeights, amp_mode, lr_schedule_name, resumable_hparams, sampling_name,
                                seed_everything, train_network)
@@ -118,8 +117,7 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
         dataset = PatchDataset(train, self.inputs, self.targets, hp["patch_output"], self.margin, hp["step"],
                                hp["patch_jitter"], hp["input_noise"])
         scale = hp["intensity_scale"]
-        cost = PatchMSEWithSSIM([float(np.median([data_range(s.images[t], s.mask.astype(bool)) for s in train])) / scale
-                                 for t in self.targets], hp["ssim_weight"])
+        cost = PatchMSEWithSSIM([typical_data_range(train, t) / scale for t in self.targets], hp["ssim_weight"])
 
         def loss(net, batch, device):
             x, y = (t.to(device, non_blocking=True) / scale for t in batch)

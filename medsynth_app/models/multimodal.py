@@ -19,6 +19,9 @@ Beyond the paper:
   trains every encoder and decoder on all that was.
 - A decoder head whose ReLU starts inactive on most brain pixels gets its bias raised before training
   (`_activate_output_heads`): otherwise it can fall silent for good.
+- ``ssim_weight`` adds that times 1 - SSIM of the fused prediction to the cost (`MultimodalSynthesisLoss`), each
+  target's data range the median over the training subjects of EVALUATION.md's per-volume range: an MAE optimum is
+  the conditional median, smoother than the target where it holds detail the inputs do not predict.
 - `MultimodalModel.add_output` adds a decoder for a new contrast to a trained model and trains it alone, encoders
   and the other decoders frozen (Sec. VI-E).
 """
@@ -32,7 +35,7 @@ import torch
 from ..losses import MultimodalSynthesisLoss
 from ..networks.multimodal import FUSIONS, MultimodalSynthesisNet
 from ..preprocessing import PreparedSubject
-from ..training.common import learning_rate, unique, validation_scores
+from ..training.common import learning_rate, typical_data_range, unique, validation_scores
 from ..training.datasets import SliceDataset, sampled_planes
 from ..training.engine import (NetworkWeights, amp_mode, lr_schedule_name, resumable_hparams, sampling_name,
                                seed_everything, train_network)
@@ -115,7 +118,7 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
                  c3_weight: float = 1.0, patience: int = 10, min_delta: float = 0.0,
                  max_steps_per_epoch: int | None = None, amp: str = "auto", lr_schedule: str = "constant",
                  sampling: str = "uniform", inference_batch: int = 16, incomplete_studies: bool = False,
-                 validate_every: int = 1):
+                 validate_every: int = 1, ssim_weight: float = 0.0):
         # Inputs and targets may overlap (a BraSyn-style model completes any missing contrast of T1/T1C/T2/FLAIR),
         # so the base class's no-overlap check is not applied.
         if not inputs or not targets:
@@ -124,6 +127,8 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
             raise ValueError(f"multimodal: fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
         if not 0.0 <= float(input_dropout) < 1.0:
             raise ValueError(f"multimodal: input_dropout must be in [0, 1), got {input_dropout}")
+        if float(ssim_weight) < 0:
+            raise ValueError(f"multimodal: ssim_weight must be >= 0, got {ssim_weight}")
         axes = _axes(axes)
         self.inputs, self.targets = list(inputs), list(targets)
         if len(set(self.inputs)) != len(self.inputs) or len(set(self.targets)) != len(self.targets):
@@ -137,7 +142,8 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
                             max_steps_per_epoch=None if max_steps_per_epoch is None else int(max_steps_per_epoch),
                             amp=amp_mode(amp), lr_schedule=lr_schedule_name(lr_schedule),
                             sampling=sampling_name(sampling), inference_batch=int(inference_batch),
-                            incomplete_studies=bool(incomplete_studies), validate_every=int(validate_every))
+                            incomplete_studies=bool(incomplete_studies), validate_every=int(validate_every),
+                            ssim_weight=float(ssim_weight))
         self.device = "auto"  # inference device of a loaded model; a trained one stays where it was trained
         self.net = self._build()
 
@@ -179,10 +185,15 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
         return unique([*self.inputs, *targets]) + (["lesion"] if self.hparams["lesion_channel"] else [])
 
     # -- training -------------------------------------------------------------------------------------------------
-    def _loss(self, targets: Sequence[str], channels: list[str], input_dropout: float):
-        cost = MultimodalSynthesisLoss(self.hparams["c1_weight"], self.hparams["c2_weight"], self.hparams["c3_weight"])
+    def _loss(self, targets: Sequence[str], channels: list[str], input_dropout: float,
+              train: Sequence[PreparedSubject]):
+        hp = self.hparams
+        cost = MultimodalSynthesisLoss(
+            hp["c1_weight"], hp["c2_weight"], hp["c3_weight"], hp["ssim_weight"],
+            {t: typical_data_range(train, t) for t in targets if any(t in s.images for s in train)}
+            if hp["ssim_weight"] > 0 else None)
         where = {name: i for i, name in enumerate(channels)}
-        lesion_channel = self.hparams["lesion_channel"]
+        lesion_channel = hp["lesion_channel"]
 
         def loss(net, batch, device):
             x, available = batch if isinstance(batch, (list, tuple)) else (batch, None)
@@ -224,7 +235,7 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
         shifts = _activate_output_heads(self.net, dataset, self.inputs, targets, hp["lesion_channel"],
                                         settings.seed) if settings.initial_state is None else {}
         summary = train_network(
-            self.net, dataset, self._loss(targets, channels, hp["input_dropout"]), settings,
+            self.net, dataset, self._loss(targets, channels, hp["input_dropout"], train), settings,
             identity={"family": tag, "inputs": list(self.inputs), "targets": list(targets),
                       "hparams": resumable_hparams(hp)},
             lr=lr, optimizer="adam", parameters=parameters,

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..metrics import region_metrics
+from ..metrics import data_range, region_metrics
 from ..preprocessing import PreparedSubject
 
 VALIDATION_METRIC = "psnr"
@@ -29,6 +29,15 @@ def validation_scores(predict: Callable[[PreparedSubject, str], np.ndarray], sub
         raise ValueError("no validation subject holds a target")
     means = {f"val_{k}": float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim", "mae")}
     return {"metric": means[f"val_{VALIDATION_METRIC}"], **means}
+
+
+def typical_data_range(subjects: Sequence[PreparedSubject], target: str) -> float:
+    """The median over the subjects holding ``target`` of EVALUATION.md's data range (brain max - min): the range a
+    training-time SSIM takes, as the metric takes each test volume's own."""
+    ranges = [data_range(s.images[target], s.mask.astype(bool)) for s in subjects if target in s.images]
+    if not ranges:
+        raise ValueError(f"no training subject holds {target}")
+    return float(np.median(ranges))
 
 
 def learning_rate(settings, default: float) -> float:
