@@ -14,7 +14,7 @@ from . import __version__
 from .checkpoint import Checkpoint
 from .imageio import Provenance, read_image
 from .metrics import region_metrics
-from .models import TrainSettings, create, fine_tunes
+from .models import TrainSettings, create, fine_tunes, finishing_hparams
 from .normalization import IntensityNorm
 from .preprocessing import PreparedSubject, prepare, restore
 from .studies import Study
@@ -81,14 +81,16 @@ def _record_run(summary: dict, model, targets: Sequence[str], train_subjects: li
     """Add the validation metrics of every target, the subjects, the seed and the wall time to a fit's summary (with
     the training seconds before a resumption: the time of a whole run, not of its last part)."""
     if val_subjects:
-        summary["validation"] = {
-            target: _mean_rows([score_subject(model.predict(s, target), s, target)
-                                for s in val_subjects if target in s.images])
-            for target in targets
-        }
+        summary["validation"] = _validation_metrics(model, targets, val_subjects)
     summary.update(subjects=[s.id for s in train_subjects], validation_subjects=[s.id for s in val_subjects],
                    skipped=skipped, seed=seed,
                    seconds=round(time.time() - started + seconds_before_resumption(summary), 1))
+
+
+def _validation_metrics(model, targets: Sequence[str], val_subjects: list[PreparedSubject]) -> dict:
+    return {target: _mean_rows([score_subject(model.predict(s, target), s, target)
+                                for s in val_subjects if target in s.images])
+            for target in targets}
 
 
 def seconds_before_resumption(training: dict) -> float:
@@ -156,6 +158,36 @@ def train(
                     for t in targets}
     return Checkpoint.from_model(model, preprocessing={"normalisation": normalisation, "divisor": 16},
                                  target_norms=target_norms, training=summary)
+
+
+def finish(checkpoint: Checkpoint, studies: Sequence[Study], validation: Sequence[Study] = (), *,
+           hparams: Mapping, settings: TrainSettings | None = None) -> Checkpoint:
+    """``checkpoint`` given its family's finishing step (`SynthesisModel.finish`, the last step of its fit) again with
+    the finishing ``hparams``, on the studies it trained on: the checkpoint `train` would have returned with those
+    hyperparameters, without training again. Its training record gains the step's summary, the time it took and
+    the validation metrics after it."""
+    settings = settings or TrainSettings()
+    allowed = finishing_hparams(checkpoint.family)
+    foreign = sorted(set(hparams) - set(allowed))
+    if foreign:
+        raise ValueError(f"{', '.join(foreign)}: not a finishing hyperparameter of {checkpoint.family} (those are: "
+                         f"{', '.join(allowed) or 'none'})")
+    model = create(checkpoint.family, checkpoint.inputs, checkpoint.targets, **{**checkpoint.hparams, **hparams})
+    model.load_state_dict(checkpoint.state)
+    started = time.time()
+    train_subjects, val_subjects, _ = _prepare_split(
+        studies, validation, lambda study: model.training_contrasts(study.contrasts), checkpoint.targets,
+        checkpoint.preprocessing.get("normalisation", "mean"), settings.progress)
+    trained_on = checkpoint.training.get("subjects")
+    if trained_on is not None and sorted(s.id for s in train_subjects) != sorted(trained_on):
+        raise ValueError(f"{checkpoint.family} {checkpoint.task}: finish it on the studies it trained on "
+                         f"({', '.join(sorted(trained_on))})")
+    summary = {**checkpoint.training, **model.finish(train_subjects, val_subjects, settings)}
+    if val_subjects:
+        summary["validation"] = _validation_metrics(model, checkpoint.targets, val_subjects)
+    summary["seconds"] = round(checkpoint.training.get("seconds", 0.0) + time.time() - started, 1)
+    return Checkpoint.from_model(model, preprocessing=checkpoint.preprocessing, target_norms=checkpoint.target_norms,
+                                 training=summary)
 
 
 def _check_fine_tuning(init: Checkpoint, family: str, inputs: Sequence[str], targets: Sequence[str],

@@ -356,3 +356,52 @@ def test_an_entry_with_several_seeds_is_scored_as_the_mean_of_its_members(mni_cr
     assert "fold2-seed1.pt: not replica-x2's training of this fold and seed (seed differ: 0 instead of 1)" in err
     with pytest.raises(ValueError, match="an ensemble needs checkpoints of one family, task"):
         pipeline.evaluate([checkpoints[0], dataclasses.replace(checkpoints[1], inputs=["T1C"])], [study], "T2")
+
+
+def test_an_entry_that_finishes_another_recalibrates_its_checkpoints_without_training_again(mni_crops, tmp_path):
+    """cae3d's finishing step (precise_bn): the finishing entry's fold checkpoint is the base entry's with every weight
+    unchanged and new batch-norm statistics, its record the base's training plus the step; its scores are those of
+    the finished weights."""
+    cae = {"features": 8, "tile": 16, "max_steps_per_epoch": 2, "bn_momentum": 0.01, "input_noise": 0.1}
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"tasks": {"primary": ["T1->T2"]}, "baselines": [], "models": [
+        {"name": "cae", "family": "cae3d", "epochs": 1, "batch_size": 4, "hparams": cae},
+        {"name": "cae-precise-bn", "finishes": "cae", "hparams": {"precise_bn": 2}}]}))
+    folds = tmp_path / "folds.json"
+    folds.write_text(json.dumps({"cohorts": {"MS": ["patient"]},
+                                 "folds": {"1": ["patient07"], "2": ["patient19"], "3": ["patient26"]}}))
+    out = tmp_path / "out"
+    assert main(["benchmark", "--studies", str(mni_crops), "--out", str(out), "--plan", str(plan), "--folds",
+                 str(folds), "--run-folds", "1", "--timing-repeats", "0", "--quiet"]) == 0
+    saved = out / "checkpoints" / "T1_to_T2"
+    base, finished = (load_checkpoint(saved / name / "fold1.pt") for name in ("cae", "cae-precise-bn"))
+    assert finished.hparams == {**base.hparams, "precise_bn": 2}
+    assert finished.training["precise_bn"]["batches"] == 2
+    assert finished.training["history"] == base.training["history"]
+    assert finished.training["seconds"] >= base.training["seconds"]
+    for key, value in base.state.items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(finished.state[key], value) != ("running_" in key), key
+
+    fold = json.loads((out / "runs" / "T1_to_T2" / "cae-precise-bn" / "fold1.json").read_text())
+    assert fold["hparams"]["precise_bn"] == 2 and fold["epochs"] == 1
+    [study] = [s for s in find_studies(mni_crops) if s.id.endswith("patient07")]
+    subject = pipeline.prepare_study(study, ["T1", "T2"], "T2", ["T1", "T2"])
+    for checkpoint, name in ((finished, "cae-precise-bn"), (base, "cae")):
+        expected = pipeline.score_subject(np.clip(checkpoint.build().predict(subject, "T2"), 0, None), subject, "T2")
+        [row] = json.loads((out / "runs" / "T1_to_T2" / name / "fold1.json").read_text())["subjects"]
+        assert row["psnr"] == pytest.approx(expected["psnr"], abs=1e-4)
+
+    with pytest.raises(ValueError, match="ssim_weight: not a finishing hyperparameter of cae3d"):
+        pipeline.finish(base, [study], hparams={"ssim_weight": 0.1})
+    with pytest.raises(ValueError, match="finish it on the studies it trained on"):
+        pipeline.finish(base, [study], hparams={"precise_bn": 2})
+    plan.write_text(json.dumps({"tasks": {"primary": ["T1->T2"]}, "models": [
+        {"name": "cae", "family": "cae3d", "hparams": cae},
+        {"name": "x", "finishes": "cae", "hparams": {"input_noise": 0.0}}]}))
+    with pytest.raises(ValueError, match="x: input_noise not a finishing hyperparameter of cae3d"):
+        Plan.load(plan)
+    plan.write_text(json.dumps({"tasks": {"primary": ["T1->T2"]}, "models": [
+        {"name": "x", "finishes": "cae", "hparams": {"precise_bn": 2}}]}))
+    with pytest.raises(ValueError, match="x: finishes 'cae', which is not an earlier entry"):
+        Plan.load(plan)

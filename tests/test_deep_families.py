@@ -89,6 +89,43 @@ def test_family_trains_one_epoch_and_predicts_a_volume(family, subjects, tmp_pat
     assert (tmp_path / "p.pt").is_file()  # the partial-training file of every epoch
 
 
+def test_cae3d_finish_recomputes_the_batch_norm_statistics_from_clean_patches_alone(subjects):
+    """precise_bn 3: each batch norm's running mean and variance become those of its inputs over 3 batches of
+    noise-free training patches (the same ones for the same seed); no weight moves."""
+    model = create("cae3d", ["T1", "T2"], ["FLAIR"], features=8, tile=16, bn_momentum=0.01, input_noise=0.2, **QUICK)
+    model.fit(subjects[:2], [], _settings())
+    trained = {k: v.clone() for k, v in model.net.state_dict().items()}
+    norms = [m for m in model.net.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    seen = {norm: [] for norm in norms}
+    hooks = [norm.register_forward_hook(lambda module, args, out: seen[module].append(args[0].detach().clone()))
+             for norm in norms]
+    model.hparams["precise_bn"] = 3
+    summary = model.finish(subjects[:2], [], _settings())
+    for hook in hooks:
+        hook.remove()
+    assert summary["precise_bn"]["batches"] == 3 and all(len(inputs) == 3 for inputs in seen.values())
+    for norm, inputs in seen.items():
+        # each batch's mean and (unbiased) variance per channel, averaged over the batches
+        per_channel = [x.transpose(0, 1).flatten(1) for x in inputs]
+        mean = torch.stack([x.mean(dim=1) for x in per_channel]).mean(dim=0)
+        variance = torch.stack([x.var(dim=1) for x in per_channel]).mean(dim=0)
+        # (the CPU kernel's float32 reductions differ from these by up to ~1 % of the smallest channel means)
+        assert torch.allclose(norm.running_mean, mean, rtol=1e-2, atol=1e-3 * float(mean.abs().max()))
+        assert torch.allclose(norm.running_var, variance, rtol=1e-2, atol=1e-3 * float(variance.max()))
+        assert norm.momentum == 0.01  # restored for later training
+    after = model.net.state_dict()
+    for key, value in trained.items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(after[key], value) != ("running_" in key), key
+    first = {k: v.clone() for k, v in after.items()}
+    model.hparams["input_noise"] = 0.0  # the training's input noise plays no part
+    model.finish(subjects[:2], [], _settings())
+    assert all(torch.equal(model.net.state_dict()[k], v) for k, v in first.items())
+    model.finish(subjects[:2], [], _settings(seed=1))
+    mean = next(k for k in first if "running_mean" in k)
+    assert not torch.equal(model.net.state_dict()[mean], first[mean])  # another seed, other patches
+
+
 def test_multimodal_predicts_from_every_subset(small):
     """A model of three inputs predicts from each of their 7 non-empty subsets (weights untrained: shapes only;
     the trained case is the next test)."""

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..contrasts import canonical_contrast
-from ..models import families
-from ..models.base import TrainSettings
+from ..models import TrainSettings, families, finishing_hparams
 
 DEFAULT_PLAN = Path(__file__).resolve().parents[1] / "data" / "benchmark.json"
 
@@ -50,7 +49,9 @@ class Entry:
     of each fold's training subjects for early stopping (EVALUATION.md), for the families that stop early; ``lr``
     overrides the family's paper learning rate (None keeps it); ``batch_size`` is the training batch; ``subsets``
     also tests each fold's model with every proper non-empty subset of the task's inputs (families that accept
-    missing inputs)."""
+    missing inputs). ``finishes``: an earlier entry whose fold checkpoints this one takes and gives the family's
+    finishing step (`SynthesisModel.finish`, the last step of its fit) with its own finishing hyperparameters,
+    instead of training again: what training with those would have given."""
 
     name: str
     family: str
@@ -61,10 +62,29 @@ class Entry:
     lr: float | None = None
     batch_size: int = TrainSettings.batch_size
     seeds: tuple[int, ...] = (TrainSettings.seed,)
+    finishes: Entry | None = None
 
     @property
     def slug(self) -> str:
         return self.name.replace("+", "_").replace("/", "_")
+
+
+def _entry(m: dict, earlier: dict[str, Entry]) -> Entry:
+    if "finishes" in m:
+        base = earlier.get(str(m["finishes"]))
+        if base is None:
+            raise ValueError(f"{m['name']}: finishes {m['finishes']!r}, which is not an earlier entry")
+        own = dict(m.get("hparams", {}))
+        foreign = sorted(set(own) - set(finishing_hparams(base.family)))
+        if foreign:
+            raise ValueError(f"{m['name']}: {', '.join(foreign)} not a finishing hyperparameter of {base.family} "
+                             f"(those are: {', '.join(finishing_hparams(base.family)) or 'none'})")
+        return replace(base, name=str(m["name"]), hparams={**base.hparams, **own}, finishes=base)
+    return Entry(name=str(m["name"]), family=str(m["family"]), epochs=int(m.get("epochs", 10)),
+                 hparams=dict(m.get("hparams", {})), validation=bool(m.get("validation", False)),
+                 subsets=bool(m.get("subsets", False)), lr=float(m["lr"]) if m.get("lr") is not None else None,
+                 batch_size=int(m.get("batch_size", TrainSettings.batch_size)),
+                 seeds=tuple(int(seed) for seed in m.get("seeds", [TrainSettings.seed])))
 
 
 @dataclass(frozen=True)
@@ -90,13 +110,12 @@ class Plan:
         path = Path(path or DEFAULT_PLAN)
         try:
             data = json.loads(path.read_text())
-            entries = tuple(Entry(name=str(m["name"]), family=str(m["family"]), epochs=int(m.get("epochs", 10)),
-                                  hparams=dict(m.get("hparams", {})), validation=bool(m.get("validation", False)),
-                                  subsets=bool(m.get("subsets", False)),
-                                  lr=float(m["lr"]) if m.get("lr") is not None else None,
-                                  batch_size=int(m.get("batch_size", TrainSettings.batch_size)),
-                                  seeds=tuple(int(seed) for seed in m.get("seeds", [TrainSettings.seed])))
-                            for m in data["models"])
+            earlier: dict[str, Entry] = {}
+            for m in data["models"]:
+                earlier.setdefault(str(m["name"]), _entry(m, earlier))
+            entries = tuple(earlier.values())
+            if len(entries) != len(data["models"]):
+                raise ValueError("model names must be unique")
             comparisons = tuple(Comparison(str(c["title"]), tuple(c["metrics"]),
                                            tuple((str(a), str(b)) for a, b in c["pairs"]))
                                 for c in data.get("comparisons", []))
@@ -112,8 +131,6 @@ class Plan:
             if not entry.seeds or len(set(entry.seeds)) != len(entry.seeds):
                 raise ValueError(f"{path}: {entry.name}: seeds must be distinct and at least one")
         names = [e.name for e in entries]
-        if len(set(names)) != len(names):
-            raise ValueError(f"{path}: model names must be unique")
         strangers = sorted({n for c in plan.comparisons for pair in c.pairs for n in pair} - set(names))
         if strangers:
             raise ValueError(f"{path}: comparisons name models the plan does not have: {', '.join(strangers)}")

@@ -27,7 +27,7 @@ from .. import pipeline
 from ..atomic import atomic_write
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..folds import Folds
-from ..models import TrainSettings
+from ..models import TrainSettings, finishing_hparams
 from ..preprocessing import PreparedSubject
 from ..studies import Study
 from .machine import describe_device
@@ -183,6 +183,16 @@ class Benchmark:
         if path.exists():
             checkpoint = load_checkpoint(path)
             _check_member(path, checkpoint, entry, task, seed, train, validation)
+            return checkpoint
+        if entry.finishes is not None:
+            base = self._member(task, entry.finishes, fold, seed, train, validation)
+            self._say(f"{task.name} {entry.name} fold {fold}: finishing {entry.finishes.name}'s checkpoint")
+            checkpoint = pipeline.finish(
+                base, train, validation,
+                hparams={k: v for k, v in entry.hparams.items() if k in finishing_hparams(entry.family)},
+                settings=TrainSettings(batch_size=entry.batch_size, device=self.device, seed=seed,
+                                       progress=self.progress))
+            save_checkpoint(checkpoint, path)
             return checkpoint
         partial = self._path("partial", task, entry, f"{name}.pt")
         partial.parent.mkdir(parents=True, exist_ok=True)

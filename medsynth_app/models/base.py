@@ -36,6 +36,7 @@ class SynthesisModel(abc.ABC):
     family: ClassVar[str]
     description: ClassVar[str]
     fine_tunes: ClassVar[bool] = False  # fit starts from TrainSettings.initial_state when it is given
+    finishing_hparams: ClassVar[tuple[str, ...]] = ()  # the hyperparameters of `finish` alone
 
     def __init__(self, inputs: Sequence[str], targets: Sequence[str], **hparams) -> None:
         if not inputs or not targets:
@@ -75,6 +76,11 @@ class SynthesisModel(abc.ABC):
     def fit(self, train: list[PreparedSubject], validation: list[PreparedSubject], settings: TrainSettings) -> dict:
         """Train on prepared subjects; returns a summary (epochs run, validation metrics...)."""
 
+    def finish(self, train: list[PreparedSubject], validation: list[PreparedSubject], settings: TrainSettings) -> dict:
+        """The last step of `fit`, on trained weights, governed by ``finishing_hparams`` alone: a trained model can be
+        given it again with other values of those (`pipeline.finish`). Returns its summary; none by default."""
+        return {}
+
     @abc.abstractmethod
     def predict(self, subject: PreparedSubject, target: str) -> np.ndarray:
         """The normalised target on the subject's prepared grid (same shape as ``subject.mask``)."""
@@ -106,6 +112,11 @@ def _family(family: str) -> type[SynthesisModel]:
 def fine_tunes(family: str) -> bool:
     """Whether ``family`` can be trained on from a checkpoint's weights (fine-tuning) rather than only from scratch."""
     return _family(family).fine_tunes
+
+
+def finishing_hparams(family: str) -> tuple[str, ...]:
+    """The hyperparameters of ``family``'s finishing step (`SynthesisModel.finish`)."""
+    return _family(family).finishing_hparams
 
 
 def create(family: str, inputs: Sequence[str], targets: Sequence[str], **hparams) -> SynthesisModel:

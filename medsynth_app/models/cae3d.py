@@ -22,6 +22,9 @@ upsampling make the output depend on where the pooling grid falls (a 2-voxel pat
 dependence out (8 times the inference time). ``bn_momentum`` 0.01 is the paper's library's (Keras) moving average.
 ``input_noise`` adds Gaussian noise of a random level up to that (brain mean 1) to the training input patches (targets
 clean): the network otherwise reads the noisier T1 of a study unlike its training ones as anatomy (docs/deep_models.md).
+``precise_bn`` > 0 ends the training by recomputing the batch norms' running statistics over that many batches of
+clean training patches (`finish`): with ``bn_momentum`` 0.01 they average the last few hundred steps, which trail an
+epoch kept before the learning rate has decayed, and the inputs of ``input_noise`` (docs/deep_models.md).
 ``ssim_weight`` adds that times (1 - 3-D SSIM) of each output patch to the MSE (`PatchMSEWithSSIM`), with the
 target's data range taken as the median over the training subjects of EVALUATION.md's per-volume range: an MSE
 optimum is the conditional mean, whose local contrast SSIM finds too low where the target holds detail the
@@ -30,16 +33,19 @@ inputs do not predict.
 from __future__ import annotations
 
 import itertools
+import math
+import time
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from ..losses import PatchMSEWithSSIM
 from ..networks.cae3d import LAYOUTS, ConvAutoencoder3D
 from ..preprocessing import PreparedSubject
-from ..training.common import learning_rate, typical_data_range, validation_scores
+from ..training.common import learning_rate, recalibrate_batch_norm, typical_data_range, validation_scores
 from ..training.datasets import PatchDataset
 from ..training.engine import (NetworkWeights, amp_mode, lr_schedule_name, resumable_hparams, sampling_name,
                                seed_everything, train_network)
@@ -70,6 +76,7 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
     """3-D valid-convolution autoencoder (module docstring)."""
 
     family = "cae3d"
+    finishing_hparams = ("precise_bn",)
     description = "3-D convolutional autoencoder on 38^3 patches, seamless tiled inference (Klingelhoefer & Rousseau)"
 
     def __init__(self, inputs: Sequence[str], targets: Sequence[str], depth: str = "base", features: int = 32,
@@ -78,16 +85,16 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
                  amp: str = "auto", lr_schedule: str = "constant", sampling: str = "uniform",
                  inference_batch: int = 2, validate_every: int = 1, patch_jitter: int = 0,
                  parity_average: bool = False, bn_momentum: float = 0.1, input_noise: float = 0.0,
-                 ssim_weight: float = 0.0):
+                 ssim_weight: float = 0.0, precise_bn: int = 0):
         if depth not in LAYOUTS:
             raise ValueError(f"cae3d: depth must be one of {', '.join(LAYOUTS)}, not {depth!r}")
         for name, value in (("patch_output", patch_output), ("tile", tile)):
             if int(value) < 2 or int(value) % 2:
                 raise ValueError(f"cae3d: {name} must be even and >= 2, got {value}")
         if (float(intensity_scale) <= 0 or int(step) < 1 or int(patch_jitter) < 0 or float(input_noise) < 0
-                or float(ssim_weight) < 0 or not 0 < float(bn_momentum) <= 1):
-            raise ValueError("cae3d: intensity_scale must be > 0, step >= 1, patch_jitter, input_noise and ssim_weight "
-                             ">= 0 and bn_momentum in (0, 1]")
+                or float(ssim_weight) < 0 or int(precise_bn) < 0 or not 0 < float(bn_momentum) <= 1):
+            raise ValueError("cae3d: intensity_scale must be > 0, step >= 1, patch_jitter, input_noise, ssim_weight "
+                             "and precise_bn >= 0 and bn_momentum in (0, 1]")
         super().__init__(inputs, targets, depth=depth, features=int(features), intensity_scale=float(intensity_scale),
                          patch_output=int(patch_output), step=int(step), tile=int(tile), patience=int(patience),
                          min_delta=float(min_delta),
@@ -96,7 +103,7 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
                          sampling=sampling_name(sampling), inference_batch=int(inference_batch),
                          validate_every=int(validate_every), patch_jitter=int(patch_jitter),
                          parity_average=bool(parity_average), bn_momentum=float(bn_momentum),
-                         input_noise=float(input_noise), ssim_weight=float(ssim_weight))
+                         input_noise=float(input_noise), ssim_weight=float(ssim_weight), precise_bn=int(precise_bn))
         self.device = "auto"
         self.net = self._build()
 
@@ -132,7 +139,29 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
             hparams=hp)
         summary.update(patch_input=dataset.input_size, patch_output=dataset.output_size,
                        validation_metric="mean PSNR" if validation else "training loss (no validation subject)")
+        summary.update(self.finish(train, validation, settings))
         return summary
+
+    def finish(self, train: list[PreparedSubject], validation: list[PreparedSubject], settings: TrainSettings) -> dict:
+        """``precise_bn`` > 0: the batch norms' statistics recomputed over that many batches of clean training
+        patches (jittered as in training, no input noise; drawn with the run's seed)."""
+        hp = self.hparams
+        if not hp["precise_bn"]:
+            return {}
+        started = time.time()
+        dataset = PatchDataset(train, self.inputs, self.targets, hp["patch_output"], self.margin, hp["step"],
+                               hp["patch_jitter"])
+
+        def clean_inputs():
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(settings.seed)
+                loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True)
+                for x, _ in itertools.islice(loader, hp["precise_bn"]):
+                    yield x / hp["intensity_scale"]
+
+        recalibrate_batch_norm(self.net, clean_inputs())
+        return {"precise_bn": {"batches": min(hp["precise_bn"], math.ceil(len(dataset) / settings.batch_size)),
+                               "seconds": round(time.time() - started, 1)}}
 
     def predict_volume(self, volume: np.ndarray, mask: np.ndarray | None = None, tile: int | None = None) -> np.ndarray:
         """(C_in, I, J, K) normalised inputs -> (n_targets, I, J, K), tiled (no masking applied)."""

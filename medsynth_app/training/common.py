@@ -1,11 +1,12 @@
 """Pieces the deep families share: validation scores, settings resolution, weight (de)serialisation."""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.optim.swa_utils import update_bn
 
 from ..metrics import data_range, region_metrics
 from ..preprocessing import PreparedSubject
@@ -38,6 +39,14 @@ def typical_data_range(subjects: Sequence[PreparedSubject], target: str) -> floa
     if not ranges:
         raise ValueError(f"no training subject holds {target}")
     return float(np.median(ranges))
+
+
+def recalibrate_batch_norm(net: nn.Module, batches: Iterable[Tensor]) -> None:
+    """Every batch norm's running statistics recomputed as the plain average over ``batches`` of network inputs
+    (`torch.optim.swa_utils.update_bn`, without gradients), the weights untouched: the exponential averages kept
+    in training trail weights that were still moving, and saw the training's augmented inputs."""
+    with torch.no_grad():
+        update_bn(batches, net, module_device(net))
 
 
 def learning_rate(settings, default: float) -> float:
