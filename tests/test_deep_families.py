@@ -126,6 +126,19 @@ def test_cae3d_finish_recomputes_the_batch_norm_statistics_from_clean_patches_al
     assert not torch.equal(model.net.state_dict()[mean], first[mean])  # another seed, other patches
 
 
+def test_cae3d_resumes_a_run_begun_with_another_finishing_step(subjects, tmp_path):
+    """precise_bn acts after the training: a partial file written without it resumes into a run with it."""
+    cae = {"features": 8, "tile": 16, "bn_momentum": 0.01, **QUICK}
+    partial = str(tmp_path / "p.pt")
+    create("cae3d", ["T1", "T2"], ["FLAIR"], **cae).fit(subjects[:2], [], _settings(extra={"partial_path": partial}))
+    model = create("cae3d", ["T1", "T2"], ["FLAIR"], precise_bn=2, **cae)
+    summary = model.fit(subjects[:2], [], _settings(epochs=2, resume_from=partial, extra={"partial_path": partial}))
+    assert summary["resumed_from_epoch"] == 1 and summary["precise_bn"]["batches"] == 2
+    with pytest.raises(ValueError, match="input_noise"):  # a training hyperparameter still must match
+        create("cae3d", ["T1", "T2"], ["FLAIR"], input_noise=0.1, **cae).fit(
+            subjects[:2], [], _settings(epochs=3, resume_from=partial))
+
+
 def test_multimodal_predicts_from_every_subset(small):
     """A model of three inputs predicts from each of their 7 non-empty subsets (weights untrained: shapes only;
     the trained case is the next test)."""
