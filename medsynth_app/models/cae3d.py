@@ -132,9 +132,8 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
 
         summary = train_network(
             self.net, dataset, loss, settings,
-            # the finishing step comes after the training, so a run resumes whatever it will be finished with
             identity={"family": self.family, "inputs": list(self.inputs), "targets": list(self.targets),
-                      "hparams": resumable_hparams({k: v for k, v in hp.items() if k not in self.finishing_hparams})},
+                      "hparams": resumable_hparams(hp, self.finishing_hparams)},
             lr=learning_rate(settings, 1e-3), optimizer="adam",  # Keras' Adam defaults (the paper's library)
             validate=(lambda: validation_scores(self.predict, validation, self.targets)) if validation else None,
             hparams=hp)

@@ -185,8 +185,7 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
         return unique([*self.inputs, *targets]) + (["lesion"] if self.hparams["lesion_channel"] else [])
 
     # -- training -------------------------------------------------------------------------------------------------
-    def _loss(self, targets: Sequence[str], channels: list[str], input_dropout: float,
-              train: Sequence[PreparedSubject]):
+    def _loss(self, targets: Sequence[str], channels: list[str], train: Sequence[PreparedSubject]):
         hp = self.hparams
         cost = MultimodalSynthesisLoss(
             hp["c1_weight"], hp["c2_weight"], hp["c3_weight"], hp["ssim_weight"],
@@ -201,7 +200,7 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
             if available is None:
                 available = torch.ones(x.shape[0], len(channels), dtype=torch.bool)
             held = available[:, [where[name] for name in self.inputs]]
-            present = held & _kept_inputs(len(self.inputs), input_dropout)
+            present = held & _kept_inputs(len(self.inputs), hp["input_dropout"])
             # A sample left without input by the dropout keeps one of its own, drawn at random.
             empty = ~present.any(dim=1)
             if empty.any():
@@ -235,9 +234,9 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
         shifts = _activate_output_heads(self.net, dataset, self.inputs, targets, hp["lesion_channel"],
                                         settings.seed) if settings.initial_state is None else {}
         summary = train_network(
-            self.net, dataset, self._loss(targets, channels, hp["input_dropout"], train), settings,
+            self.net, dataset, self._loss(targets, channels, train), settings,
             identity={"family": tag, "inputs": list(self.inputs), "targets": list(targets),
-                      "hparams": resumable_hparams(hp)},
+                      "hparams": resumable_hparams(hp, self.finishing_hparams)},
             lr=lr, optimizer="adam", parameters=parameters,
             validate=(lambda: validation_scores(self.predict, validation, targets)) if validation else None,
             find_unused_parameters=hp["input_dropout"] > 0 or hp["incomplete_studies"] or tag != "multimodal",

@@ -83,7 +83,7 @@ class SynNetModel(NetworkWeights, SynthesisModel):
         summary = train_network(
             self.net, dataset, loss, settings,
             identity={"family": self.family, "inputs": list(self.inputs), "targets": list(self.targets),
-                      "hparams": resumable_hparams(hp)},
+                      "hparams": resumable_hparams(hp, self.finishing_hparams)},
             lr=learning_rate(settings, OPTIMIZERS[hp["optimizer"]]), optimizer=hp["optimizer"],
             optimizer_options=options,
             validate=(lambda: validation_scores(self.predict, validation, self.targets)) if validation else None,

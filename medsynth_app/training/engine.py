@@ -49,7 +49,7 @@ import random
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -199,9 +199,10 @@ def channels_last_format(network: nn.Module) -> torch.memory_format:
             else torch.preserve_format)
 
 
-def resumable_hparams(hparams: dict) -> dict:
-    """The hyperparameters a resumed run must share with the interrupted one (SCHEDULE_HPARAMS left out)."""
-    return {k: v for k, v in hparams.items() if k not in SCHEDULE_HPARAMS}
+def resumable_hparams(hparams: dict, finishing: Sequence[str] = ()) -> dict:
+    """The hyperparameters a resumed run must share with the interrupted one: SCHEDULE_HPARAMS and the model's
+    ``finishing`` ones (`SynthesisModel.finishing_hparams`, which act after the training) left out."""
+    return {k: v for k, v in hparams.items() if k not in SCHEDULE_HPARAMS and k not in finishing}
 
 
 def _setting(settings: TrainSettings, hparams: dict, key: str, default):
