@@ -1,4 +1,4 @@
-"""The ``medsynth`` command line: studies, train, add-output, synthesize, evaluate, models, benchmark, demo-data, demo."""
+"""The ``medsynth`` command line: studies, train, add-output, finish, synthesize, evaluate, models, benchmark, demo-data, demo."""
 from __future__ import annotations
 
 import argparse
@@ -128,6 +128,29 @@ def cmd_add_output(args) -> int:
     checkpoint = pipeline.add_output(base, target, train, validation, settings=_train_settings(args),
                                      hparams=dict(args.hparam))
     return _save_trained(args, checkpoint)
+
+
+def cmd_finish(args) -> int:
+    base = load_checkpoint(args.weights)
+    record = base.training
+    if "subjects" not in record:
+        raise ValueError(f"{args.weights}: its training record lists no studies to finish it on")
+    studies = {s.id: s for s in find_studies(args.studies)}
+    wanted = [*record["subjects"], *record.get("validation_subjects", [])]
+    missing = [i for i in wanted if i not in studies]
+    if missing:
+        raise ValueError(f"{args.weights} trained on studies not under {args.studies}: {', '.join(missing)}")
+    print(f"finishing {args.weights} ({base.family} {base.task}) on its {len(record['subjects'])} training studies",
+          file=sys.stderr)
+    checkpoint = pipeline.finish(base, [studies[i] for i in record["subjects"]],
+                                 [studies[i] for i in record.get("validation_subjects", [])],
+                                 hparams=dict(args.hparam), settings=TrainSettings(
+                                     batch_size=args.batch_size or record.get("batch_size", 16), device=args.device,
+                                     seed=record.get("seed", 0) if args.seed is None else args.seed,
+                                     progress=not args.quiet))
+    path = save_checkpoint(checkpoint, args.out)
+    print(json.dumps({"checkpoint": str(path), **checkpoint.training}, indent=2, default=str))
+    return 0
 
 
 def _checkpoint_for(args, inputs, target):
@@ -322,6 +345,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help="the new output contrast")
     schedule_options(p)
     p.set_defaults(func=cmd_add_output)
+
+    p = sub.add_parser("finish", help="run a trained checkpoint's finishing step again with other finishing "
+                                      "hyperparameters (e.g. cae3d precise_bn), on the studies it trained on")
+    p.add_argument("--weights", required=True, help="the trained checkpoint")
+    p.add_argument("--studies", required=True, help="folder holding the studies it trained on")
+    p.add_argument("--batch-size", type=int, help="batch size of the step (default: the training's)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, help="seed of the step's sampling (default: the training's)")
+    p.add_argument("--out", required=True, help="the finished checkpoint (may be --weights: replaced atomically)")
+    training_options(p)
+    p.set_defaults(func=cmd_finish)
 
     p = sub.add_parser("synthesize", help="synthesise a contrast from input images")
     src = p.add_mutually_exclusive_group(required=True)

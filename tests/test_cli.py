@@ -271,3 +271,38 @@ def test_init_fine_tunes_from_a_checkpoints_weights_and_refuses_what_does_not_fi
         last = capsys.readouterr().err.strip().splitlines()[-1]
         assert last.startswith("medsynth: error: ") and message in last, last
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_finish_recomputes_a_cae3d_checkpoints_batch_norm_statistics_on_its_training_studies(mni_crops, tmp_path,
+                                                                                               capsys):
+    import shutil
+
+    import torch
+
+    from medsynth_app.checkpoint import load_checkpoint
+
+    trained = tmp_path / "cae3d.pt"
+    assert main(["train", "--model", "cae3d", "--inputs", "T1", "--target", "T2", "--studies", str(mni_crops),
+                 "--val-studies", "patient26", "--quiet", "--epochs", "1", "--batch-size", "4", "--hparam",
+                 "features=8", "--hparam", "tile=16", "--hparam", "max_steps_per_epoch=2", "--out", str(trained)]) == 0
+    before = trained.read_bytes()
+    finished = tmp_path / "finished.pt"
+    finish = ["finish", "--weights", str(trained), "--studies", str(mni_crops), "--quiet"]
+    assert main([*finish, "--hparam", "precise_bn=2", "--out", str(finished)]) == 0
+    assert trained.read_bytes() == before  # the trained checkpoint stays as it was
+    base, result = load_checkpoint(trained), load_checkpoint(finished)
+    assert result.training["precise_bn"]["batches"] == 2 and result.hparams["precise_bn"] == 2
+    assert result.training["subjects"] == base.training["subjects"] == ["patient07", "patient19"]
+    assert set(result.training["validation"]) == {"T2"}
+    for key, value in base.state.items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(result.state[key], value) != ("running_" in key), key
+    capsys.readouterr()
+    assert main([*finish, "--hparam", "input_noise=0.1", "--out", str(finished)]) == 2
+    assert "input_noise: not a finishing hyperparameter of cae3d (those are: precise_bn)" in capsys.readouterr().err
+    partial = tmp_path / "partial"
+    shutil.copytree(mni_crops, partial)
+    shutil.rmtree(partial / "patient19")
+    assert main(["finish", "--weights", str(trained), "--studies", str(partial), "--hparam", "precise_bn=2",
+                 "--out", str(finished)]) == 2
+    assert f"{trained} trained on studies not under {partial}: patient19" in capsys.readouterr().err
