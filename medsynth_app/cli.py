@@ -1,4 +1,5 @@
-"""The ``medsynth`` command line: studies, train, add-output, finish, synthesize, evaluate, models, benchmark, demo-data, demo."""
+"""The ``medsynth`` command line: studies, train, add-output, finish, synthesize, evaluate, models, benchmark,
+demo-data, demo."""
 from __future__ import annotations
 
 import argparse
@@ -307,10 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--hparam", action="append", type=_hparam, default=[], metavar="KEY=VALUE",
                        help="family hyperparameter (JSON value), repeatable")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    def folds_option(p):
         p.add_argument("--folds", help="folds file (default: the EVALUATION.md folds)")
 
     def schedule_options(p):
         p.add_argument("--studies", required=True)
+        folds_option(p)
         group = p.add_mutually_exclusive_group()
         group.add_argument("--fold", help="train on the other folds of this test fold")
         group.add_argument("--all-folds", action="store_true", help="train on every subject listed in the folds")
@@ -382,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", help="evaluate on this fold's test subjects")
     p.add_argument("--cv", action="store_true", help="train --model on two folds, test on the third, for each fold")
     p.add_argument("--json", help="write per-subject and summary metrics here")
+    folds_option(p)
     training_options(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -403,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secondary", action="store_true", help="also the secondary tasks of the plan")
     p.add_argument("--models", help="comma list of the plan's model names (default: all)")
     p.add_argument("--plan", help="benchmark plan JSON (default: medsynth_app/data/benchmark.json)")
-    p.add_argument("--folds", help="folds file (default: the EVALUATION.md folds)")
+    folds_option(p)
     p.add_argument("--run-folds", help="comma list of the folds to train and score in this process (default: all), "
                    "e.g. to share the folds among machines writing to one results folder")
     p.add_argument("--device", default="auto")
