@@ -1,13 +1,18 @@
 """The Slicer extension's logic outside Slicer: MedSynthLib's pure rules, and the MRML-level workflow with PyPI's
-slicer-core (vtkMRMLScene, vtkMRMLScalarVolumeNode, vtkMRMLVolumeArchetypeStorageNode) against a real server and in
-local mode, on real crops of ../shared/data."""
+slicer-core (vtkMRMLScene, vtkMRMLScalarVolumeNode, vtkMRMLSubjectHierarchyNode, vtkMRMLVolumeArchetypeStorageNode)
+against a real server and in local mode (a separate process), on real crops of ../shared/data. The Widget is driven
+with real Qt in tests/test_slicer_gui.py."""
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +22,9 @@ from server_fixture import SLICER_MODULE_DIR, import_medsynth_lib, running_serve
 
 import_medsynth_lib()
 from MedSynthLib.client import MedSynthClient  # noqa: E402
-from MedSynthLib.logic import (ATTR_INPUTS, ATTR_MODEL, ATTR_SERVER, ATTR_SYNTHETIC, ATTR_TIME,  # noqa: E402
-                               BackgroundTask, VolumeInfo, choose_inputs, describe_training, model_choices, prefill,
+from MedSynthLib.logic import (ATTR_INPUTS, ATTR_MIXED_STUDIES, ATTR_MODEL, ATTR_OUTPUT,  # noqa: E402
+                               ATTR_SERVER, ATTR_SYNTHETIC, ATTR_TIME, BackgroundTask, Origin, StudyMismatch,
+                               VolumeInfo, check_one_study, choose_inputs, describe_training, model_choices, prefill,
                                result_node_name, window_level)
 
 LINEAR = model_choices({"linear": {
@@ -52,8 +58,45 @@ def test_prefill_uses_the_library_name_rules_and_skips_synthetic_volumes():
     assert prefill(volumes + [VolumeInfo("n9", "T1_repeat")])["T1"] == "n9"  # the latest of two
 
 
+def test_prefill_stays_within_one_study_and_mixed_studies_are_refused():
+    a, b = Origin("DICOM PAT-A", "DICOM 1.2.1", "A", "1.2.1"), Origin("DICOM PAT-B", "DICOM 1.2.2", "B", "1.2.2")
+    volumes = [VolumeInfo("a1", "T1", origin=a), VolumeInfo("a2", "T2", origin=a), VolumeInfo("b1", "T1", origin=b),
+               VolumeInfo("b3", "FLAIR", origin=b)]
+    assert prefill(volumes, within=a) == {"T1": "a1", "T2": "a2"}  # never B's FLAIR
+    assert prefill(volumes) == {"T1": "b1", "FLAIR": "b3"}  # nothing picked: the latest volume's study
+    assert check_one_study({"T1": a, "T2": a}) == {"T1": a, "T2": a}
+    with pytest.raises(StudyMismatch, match=r"T1: patient A, study 1.2.1; T2: patient B, study 1.2.2"):
+        check_one_study({"T1": a, "T2": b})
+    with pytest.raises(StudyMismatch):  # a volume of unknown study beside one of a known study
+        check_one_study({"T1": a, "T2": Origin()})
+    assert check_one_study({"T1": Origin(), "T2": Origin()})  # nothing known of either
+
+
+def test_model_summary_shows_validation_and_training_data():
+    model = model_choices({"m": {"type": "synthesis", "targets": ["FLAIR"], "checkpoints": {"FLAIR": [{
+        "checkpoint": "m.pt", "inputs": ["T1", "T2"], "validation": {"psnr": 21.0291, "ssim": 0.6401, "mae": 0.1},
+        "validation_subjects": ["x/s01", "y/p26"], "training_subjects": 30,
+        "training_datasets": ["hinet_brats2018_slices"]}]}}})["m"]
+    assert model.summary().splitlines()[1] == ("T1+T2 -> FLAIR: validation PSNR 21.03 dB, SSIM 0.640 (2 subjects); "
+                                               "trained on 30 subjects (hinet_brats2018_slices)")
+
+
+def test_local_mode_installs_only_what_is_missing_and_follows_setup_py():
+    from MedSynthLib.local import LOCAL_REQUIREMENTS, install_plan
+
+    assert install_plan(["numpy", "SimpleITK", "scipy", "pydicom"], ["numpy>=2", "SimpleITK>=2.3", "monai==1.6.1",
+                                                                      "scikit_image>=0.22"]) == ["monai==1.6.1",
+                                                                                                 "scikit_image>=0.22"]
+    setup_py = (SLICER_MODULE_DIR.parents[1] / "setup.py").read_text()
+    for requirement in LOCAL_REQUIREMENTS:  # the same pins as the library's own requirements
+        assert f'"{requirement}"' in setup_py, requirement
+    assert not {"torch", "monailabel", "pydicom"} & {r.split("=")[0].split(">")[0] for r in LOCAL_REQUIREMENTS}
+
+
 def test_result_name_window_level_and_training_text():
-    assert result_node_name("FLAIR", "linear") == "FLAIR (synthetic, linear)"
+    when = time.mktime((2026, 12, 8, 14, 3, 27, 0, 0, -1))
+    assert result_node_name("FLAIR", "synnet", when) == "FLAIR (synthetic, synnet, 14:03:27)"
+    assert result_node_name("FLAIR", "synnet", when, "uncertainty") == "FLAIR uncertainty (synthetic, synnet, 14:03:27)"
     values = np.zeros((10, 10, 10), np.float32)
     values[2:8, 2:8, 2:8] = np.linspace(100, 200, 216).reshape(6, 6, 6)
     window, level = window_level(values)  # zeros outside the brain do not pull the window down
@@ -82,36 +125,39 @@ def test_background_task_delivers_progress_and_outcome_in_the_polling_thread():
     assert isinstance(errors[0], ZeroDivisionError)
 
 
-def test_contrast_rules_load_from_the_source_tree_without_medsynth_app(tmp_path):
-    # Slicer's Python without medsynth_app: MedSynthLib.names loads medsynth_app/contrasts.py by path.
-    code = ("import sys; import MedSynthLib.names as n; "
-            "print(n.contrasts.ORIGIN); print(n.parse_name('sub01_t1ce.nii.gz')); "
-            "print('medsynth_app' in sys.modules)")
+def test_the_extension_folder_is_self_contained(tmp_path):
+    """Copied anywhere, as an additional module path, with no medsynth_app reachable: MedSynthLib imports, with
+    contrast rules equal to the library's (tests/test_slicer_ui.py keeps the copy byte-equal)."""
+    copy = tmp_path / "MedSynth"
+    shutil.copytree(SLICER_MODULE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import sys; import MedSynthLib.names as n, MedSynthLib.workflow, MedSynthLib.study; "
+            "print(n.parse_name('sub01_t1ce.nii.gz')); print('medsynth_app' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PYTHONPATH"] = str(SLICER_MODULE_DIR)
+    env["PYTHONPATH"] = f"{copy}{os.pathsep}{Path(__import__('requests').__file__).parents[1]}"
     # -S: no site-packages, so an installed medsynth_app (editable install) stays out of reach, as in Slicer.
-    out = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         check=True).stdout.splitlines()
-    assert out[0].startswith("source tree:") and out[0].endswith("medsynth_app/contrasts.py")
-    assert out[1] == "ParsedName(prefix='sub01', contrast='T1C')"
-    assert out[2] == "False"
+    out = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["ParsedName(prefix='sub01', contrast='T1C')", "False"]
 
 
 def test_lib_imports_neither_slicer_nor_qt():
     for path in (SLICER_MODULE_DIR / "MedSynthLib").glob("*.py"):
         for line in path.read_text().splitlines():
             stripped = line.strip()
-            if path.name == "mrml_io.py" and stripped == "import slicer  # noqa: WPS433 - lazily: this package must import without Slicer":
+            if stripped == "import slicer  # noqa: WPS433 - lazily: this package must import without Slicer":
                 continue
             assert not stripped.startswith(("import slicer", "from slicer", "import qt", "from qt", "import ctk",
                                             "from PySide", "from PyQt")), f"{path.name}: {line}"
 
 
 # ---- MRML with slicer-core ---------------------------------------------------------------------------------------
-slicer = pytest.importorskip("slicer")
-if not hasattr(slicer, "vtkMRMLScalarVolumeNode"):
-    pytest.skip("slicer-core MRML classes are not installed", allow_module_level=True)
-from MedSynthLib import mrml_io  # noqa: E402
+try:
+    import slicer  # noqa: E402
+    slicer.vtkMRMLScalarVolumeNode  # noqa: B018 - slicer-core's MRML classes, not another package named slicer
+except (ImportError, AttributeError) as err:  # a missing test dependency fails, it does not skip
+    raise ImportError(f"these tests need PyPI's slicer-core (pip install slicer-core): {err}") from None
+from MedSynthLib import hierarchy, mrml_io  # noqa: E402
+from MedSynthLib.study import upload_plan  # noqa: E402
 from MedSynthLib.workflow import SynthesisWorkflow  # noqa: E402
 
 
@@ -142,8 +188,20 @@ def _fingerprint(node):
             json.dumps(mrml_io.attributes(node), sort_keys=True), storage.GetFileName() if storage else None)
 
 
+def _in_study(scene, patient_id, study_uid, nodes):
+    """A patient and study item with DICOM identifiers holding ``nodes``, as Slicer's DICOM import makes them."""
+    shn = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    patient = shn.CreateSubjectItem(shn.GetSceneItemID(), f"Patient {patient_id}")
+    shn.SetItemUID(patient, "DICOM", patient_id)
+    study = shn.CreateStudyItem(patient, f"MR brain {study_uid}")
+    shn.SetItemUID(study, "DICOM", study_uid)
+    for node in nodes:
+        shn.SetItemParent(hierarchy.item_of(node), study)
+    return study
+
+
 def _check_result(result, nodes, model, server_text):
-    assert result.GetName() == result_node_name("FLAIR", model) == f"FLAIR (synthetic, {model})"
+    assert re.fullmatch(rf"FLAIR \(synthetic, {model}, \d\d:\d\d:\d\d(, \d+)?\)", result.GetName()), result.GetName()
     attributes = mrml_io.attributes(result)
     assert attributes[ATTR_SYNTHETIC] == "true" and attributes[ATTR_MODEL] == model
     assert json.loads(attributes[ATTR_INPUTS]) == {"T1": "sub01_T1", "T2": "sub01_T2"}
@@ -165,20 +223,22 @@ def _check_result(result, nodes, model, server_text):
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
 def test_workflow_against_the_server_makes_a_new_synthetic_node(server, crops, tmp_path):
     scene, nodes = _scene_with_inputs(crops)
+    study = _in_study(scene, "PAT-07", "1.2.826.7", nodes.values())
     before = {c: _fingerprint(n) for c, n in nodes.items()}
     client = MedSynthClient(server)
     model = model_choices(client.synthesis_models())["linear"]
     workflow = SynthesisWorkflow(scene, client, temp_root=str(tmp_path))
     progress = []
     result = workflow.synthesize({"T1": nodes["T1"], "T2": nodes["T2"], "FLAIR": None}, model, "FLAIR",
-                                 report=lambda f, m: progress.append(f))
+                                 report=lambda f, m: progress.append(m.split()[0]))
     _check_result(result, nodes, "linear", client.address)
     assert json.loads(result.GetAttribute("MedSynth.Inputs")) == {"T1": "sub01_T1", "T2": "sub01_T2"}
     assert result.GetAttribute("MedSynth.Checkpoint") == "linear_T1+T2_to_FLAIR.pt"
     assert {c: _fingerprint(n) for c, n in nodes.items()} == before  # inputs untouched
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 4
     assert list(tmp_path.iterdir()) == []  # temporary files removed
-    assert progress == sorted(progress)
+    assert mrml_io.attributes(result)[ATTR_OUTPUT] == "image"
+    assert progress == ["writing", "writing", "uploading", "synthesising", "FLAIR"], progress
 
     # The asynchronous path the Widget uses: prepare now, request in a thread, finish in the polling thread.
     done, errors = [], []
@@ -186,8 +246,11 @@ def test_workflow_against_the_server_makes_a_new_synthetic_node(server, crops, t
                           on_done=done.append, on_error=lambda e, t: errors.append(t))
     assert task.wait(120) and not errors, errors
     _check_result(done[0], nodes, "linear", client.address)
-    assert done[0].GetID() != result.GetID()
+    assert done[0].GetID() != result.GetID() and done[0].GetName() != result.GetName()  # unique names
     assert list(tmp_path.iterdir()) == []
+    for node in (result, done[0]):  # in the inputs' study, where the clinician looks
+        assert hierarchy.study_item(node) == study
+        assert ATTR_MIXED_STUDIES not in mrml_io.attributes(node)
 
     # A synthetic node is never offered as an input again.
     infos = [VolumeInfo(n.GetID(), n.GetName(), mrml_io.attributes(n).get(ATTR_SYNTHETIC) == "true")
@@ -216,16 +279,120 @@ def test_workflow_errors_and_cancel_leave_no_node_and_no_file(server, crops, tmp
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
 def test_local_mode_without_a_server(crops, tmp_path):
-    pytest.importorskip("medsynth_app.pipeline")
-    from MedSynthLib.local import local_available, local_models
+    """Local mode lists and synthesises in a separate process (this interpreter stands in for PythonSlicer)."""
+    from MedSynthLib.local import local_models_process
 
-    assert local_available()
-    model = model_choices(local_models())["linear"]
+    model = model_choices(local_models_process())["linear"]
     scene, nodes = _scene_with_inputs(crops)
     result = SynthesisWorkflow(scene, None, temp_root=str(tmp_path)).synthesize(
         {"T1": nodes["T1"], "T2": nodes["T2"]}, model, "FLAIR")
     _check_result(result, nodes, "linear", "local")
     assert list(tmp_path.iterdir()) == []
+
+
+def _runner_processes(marker):
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(entry.name)
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
+def test_cancel_kills_the_local_process(crops, tmp_path):
+    from MedSynthLib.client import Cancelled
+    from MedSynthLib.local import run_local_process
+
+    cancel = threading.Event()
+    out = tmp_path / "out_cancel_marker"
+    out.mkdir()
+    threading.Timer(0.5, cancel.set).start()
+    begin = time.time()
+    with pytest.raises(Cancelled):
+        run_local_process("linear", "FLAIR", {c: str(crops / f"sub01_{c}.nii.gz") for c in ("T1", "T2")}, str(out),
+                          cancel_event=cancel)
+    assert time.time() - begin < 3  # the process is killed, not waited for
+    assert _runner_processes(str(out)) == []
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
+def test_two_patients_are_refused_unless_a_research_override_is_recorded(server, crops, tmp_path):
+    scene, nodes = _scene_with_inputs(crops)
+    _in_study(scene, "PAT-A", "1.2.1", [nodes["T1"]])
+    study_b = _in_study(scene, "PAT-B", "1.2.2", [nodes["T2"], nodes["FLAIR"]])
+    client = MedSynthClient(server)
+    model = model_choices(client.synthesis_models())["linear"]
+    workflow = SynthesisWorkflow(scene, client, temp_root=str(tmp_path))
+    inputs = {"T1": nodes["T1"], "T2": nodes["T2"]}
+    with pytest.raises(StudyMismatch, match="T1: patient Patient PAT-A .*T2: patient Patient PAT-B"):
+        workflow.synthesize(inputs, model, "FLAIR")
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 3 and list(tmp_path.iterdir()) == []
+    result = workflow.synthesize(inputs, model, "FLAIR", allow_mixed_studies=True)
+    recorded = json.loads(mrml_io.attributes(result)[ATTR_MIXED_STUDIES])
+    assert "PAT-A" in recorded["T1"] and "PAT-B" in recorded["T2"]
+    assert hierarchy.study_item(result) == hierarchy.study_item(nodes["T1"]) != study_b  # beside the first input
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
+def test_a_second_image_of_the_answer_becomes_a_marked_node_in_the_study(crops, tmp_path):
+    """When the server's answer carries a further image (an uncertainty map), it lands beside the result."""
+    from MedSynthLib.workflow import SynthesisJob
+
+    scene, nodes = _scene_with_inputs(crops)
+    study = _in_study(scene, "PAT-07", "1.2.826.7", nodes.values())
+    folder = tmp_path / "job"
+    folder.mkdir()
+    for name in ("result", "uncertainty"):
+        shutil.copy(crops / "sub01_FLAIR.nii.gz", folder / f"{name}.nii.gz")
+    job = SynthesisJob("synnet", "FLAIR", ["T1", "T2"], {c: nodes[c].GetID() for c in ("T1", "T2")},
+                       {c: nodes[c].GetName() for c in ("T1", "T2")}, None, folder,
+                       result_path=str(folder / "result.nii.gz"), extras={"uncertainty": str(folder / "uncertainty.nii.gz")})
+    result = SynthesisWorkflow(scene, None).finish(job)
+    maps = [n for n in (scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode") for i in range(5))
+            if n.GetAttribute(ATTR_OUTPUT) == "uncertainty"]
+    assert len(maps) == 1 and maps[0].GetName().startswith("FLAIR uncertainty (synthetic, synnet, ")
+    assert maps[0].GetAttribute(ATTR_SYNTHETIC) == "true" and hierarchy.study_item(maps[0]) == study
+    assert hierarchy.study_item(result) == study and not folder.exists()
+
+
+def test_compare_layout_puts_acquired_and_synthetic_side_by_side_linked():
+    scene = slicer.vtkMRMLScene()
+    layout = slicer.vtkMRMLLayoutNode()
+    scene.AddNode(layout)
+    composites = {}
+    for view in ("Red", "Yellow", "Green"):
+        composites[view] = slicer.vtkMRMLSliceCompositeNode()
+        composites[view].SetLayoutName(view)
+        scene.AddNode(composites[view])
+    acquired, synthetic = slicer.vtkMRMLScalarVolumeNode(), slicer.vtkMRMLScalarVolumeNode()
+    scene.AddNode(acquired)
+    scene.AddNode(synthetic)
+    mrml_io.compare_layout(scene, acquired, synthetic)
+    assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
+    assert composites["Red"].GetBackgroundVolumeID() == acquired.GetID()
+    assert composites["Yellow"].GetBackgroundVolumeID() == synthetic.GetID()
+    assert composites["Red"].GetLinkedControl() and composites["Yellow"].GetLinkedControl()
+    assert composites["Green"].GetBackgroundVolumeID() is None
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
+def test_send_study_uploads_exactly_the_listed_acquired_volumes(server, crops):
+    scene, nodes = _scene_with_inputs(crops)
+    client = MedSynthClient(server)
+    plan = upload_plan({"T1": nodes["T1"], "T2": nodes["T2"]}, study_id="slicer_test01")
+    assert plan.describe() == [f"sub01_{c} as slicer_test01_{c}.nii.gz ({c}; 80x96x24 voxels of 1 x 1 x 1 mm)"
+                               for c in ("T1", "T2")]
+    assert plan.send(client) == ["slicer_test01_T1", "slicer_test01_T2"]
+    listed = client._json(client._request("GET", "/datastore/", params={"output": "all"}))
+    assert {"slicer_test01_T1", "slicer_test01_T2"} <= set(listed["objects"])
+    result = SynthesisWorkflow(scene, client).synthesize({"T1": nodes["T1"], "T2": nodes["T2"]},
+                                                         model_choices(client.synthesis_models())["linear"], "FLAIR")
+    with pytest.raises(ValueError, match="synthetic: only acquired volumes"):
+        upload_plan({"T1": nodes["T1"], "FLAIR": result})
 
 
 # ---- the module's own Logic class (MedSynth.py) with slicer-core ------------------------------------------------
@@ -268,6 +435,7 @@ def test_module_logic_connects_prefills_and_synthesises(medsynth_module, server,
     assert list(models) == ["linear"] and set(models["linear"].targets) == {"FLAIR", "T2"}
     chosen = logic.prefillNodes(scene)
     assert {c: n.GetID() for c, n in chosen.items()} == {c: n.GetID() for c, n in nodes.items()}
+    assert "validation PSNR" in models["linear"].summary() and "trained on" in models["linear"].summary()
     result = logic.synthesize({"T1": chosen["T1"], "T2": chosen["T2"]}, "linear", "FLAIR")
     _check_result(result, nodes, "linear", logic.client.address)
     assert "FLAIR" not in {c for c, n in logic.prefillNodes(scene).items() if n.GetID() == result.GetID()}
@@ -284,170 +452,8 @@ def test_module_self_test_runs_outside_slicer(medsynth_module):
     test.test_names_and_inputs()
     test.setUp()
     test.test_mrml_round_trip()
-
-
-# ---- the Widget's control flow, with PythonQt-like stand-ins for the Qt widgets ----------------------------------
-class _FakeWidget:
-    """Enough of a PythonQt widget for MedSynthWidget: properties as attributes, connect/emit, combo and selector
-    methods. The real .ui is checked by tests/test_slicer_ui.py."""
-
-    def __init__(self, name, cls):
-        self.name, self.cls = name, cls
-        self.text, self.toolTip, self.enabled, self.checked = "", "", True, False
-        self.items, self._index, self._node, self._value, self._slots, self._blocked = [], -1, None, 0, {}, False
-
-    def connect(self, signal, slot):
-        self._slots.setdefault(signal.split("(")[0], []).append(slot)
-
-    def emit(self, signal, *args):
-        if not self._blocked:
-            for slot in self._slots.get(signal, []):
-                slot(*args)
-
-    def blockSignals(self, value):
-        self._blocked = value
-
-    def setStyleSheet(self, style):
-        self.style = style
-
-    # QProgressBar
-    def setValue(self, value):
-        self._value = value
-
-    def value(self):
-        return self._value
-
-    # QComboBox
-    def clear(self):
-        self.items, self._index = [], -1
-        self.emit("currentIndexChanged", -1)
-
-    def addItem(self, text):
-        self.items.append(text)
-        if self._index < 0:
-            self.setCurrentIndex(0)
-
-    def findText(self, text):
-        return self.items.index(text) if text in self.items else -1
-
-    def setCurrentIndex(self, index):
-        self._index = index if 0 <= index < len(self.items) else -1
-        self.emit("currentIndexChanged", self._index)
-
-    @property
-    def currentText(self):
-        return self.items[self._index] if self._index >= 0 else ""
-
-    # qMRMLNodeComboBox
-    def currentNode(self):
-        return self._node
-
-    def setCurrentNode(self, node):
-        self._node = node
-        self.emit("currentNodeChanged", node)
-
-
-@pytest.fixture
-def widget_module(medsynth_module, monkeypatch):
-    import types
-    import xml.etree.ElementTree as ET
-
-    ui_file = SLICER_MODULE_DIR / "Resources" / "UI" / "MedSynth.ui"
-    widgets = {w.get("name"): _FakeWidget(w.get("name"), w.get("class")) for w in ET.parse(ui_file).iter("widget")}
-    widgets["MedSynth"].setMRMLScene = lambda scene: None
-    shown = []
-
-    class Settings:
-        store = {}
-
-        def value(self, key, default=None):
-            return self.store.get(key, default)
-
-        def setValue(self, key, value):
-            self.store[key] = value
-
-    class Timer:
-        def setInterval(self, ms):
-            pass
-
-        def connect(self, signal, slot):
-            pass
-
-        def start(self):
-            pass
-
-        def stop(self):
-            pass
-
-        @staticmethod
-        def singleShot(ms, slot):
-            slot()
-
-    qt = sys.modules["qt"]
-    qt.QSettings, qt.QTimer = Settings, Timer
-
-    class WidgetBase:
-        def __init__(self, parent=None):
-            pass
-
-        def setup(self):
-            self.layout = types.SimpleNamespace(addWidget=lambda w: None)
-
-        def resourcePath(self, name):
-            return str(SLICER_MODULE_DIR / "Resources" / name)
-
-    monkeypatch.setattr(medsynth_module, "ScriptedLoadableModuleWidget", WidgetBase)
-    medsynth_module.MedSynthWidget.__bases__ = (WidgetBase, medsynth_module.VTKObservationMixin)
-    monkeypatch.setattr(slicer.util, "loadUI", lambda path: widgets["MedSynth"])
-    monkeypatch.setattr(slicer.util, "childWidgetVariables", lambda w: types.SimpleNamespace(**widgets))
-    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: shown.append(kw), raising=False)
-    return medsynth_module, widgets, shown
-
-
-def _pump(widget, seconds=120):
-    import time
-
-    deadline = time.time() + seconds
-    while (widget.task is not None or widget.pending) and time.time() < deadline:
-        widget.onPoll()
-        time.sleep(0.05)
-    assert widget.task is None and not widget.pending, "background work did not finish"
-
-
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
-def test_widget_flow_connect_prefill_synthesize(widget_module, server, crops):
-    module, ui, shown = widget_module
-    widget = module.MedSynthWidget()
-    widget.setup()
-    scene = slicer.mrmlScene
-    nodes = {c: mrml_io.load_volume_file(str(crops / f"sub01_{c}.nii.gz"), scene, f"sub01_{c}")
-             for c in ("T1", "T2", "FLAIR")}
-    widget.onPrefill()
-    assert {c: ui[f"{c.lower()}Selector"].currentNode() for c in ("T1", "T2", "FLAIR")} == nodes
-    assert not ui["synthesizeButton"].enabled and "connect" in ui["synthesizeButton"].toolTip
-
-    ui["serverAddressEdit"].text = server
-    widget.onConnect()
-    _pump(widget)
-    assert ui["modelComboBox"].items == ["linear"], ui["statusLabel"].text
-    assert set(ui["targetComboBox"].items) == {"FLAIR", "T2"}
-    ui["targetComboBox"].setCurrentIndex(ui["targetComboBox"].findText("FLAIR"))
-    assert ui["synthesizeButton"].text == "Synthesize FLAIR" and ui["synthesizeButton"].enabled
-    assert not ui["flairSelector"].enabled  # the target is not an input
-    assert not ui["startTrainingButton"].enabled or "linear" in widget.logic.info.get("trainers", {})
-
-    widget.onSynthesize()
-    assert ui["cancelButton"].enabled
-    _pump(widget)
-    assert ui["statusLabel"].text.startswith('Created "FLAIR (synthetic, linear)" from T1+T2'), ui["statusLabel"].text
-    assert ui["progressBar"].value() == 100 and not ui["cancelButton"].enabled
-    result = shown[-1]["background"]
-    assert result.GetName() == "FLAIR (synthetic, linear)" and result.GetAttribute(ATTR_SYNTHETIC) == "true"
-    assert ui["flairSelector"].currentNode() is nodes["FLAIR"]  # the synthetic node is never pre-filled
-
-    ui["t2Selector"].setCurrentNode(None)
-    assert not ui["synthesizeButton"].enabled and "missing T2" in ui["synthesizeButton"].toolTip
-    widget.cleanup()
+    test.setUp()
+    test.test_one_patient_per_synthesis()
 
 
 def test_a_model_with_nothing_trained_yet_is_not_offered():

@@ -8,6 +8,7 @@ which holds everything that does not need Slicer's GUI (and is tested outside Sl
 import json
 import logging
 import os
+import time
 
 import qt
 import slicer
@@ -16,11 +17,12 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from MedSynthLib import mrml_io
+from MedSynthLib import hierarchy, mrml_io
 from MedSynthLib.client import MedSynthClient, MedSynthError
-from MedSynthLib.local import local_available, local_installed, local_models
-from MedSynthLib.logic import (ATTR_SYNTHETIC, INPUT_CONTRASTS, BackgroundTask, VolumeInfo, choose_inputs,
-                               describe_training, is_synthetic, model_choices, prefill)
+from MedSynthLib.local import TORCH_MISSING, install_plan, local_installed, local_models_process, torch_installed
+from MedSynthLib.logic import (ATTR_SYNTHETIC, INPUT_CONTRASTS, BackgroundTask, VolumeInfo, check_one_study,
+                               choose_inputs, describe_training, is_synthetic, model_choices, prefill)
+from MedSynthLib.study import compare_partner, upload_plan
 from MedSynthLib.workflow import SynthesisWorkflow
 
 SETTINGS_ADDRESS = "MedSynth/serverAddress"
@@ -55,10 +57,15 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self.task = None  # the running synthesis (MedSynthLib.logic.BackgroundTask)
+        self.task = None  # the running synthesis or upload (MedSynthLib.logic.BackgroundTask)
         self.pending = []  # short background requests (connect, training)
+        self.statusRequest = None  # the one outstanding training status request
         self.timer = None
         self.trainingTimer = None
+        self.started = None  # time.monotonic() when the running task started
+        self.stage = ""
+        self.lastResult = None
+        self._updatingGUI = False
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -72,13 +79,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         settings = qt.QSettings()
         self.ui.serverAddressEdit.text = settings.value(SETTINGS_ADDRESS, DEFAULT_ADDRESS)
-        installed = local_installed()
-        self.ui.localModeCheckBox.enabled = installed
-        self.ui.localModeCheckBox.toolTip = ("Synthesise in Slicer's Python with the installed checkpoints"
-                                             if installed else "medsynth_app is not importable in Slicer's Python")
-        if installed and settings.value(SETTINGS_LOCAL, "false") == "true":
-            self.ui.localModeCheckBox.checked = True
-            self.ui.serverAddressEdit.enabled = False
+        self.updateLocalMode(settings.value(SETTINGS_LOCAL, "false") == "true")
 
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
@@ -90,20 +91,28 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.connectButton.connect("clicked(bool)", self.onConnect)
         self.ui.serverAddressEdit.connect("returnPressed()", self.onConnect)
         self.ui.localModeCheckBox.connect("toggled(bool)", self.onLocalToggled)
+        self.ui.installLocalButton.connect("clicked(bool)", self.onInstallLocal)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
-        self.ui.targetComboBox.connect("currentIndexChanged(int)", self.updateButtons)
+        self.ui.targetComboBox.connect("currentIndexChanged(int)", self.onTargetChanged)
         self.ui.prefillButton.connect("clicked(bool)", self.onPrefill)
+        self.ui.mixedStudiesCheckBox.connect("toggled(bool)", self.onInputsChanged)
         for selector in self.selectors.values():
-            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtons)
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSelectorChanged)
         self.ui.synthesizeButton.connect("clicked(bool)", self.onSynthesize)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompare)
+        self.ui.uploadButton.connect("clicked(bool)", self.onUpload)
         self.ui.startTrainingButton.connect("clicked(bool)", self.onStartTraining)
         self.ui.stopTrainingButton.connect("clicked(bool)", self.onStopTraining)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
         self.ui.progressBar.setValue(0)
+        self.ui.trainingProgressBar.setValue(0)
         self.setStatus("Not connected. Enter the server address and click Connect.")
-        self.onPrefill()
+        self.updateGUIFromParameterNode()
+        if not self.currentInputs():
+            self.onPrefill()
         self.updateButtons()
         if self.ui.localModeCheckBox.checked:
             self.onLocalToggled(True)
@@ -113,7 +122,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for timer in (self.timer, self.trainingTimer):
             if timer is not None:
                 timer.stop()
-        for task in [self.task, *self.pending]:
+        for task in [self.task, self.statusRequest, *self.pending]:
             if task is not None:
                 task.cancel()
 
@@ -124,21 +133,25 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if error:
             logging.warning("MedSynth: %s", text)
 
+    def showError(self, what, err, details=""):
+        """A dialog with the message and, under Details, the traceback; the status line keeps the message."""
+        self.setStatus(f"{what}: {err}", error=True)
+        slicer.util.errorDisplay(f"{what}:\n\n{err}", windowTitle="MedSynth", detailedText=details or str(err))
+
     def busy(self):
         return self.task is not None and not self.task.finished
 
     def runInBackground(self, work, onDone, what, onFinally=None):
-        """Short server requests (connect, training) off the GUI thread too; callbacks run in the GUI thread."""
+        """Short server requests (connect, training) off the GUI thread; callbacks run in the GUI thread."""
         def done(value):
             if onFinally:
                 onFinally()
             onDone(value)
 
         def fail(err, text):
-            logging.debug(text)
             if onFinally:
                 onFinally()
-            self.setStatus(f"{what}: {err}", error=True)
+            self.showError(what, err, text)
 
         task = BackgroundTask(lambda report, cancel: work(), on_done=done, on_error=fail, name=f"medsynth-{what}")
         self.pending.append(task.start())
@@ -149,10 +162,16 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for task in list(self.pending):
             if task.poll():
                 self.pending.remove(task)
-        if self.task is not None and self.task.poll():
-            self.task = None
-            self.updateButtons()
-        if self.task is None and not self.pending:
+        if self.statusRequest is not None and self.statusRequest.poll():
+            self.statusRequest = None
+        if self.task is not None:
+            if self.task.poll():
+                self.task = None
+                self.started = None
+                self.updateButtons()
+            elif self.started is not None:
+                self.setStatus(f"{self.stage} ({time.monotonic() - self.started:.0f} s)")
+        if self.task is None and self.statusRequest is None and not self.pending:
             self.timer.stop()
 
     def currentModel(self):
@@ -175,8 +194,9 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             try:
                 used = choose_inputs(model, target, self.currentInputs())
-                reason = ""
                 self.ui.synthesizeButton.toolTip = f"send {'+'.join(used)} to {model.name}"
+                if not self.ui.mixedStudiesCheckBox.checked:
+                    check_one_study(hierarchy.origins({c: self.currentInputs()[c] for c in used}))
             except ValueError as err:
                 reason = str(err)
         for contrast, selector in self.selectors.items():  # an input that is the target would be ignored
@@ -185,11 +205,52 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if reason:
             self.ui.synthesizeButton.toolTip = reason
         self.ui.cancelButton.enabled = self.busy()
+        self.ui.compareButton.enabled = self.lastResult is not None and self.lastResult.GetScene() is not None
+        remote = self.logic.client is not None
+        self.ui.uploadButton.enabled = remote and bool(self.currentInputs()) and not self.busy()
         training = model is not None and self.logic.trainingAvailable(model.name)
         self.ui.startTrainingButton.enabled = training and bool(target)
         self.ui.stopTrainingButton.enabled = training
 
+    # ---- parameter node (selections kept with the scene) -------------------------------------------------------
+    def updateParameterNodeFromGUI(self):
+        if self._updatingGUI:
+            return
+        node = self.logic.getParameterNode()
+        for contrast, selector in self.selectors.items():
+            selected = selector.currentNode()
+            node.SetNodeReferenceID(f"Input{contrast}", selected.GetID() if selected else None)
+        node.SetParameter("Model", self.ui.modelComboBox.currentText)
+        node.SetParameter("Target", self.currentTarget())
+        node.SetParameter("AllowMixedStudies", "true" if self.ui.mixedStudiesCheckBox.checked else "false")
+
+    def updateGUIFromParameterNode(self):
+        node = self.logic.getParameterNode()
+        self._updatingGUI = True
+        try:
+            for contrast, selector in self.selectors.items():
+                referenced = node.GetNodeReference(f"Input{contrast}")
+                if referenced is not None:
+                    selector.setCurrentNode(referenced)
+            self.ui.mixedStudiesCheckBox.checked = node.GetParameter("AllowMixedStudies") == "true"
+        finally:
+            self._updatingGUI = False
+
+    def onSceneClosed(self, caller=None, event=None):
+        self.lastResult = None
+        self.updateGUIFromParameterNode()
+        self.updateButtons()
+
     # ---- connection --------------------------------------------------------------------------------------------
+    def updateLocalMode(self, wanted):
+        installed, torch = local_installed(), torch_installed()
+        self.ui.localModeCheckBox.enabled = installed and torch
+        self.ui.localModeCheckBox.toolTip = (
+            "Synthesise with the installed checkpoints in a separate PythonSlicer process" if installed and torch
+            else TORCH_MISSING if installed else "Install local mode first (the MedSynth library is not installed)")
+        self.ui.localModeCheckBox.checked = wanted and installed and torch
+        self.ui.serverAddressEdit.enabled = not self.ui.localModeCheckBox.checked
+
     def onConnect(self, *args):
         if self.ui.localModeCheckBox.checked:
             self.onLocalToggled(True)
@@ -204,25 +265,50 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.runInBackground(lambda: self.logic.connect(address),
                              lambda models: self.showModels(models, f"Connected to {self.logic.client.address}"),
-                             "connect", onFinally=enable)
+                             "Cannot connect", onFinally=enable)
 
     def onLocalToggled(self, checked):
         qt.QSettings().setValue(SETTINGS_LOCAL, "true" if checked else "false")
         self.ui.serverAddressEdit.enabled = not checked
-        if checked:  # importing medsynth_app (torch...) and reading the checkpoints takes seconds: not here
-            self.setStatus("Local mode: loading medsynth_app and the installed checkpoints...")
+        if checked:  # listing the checkpoints imports torch: in a separate process, off the GUI thread
+            self.setStatus("Local mode: reading the installed checkpoints in a PythonSlicer process...")
             self.runInBackground(self.logic.useLocal, lambda models: self.showModels(models, "Local mode (no server)"),
-                                 "local mode")
+                                 "Local mode")
         else:
             self.logic.models = {}
             self.showModels({}, "Not connected. Enter the server address and click Connect.")
 
+    def onInstallLocal(self, *args):
+        """The library into Slicer's Python, without touching a package Slicer ships; torch via PyTorch Utils."""
+        if not torch_installed():
+            slicer.util.errorDisplay(TORCH_MISSING, windowTitle="MedSynth")
+            return
+        source = qt.QFileDialog.getExistingDirectory(None, "The MedSynth repository (the folder holding setup.py)")
+        if not source:
+            return
+        plan = install_plan()
+        text = (f"Install into Slicer's Python:\n- the MedSynth library from {source} (without its dependencies)\n"
+                + "".join(f"- {r}\n" for r in plan)
+                + "\nPackages already installed (numpy, pydicom, SimpleITK, ...) are left as they are.")
+        if not slicer.util.confirmOkCancelDisplay(text, windowTitle="MedSynth: install local mode"):
+            return
+        try:
+            slicer.util.pip_install(["--no-deps", source])
+            if plan:
+                slicer.util.pip_install(plan)
+        except Exception as err:  # noqa: BLE001 - pip's own failure, shown as it is
+            self.showError("Installing local mode failed", err)
+            return
+        self.updateLocalMode(True)
+        self.setStatus("Local mode installed.")
+
     def showModels(self, models, status):
-        current = self.ui.modelComboBox.currentText
+        current = self.ui.modelComboBox.currentText or self.logic.getParameterNode().GetParameter("Model")
         self.ui.modelComboBox.blockSignals(True)
         self.ui.modelComboBox.clear()
-        for name in models:
+        for index, (name, model) in enumerate(models.items()):
             self.ui.modelComboBox.addItem(name)
+            self.ui.modelComboBox.setItemData(index, model.summary(), qt.Qt.ToolTipRole)
         index = self.ui.modelComboBox.findText(current)
         self.ui.modelComboBox.setCurrentIndex(max(index, 0))
         self.ui.modelComboBox.blockSignals(False)
@@ -232,7 +318,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onModelChanged(self, *args):
         model = self.currentModel()
-        current = self.currentTarget()
+        current = self.currentTarget() or self.logic.getParameterNode().GetParameter("Target")
         self.ui.targetComboBox.blockSignals(True)
         self.ui.targetComboBox.clear()
         for target in (model.targets if model else []):
@@ -240,7 +326,11 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         index = self.ui.targetComboBox.findText(current)
         self.ui.targetComboBox.setCurrentIndex(index if index >= 0 else self.defaultTarget(model))
         self.ui.targetComboBox.blockSignals(False)
-        self.ui.modelComboBox.toolTip = model.description if model else ""
+        self.ui.modelInfoLabel.text = model.summary() if model else ""
+        self.onTargetChanged()
+
+    def onTargetChanged(self, *args):
+        self.updateParameterNodeFromGUI()
         self.updateButtons()
 
     def defaultTarget(self, model):
@@ -265,77 +355,142 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # the node's name is set once it is loaded; pre-fill after the current event
             qt.QTimer.singleShot(0, lambda: self.onPrefill(onlyEmpty=True))
 
-    def onPrefill(self, *args, onlyEmpty=False):
-        chosen = self.logic.prefillNodes(slicer.mrmlScene)
-        for contrast, node in chosen.items():
-            selector = self.selectors.get(contrast)
-            if selector is not None and (not onlyEmpty or selector.currentNode() is None):
-                selector.setCurrentNode(node)
+    def onSelectorChanged(self, node=None):
+        if not self._updatingGUI and node is not None:  # the user's pick: fill the others from its study only
+            self.fillSelectors(self.logic.prefillNodes(slicer.mrmlScene, within=node), onlyEmpty=True)
+        self.onInputsChanged()
+
+    def onInputsChanged(self, *args):
+        self.updateParameterNodeFromGUI()
         self.updateButtons()
 
-    # ---- synthesis ---------------------------------------------------------------------------------------------
-    def onSynthesize(self, *args):
-        model, target = self.currentModel(), self.currentTarget()
-        self.ui.progressBar.setValue(0)
+    def onPrefill(self, *args, onlyEmpty=False):
+        picked = next(iter(self.currentInputs().values()), None)
+        self.fillSelectors(self.logic.prefillNodes(slicer.mrmlScene, within=picked), onlyEmpty)
+        self.onInputsChanged()
+
+    def fillSelectors(self, chosen, onlyEmpty):
+        self._updatingGUI = True
         try:
-            self.task = self.logic.startSynthesis(self.currentInputs(), model.name, target,
-                                                  onProgress=self.onProgress, onDone=self.onSynthesized,
-                                                  onError=self.onFailed, onCancelled=self.onCancelled)
-        except (ValueError, MedSynthError, OSError) as err:
-            self.setStatus(str(err), error=True)
-            return
+            for contrast, node in chosen.items():
+                selector = self.selectors.get(contrast)
+                if selector is not None and (not onlyEmpty or selector.currentNode() is None):
+                    selector.setCurrentNode(node)
+        finally:
+            self._updatingGUI = False
+
+    # ---- synthesis ---------------------------------------------------------------------------------------------
+    def startTask(self, task, stage):
+        self.task, self.stage, self.started = task, stage, time.monotonic()
+        self.ui.progressBar.setRange(0, 0)  # busy: MONAI Label reports no progress of an inference
         self.timer.start()
         self.updateButtons()
 
+    def stopProgress(self, value):
+        self.ui.progressBar.setRange(0, 100)
+        self.ui.progressBar.setValue(value)
+
+    def onSynthesize(self, *args):
+        model, target = self.currentModel(), self.currentTarget()
+        try:
+            task = self.logic.startSynthesis(self.currentInputs(), model.name, target, onProgress=self.onProgress,
+                                             onDone=self.onSynthesized, onError=self.onFailed,
+                                             onCancelled=self.onCancelled,
+                                             allowMixedStudies=self.ui.mixedStudiesCheckBox.checked)
+        except (ValueError, MedSynthError, OSError) as err:
+            self.showError(f"Cannot synthesise {target}", err)
+            return
+        self.startTask(task, f"synthesising {target}...")
+
     def onProgress(self, fraction, message):
-        if fraction is not None:
-            self.ui.progressBar.setValue(int(round(100 * fraction)))
         if message:
-            self.setStatus(message)
+            self.stage = message
+        if fraction is not None:
+            self.stopProgress(int(round(100 * fraction)))
 
     def onSynthesized(self, node):
-        self.ui.progressBar.setValue(100)
+        self.stopProgress(100)
+        self.lastResult = node
         self.logic.showResult(node)
         inputs = json.loads(node.GetAttribute("MedSynth.Inputs") or "{}")
-        self.setStatus(f"Created \"{node.GetName()}\" from {'+'.join(inputs)}. It is synthetic, not acquired.")
+        elapsed = time.monotonic() - self.started if self.started else 0
+        self.setStatus(f"Created \"{node.GetName()}\" from {'+'.join(inputs)} in {elapsed:.0f} s. "
+                       "It is synthetic, not acquired.")
 
     def onFailed(self, err, text):
-        logging.debug(text)
-        self.ui.progressBar.setValue(0)
-        self.setStatus(str(err), error=True)
+        self.stopProgress(0)
+        self.showError("Synthesis failed", err, text)
 
     def onCancelled(self):
-        self.ui.progressBar.setValue(0)
-        self.setStatus("Cancelled (a running server inference finishes on the server; its result is discarded).")
+        self.stopProgress(0)
+        self.setStatus("Cancelled (a server inference finishes on the server and its answer is discarded; a local "
+                       "process is stopped).")
 
     def onCancel(self, *args):
         if self.task is not None:
             self.task.cancel()
-            self.setStatus("Cancelling...")
+            self.stage = "cancelling..."
+
+    def onCompare(self, *args):
+        if self.lastResult is not None:
+            acquired = self.logic.compare(self.lastResult, self.currentInputs())
+            self.setStatus(f"Left: {acquired.GetName()} (acquired); right: {self.lastResult.GetName()} (synthetic); "
+                           "views linked.")
+
+    # ---- datastore ---------------------------------------------------------------------------------------------
+    def onUpload(self, *args):
+        inputs = self.currentInputs()
+        try:
+            plan = self.logic.uploadPlan(inputs)
+        except ValueError as err:
+            self.showError("Cannot send the study", err)
+            return
+        text = (f"Send to the datastore of {self.logic.client.address}, for retraining:\n"
+                + "".join(f"- {line}\n" for line in plan.describe())
+                + "\nThe images go as loaded, header geometry included; de-identify them first if the server is "
+                  "outside the hospital network.")
+        if not slicer.util.confirmOkCancelDisplay(text, windowTitle="MedSynth: send study"):
+            self.setStatus("Nothing sent.")
+            return
+        task = self.logic.startUpload(plan, onProgress=self.onProgress, onDone=self.onUploaded,
+                                      onError=lambda err, text: (self.stopProgress(0),
+                                                                 self.showError("Sending failed", err, text)),
+                                      onCancelled=self.onCancelled)
+        self.startTask(task, "sending the study...")
+
+    def onUploaded(self, ids):
+        self.stopProgress(100)
+        self.setStatus(f"Sent {len(ids)} image(s) to the datastore: {', '.join(ids)}.")
 
     # ---- training ----------------------------------------------------------------------------------------------
     def onStartTraining(self, *args):
         model, target = self.currentModel(), self.currentTarget()
         self.ui.trainingProgressLabel.text = f"Starting training of {model.name} for {target}..."
         self.runInBackground(lambda: self.logic.startTraining(model.name, target),
-                             lambda answer: (self.trainingTimer.start(), self.onRefreshTraining()), "training")
+                             lambda answer: (self.trainingTimer.start(), self.onRefreshTraining()), "Training")
 
     def onStopTraining(self, *args):
         self.runInBackground(self.logic.stopTraining,
-                             lambda answer: (self.trainingTimer.stop(), self.onRefreshTraining()), "training")
+                             lambda answer: (self.trainingTimer.stop(), self.onRefreshTraining()), "Training")
 
     def onRefreshTraining(self):
         model = self.currentModel()
-        if model is None:
+        if model is None or self.statusRequest is not None:  # one status request at a time
             return
 
         def show(progress):
             text, fraction, active = progress
-            self.ui.trainingProgressLabel.text = text if fraction is None else f"{text} ({100 * fraction:.0f} %)"
+            self.ui.trainingProgressLabel.text = text
+            self.ui.trainingProgressBar.setValue(0 if fraction is None else int(round(100 * fraction)))
             if not active:
                 self.trainingTimer.stop()
 
-        self.runInBackground(lambda: self.logic.trainingProgress(model.name), show, "training status")
+        def fail(err, text):
+            self.ui.trainingProgressLabel.text = f"Training status: {err}"
+
+        self.statusRequest = BackgroundTask(lambda report, cancel: self.logic.trainingProgress(model.name),
+                                            on_done=show, on_error=fail, name="medsynth-training-status").start()
+        self.timer.start()
 
 
 #
@@ -359,23 +514,24 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         return models
 
     def useLocal(self):
-        if not local_available():
-            raise RuntimeError("medsynth_app is not importable in Slicer's Python")
+        """The installed checkpoints, listed by a PythonSlicer process (Slicer's own process never imports torch)."""
         self.client, self.info = None, {}
-        self.models = model_choices(local_models())
+        self.models = model_choices(local_models_process())
         return self.models
 
     def trainingAvailable(self, model):
         return self.client is not None and model in (self.info.get("trainers") or {})
 
     # ---- inputs ------------------------------------------------------------------------------------------------
-    def prefillNodes(self, scene):
-        """contrast -> volume node, by node name (library rules); synthetic volumes and label maps skipped."""
+    def prefillNodes(self, scene, within=None):
+        """contrast -> volume node, by node name (library rules), all of one study: that of the node ``within``,
+        else that of the latest loaded volume; synthetic volumes and label maps skipped."""
         nodes = [scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
                  for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
         infos = [VolumeInfo(n.GetID(), n.GetName() or "", is_synthetic(mrml_io.attributes(n)),
-                            n.IsA("vtkMRMLLabelMapVolumeNode")) for n in nodes]
-        return {c: scene.GetNodeByID(node_id) for c, node_id in prefill(infos, INPUT_CONTRASTS).items()}
+                            n.IsA("vtkMRMLLabelMapVolumeNode"), hierarchy.origin_of(n)) for n in nodes]
+        anchor = hierarchy.origin_of(within) if within is not None else None
+        return {c: scene.GetNodeByID(node_id) for c, node_id in prefill(infos, INPUT_CONTRASTS, anchor).items()}
 
     # ---- synthesis ---------------------------------------------------------------------------------------------
     def workflow(self):
@@ -386,17 +542,39 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"unknown model {name!r}; connect first (models: {', '.join(self.models) or 'none'})")
         return self.models[name]
 
-    def synthesize(self, inputs, model, target):
+    def synthesize(self, inputs, model, target, allowMixedStudies=False):
         """Synchronous: contrast -> input node; returns the new synthetic volume node."""
-        return self.workflow().synthesize(inputs, self._model(model), target)
+        return self.workflow().synthesize(inputs, self._model(model), target, allow_mixed_studies=allowMixedStudies)
 
-    def startSynthesis(self, inputs, model, target, onProgress=None, onDone=None, onError=None, onCancelled=None):
+    def startSynthesis(self, inputs, model, target, onProgress=None, onDone=None, onError=None, onCancelled=None,
+                       allowMixedStudies=False):
         """Asynchronous: returns a BackgroundTask; the caller polls it (Widget: QTimer) to get the callbacks."""
-        return self.workflow().start(inputs, self._model(model), target, onProgress, onDone, onError, onCancelled)
+        return self.workflow().start(inputs, self._model(model), target, onProgress, onDone, onError, onCancelled,
+                                     allow_mixed_studies=allowMixedStudies)
 
     @staticmethod
     def showResult(node):
         slicer.util.setSliceViewerLayers(background=node, fit=True)
+
+    @staticmethod
+    def compare(synthetic, inputs):
+        """Side-by-side linked views: the acquired target of the study when loaded, else the first input, on the
+        left; ``synthetic`` on the right. Returns the acquired node shown."""
+        acquired = compare_partner(synthetic, inputs)
+        mrml_io.compare_layout(synthetic.GetScene(), acquired, synthetic)
+        return acquired
+
+    # ---- datastore ---------------------------------------------------------------------------------------------
+    def uploadPlan(self, inputs):
+        """What "send this study" would upload (acquired inputs of one study only; never a synthetic volume)."""
+        if self.client is None:
+            raise ValueError("sending a study needs a server")
+        return upload_plan(inputs)
+
+    def startUpload(self, plan, onProgress=None, onDone=None, onError=None, onCancelled=None):
+        client = self.client
+        return BackgroundTask(lambda report, cancel: plan.send(client, report, cancel), onProgress, onDone, onError,
+                              onCancelled, name="medsynth-upload").start()
 
     # ---- training ----------------------------------------------------------------------------------------------
     def _server(self):
@@ -425,9 +603,10 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
 # Test
 #
 class MedSynthTest(ScriptedLoadableModuleTest):
-    """Runnable inside Slicer (Reload and Test). Always: the name rules, the input choice and an MRML round trip
-    keeping geometry. With MEDSYNTH_TEST_SERVER (http://host:port) set: a full synthesis against that server; in
-    local mode (medsynth_app importable): a full local synthesis of a simulated subject."""
+    """Runnable inside Slicer (Reload and Test, or ``Slicer --python-code "..."``, see docs/slicer.md). Always: the
+    name rules, the input choice, one patient per synthesis in the subject hierarchy and an MRML round trip keeping
+    geometry. With MEDSYNTH_TEST_SERVER (http://host:port) and MEDSYNTH_TEST_DATA set: a full synthesis against that
+    server; with local mode installed: a full local synthesis of a simulated subject."""
 
     def setUp(self):
         slicer.mrmlScene.Clear(0)
@@ -436,11 +615,13 @@ class MedSynthTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_names_and_inputs()
         self.setUp()
+        self.test_one_patient_per_synthesis()
+        self.setUp()
         self.test_mrml_round_trip()
         if os.environ.get("MEDSYNTH_TEST_SERVER"):
             self.setUp()
             self.test_server_synthesis(os.environ["MEDSYNTH_TEST_SERVER"])
-        if local_available():
+        if local_installed() and torch_installed():
             self.setUp()
             self.test_local_synthesis()
 
@@ -454,7 +635,7 @@ class MedSynthTest(ScriptedLoadableModuleTest):
         model = model_choices({"m": {"type": "synthesis", "targets": ["FLAIR"], "checkpoints": {"FLAIR": [
             {"checkpoint": "m.pt", "inputs": ["T1", "T2"], "required_inputs": ["T1", "T2"], "optional_inputs": []}]}}})
         self.assertEqual(choose_inputs(model["m"], "FLAIR", ["T2", "T1", "PD"]), ["T1", "T2"])
-        self.assertEqual(result_node_name("FLAIR", "m"), "FLAIR (synthetic, m)")
+        self.assertRegex(result_node_name("FLAIR", "m"), r"^FLAIR \(synthetic, m, \d\d:\d\d:\d\d\)$")
         self.delayDisplay("ok")
 
     def _volume(self, name, array, spacing=(1.0, 1.2, 2.0), origin=(10.0, -20.0, 30.0)):
@@ -462,6 +643,36 @@ class MedSynthTest(ScriptedLoadableModuleTest):
         node.SetSpacing(*spacing)
         node.SetOrigin(*origin)
         return node
+
+    def _patient(self, patient_id, study_uid, nodes):
+        """Put ``nodes`` under a patient and study item carrying DICOM identifiers, as the DICOM import does."""
+        shn = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        patient = shn.CreateSubjectItem(shn.GetSceneItemID(), f"Patient {patient_id}")
+        shn.SetItemUID(patient, "DICOM", patient_id)
+        study = shn.CreateStudyItem(patient, f"Study {study_uid[-4:]}")
+        shn.SetItemUID(study, "DICOM", study_uid)
+        for node in nodes:
+            shn.SetItemParent(hierarchy.item_of(node), study)
+        return study
+
+    def test_one_patient_per_synthesis(self):
+        self.delayDisplay("One patient per synthesis")
+        import numpy as np
+        from MedSynthLib.logic import StudyMismatch
+
+        array = np.ones((4, 5, 6), np.float32)
+        a = {c: self._volume(c, array) for c in ("T1", "T2")}
+        b = {c: self._volume(c, array) for c in ("T1", "T2", "FLAIR")}
+        self._patient("PAT-A", "1.2.3.1", a.values())
+        self._patient("PAT-B", "1.2.3.2", b.values())
+        logic = MedSynthLogic()
+        chosen = logic.prefillNodes(slicer.mrmlScene, within=a["T1"])  # only the first pick's study
+        self.assertEqual({c: n.GetID() for c, n in chosen.items()}, {c: n.GetID() for c, n in a.items()})
+        latest = logic.prefillNodes(slicer.mrmlScene)  # nothing picked: the latest study
+        self.assertEqual({c: n.GetID() for c, n in latest.items()}, {c: n.GetID() for c, n in b.items()})
+        with self.assertRaisesRegex(StudyMismatch, "PAT-A.*PAT-B"):
+            check_one_study(hierarchy.origins({"T1": a["T1"], "T2": b["T2"]}))
+        self.delayDisplay("ok")
 
     def test_mrml_round_trip(self):
         self.delayDisplay("MRML round trip keeps geometry")
@@ -482,11 +693,13 @@ class MedSynthTest(ScriptedLoadableModuleTest):
     def _check_result(self, result, inputs, model):
         import numpy as np
 
-        self.assertEqual(result.GetName(), f"FLAIR (synthetic, {model})")
+        self.assertTrue(result.GetName().startswith(f"FLAIR (synthetic, {model}, "), result.GetName())
         self.assertEqual(result.GetAttribute(ATTR_SYNTHETIC), "true")
         self.assertNotIn(result.GetID(), [n.GetID() for n in inputs.values()])
         np.testing.assert_allclose(mrml_io.ijk_to_ras(result), mrml_io.ijk_to_ras(inputs["T1"]), atol=1e-4)
         self.assertEqual(mrml_io.voxels(result).shape, mrml_io.voxels(inputs["T1"]).shape)
+        shn = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        self.assertEqual(shn.GetItemParent(hierarchy.item_of(result)), shn.GetItemParent(hierarchy.item_of(inputs["T1"])))
 
     def test_server_synthesis(self, address):
         self.delayDisplay(f"Synthesis against {address}")
@@ -498,28 +711,35 @@ class MedSynthTest(ScriptedLoadableModuleTest):
         models = logic.connect(address)
         model = next(name for name, m in models.items() if "FLAIR" in m.targets)
         inputs = {c: slicer.util.loadVolume(os.path.join(data, f"{c}.nii.gz")) for c in ("T1", "T2")}
-        task = logic.startSynthesis(inputs, model, "FLAIR", onDone=lambda node: setattr(self, "result", node),
-                                    onError=lambda err, text: setattr(self, "error", err))
+        outcome = {}
+        task = logic.startSynthesis(inputs, model, "FLAIR", onDone=lambda node: outcome.setdefault("node", node),
+                                    onError=lambda err, text: outcome.setdefault("error", text))
         while not task.poll():
             slicer.app.processEvents()
-        self.assertFalse(hasattr(self, "error") and self.error, getattr(self, "error", None))
-        self._check_result(self.result, inputs, model)
+        self.assertNotIn("error", outcome, outcome.get("error"))
+        self._check_result(outcome["node"], inputs, model)
         self.delayDisplay("ok")
 
     def test_local_synthesis(self):
-        self.delayDisplay("Local synthesis of a simulated subject")
+        self.delayDisplay("Local synthesis of a simulated subject (separate PythonSlicer process)")
+        import subprocess
         import tempfile
 
-        from medsynth_app.simulation import simulate_cohort
+        from MedSynthLib.local import python_executable
 
-        folder = simulate_cohort(tempfile.mkdtemp(), n_subjects=1, seed=3)[0]
+        folder = tempfile.mkdtemp()  # the simulated subject is written by the library in a PythonSlicer process
+        code = ("import sys; from medsynth_app.simulation import simulate_cohort; "
+                "print(simulate_cohort(sys.argv[1], n_subjects=1, seed=3)[0])")
+        subject = subprocess.run([python_executable(), "-c", code, folder], capture_output=True, text=True,
+                                 check=True).stdout.strip().splitlines()[-1]
         logic = MedSynthLogic()
         models = logic.useLocal()
         model = next((name for name, m in models.items() if "FLAIR" in m.targets), None)
         if model is None:
             self.delayDisplay("no installed checkpoint synthesises FLAIR: local test skipped")
             return
-        inputs = {c: mrml_io.load_volume_file(str(folder / f"{c}.nii.gz"), slicer.mrmlScene, c) for c in ("T1", "T2")}
+        inputs = {c: mrml_io.load_volume_file(os.path.join(subject, f"{c}.nii.gz"), slicer.mrmlScene, c)
+                  for c in ("T1", "T2")}
         result = logic.synthesize(inputs, model, "FLAIR")
         self._check_result(result, inputs, model)
         self.delayDisplay("ok")

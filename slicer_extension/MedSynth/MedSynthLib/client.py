@@ -59,6 +59,7 @@ class Cancelled(MedSynthError):
 class SynthesisResult:
     path: str  # the result file on this machine
     params: Dict[str, Any] = field(default_factory=dict)  # the server's answer: inputs used, checkpoint, ...
+    extras: Dict[str, str] = field(default_factory=dict)  # further images of the answer (an uncertainty map): field -> path
 
 
 def normalise_address(address: str) -> str:
@@ -271,6 +272,7 @@ class MedSynthClient:
 
         response = self._call_cancellable(cancel_event, call)
         content_type = response.headers.get("content-type", "")
+        others: Dict[str, Tuple[Optional[str], bytes]] = {}
         if output == "image":
             name, data, answer = _filename_from(response.headers), response.content, {}
         elif content_type.lower().startswith("multipart/"):
@@ -278,8 +280,9 @@ class MedSynthClient:
             if "image" not in fields:
                 raise MedSynthError(f"{model}: the server's answer holds no image "
                                     f"(fields: {', '.join(fields) or 'none'})")
-            name, data = fields["image"]
-            answer = _json_or_empty(fields.get("params", (None, b""))[1])
+            name, data = fields.pop("image")
+            answer = _json_or_empty(fields.pop("params", (None, b""))[1])
+            others = {key: value for key, value in fields.items() if value[0] and value[1]}
         else:
             raise MedSynthError(f"{model}: the server answered {content_type or 'without a content type'} "
                                 f"instead of an image: {response.text[:300]!r}")
@@ -287,10 +290,26 @@ class MedSynthClient:
             raise MedSynthError(f"{model}: the server's result image is empty")
         folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="medsynth_result_"))
         folder.mkdir(parents=True, exist_ok=True)
-        stem = re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{target}_synthetic_{model}")
-        path = folder / f"{stem}_{int(time.time() * 1000)}{_result_extension(name or extension)}"
-        path.write_bytes(data)
-        return SynthesisResult(str(path), answer)
+        stamp = int(time.time() * 1000)
+        paths = {}
+        for key, (file_name, content) in {"image": (name, data), **others}.items():
+            stem = re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{target}_synthetic_{model}_{key}")
+            paths[key] = folder / f"{stem}_{stamp}{_result_extension(file_name or extension)}"
+            paths[key].write_bytes(content)
+        return SynthesisResult(str(paths.pop("image")), answer, {key: str(p) for key, p in paths.items()})
+
+    # ---- datastore ---------------------------------------------------------------------------------------------
+    def upload_image(self, path: str, image_id: str, params: Optional[Mapping[str, Any]] = None,
+                     cancel_event: Optional[threading.Event] = None) -> Dict[str, Any]:
+        """Add one image to the server's datastore as ``image_id`` (MONAI Label ``PUT /datastore/?image=``); the
+        file name's extension is kept. Returns the server's answer."""
+        path = Path(path)
+        _upload_extension(path.name)
+        with path.open("rb") as handle:
+            files = {"file": (f"{image_id}{_upload_extension(path.name)}", handle, "application/octet-stream")}
+            return self._call_cancellable(cancel_event, lambda: self._json(self._request(
+                "PUT", "/datastore/", params={"image": image_id}, data={"params": json.dumps(dict(params or {}))},
+                files=files, timeout=self.timeout)))
 
     # ---- training ----------------------------------------------------------------------------------------------
     def start_training(self, model: str, params: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:

@@ -2,7 +2,8 @@
 
 - :func:`model_choices` / :func:`choose_inputs`: what a synthesis model offers (from ``/info``) and which of the
   selected contrasts to send for a target.
-- :func:`prefill`: volume selectors pre-filled from node names with the library's rules, synthetic nodes skipped.
+- :func:`prefill`, :func:`check_one_study`: volume selectors pre-filled from node names with the library's rules,
+  within one study, synthetic nodes skipped; inputs of several patients or studies refused.
 - :func:`result_node_name`, :func:`result_attributes`, :func:`window_level`: how a result node is named, marked and
   displayed.
 - :class:`BackgroundTask`: runs a request off the GUI thread; the GUI polls it (a QTimer in the Widget) and gets its
@@ -30,6 +31,8 @@ ATTR_INPUTS = "MedSynth.Inputs"
 ATTR_SERVER = "MedSynth.Server"
 ATTR_TIME = "MedSynth.Time"
 ATTR_CHECKPOINT = "MedSynth.Checkpoint"
+ATTR_OUTPUT = "MedSynth.Output"  # "image", or the name of another image of the same answer (an uncertainty map)
+ATTR_MIXED_STUDIES = "MedSynth.MixedStudiesOverride"  # set only when a research override sent several studies
 LOCAL_SERVER = "local"
 
 
@@ -42,6 +45,26 @@ class Variant:
     inputs: List[str]
     required: List[str]
     optional: List[str]
+    validation: Dict[str, float] = field(default_factory=dict)  # metric -> value on the held-out subjects
+    validation_subjects: int = 0
+    training_subjects: int = 0
+    training_datasets: List[str] = field(default_factory=list)
+
+    def summary(self, target: str) -> str:
+        """``T1+T2 -> FLAIR: validation PSNR 21.03 dB, SSIM 0.640 (2 subjects); trained on 30 subjects (brats)``."""
+        text = f"{'+'.join(self.inputs) or 'any'} -> {target}"
+        metrics = {k.lower(): v for k, v in self.validation.items() if isinstance(v, (int, float))}
+        if "psnr" in metrics or "ssim" in metrics:
+            parts = ([f"PSNR {metrics['psnr']:.2f} dB"] if "psnr" in metrics else []) + (
+                [f"SSIM {metrics['ssim']:.3f}"] if "ssim" in metrics else [])
+            text += f": validation {', '.join(parts)} ({self.validation_subjects} subjects)"
+        else:
+            text += ": no validation figures"
+        if self.training_subjects:
+            text += f"; trained on {self.training_subjects} subjects"
+            if self.training_datasets:
+                text += f" ({', '.join(self.training_datasets)})"
+        return text
 
 
 @dataclass
@@ -56,6 +79,12 @@ class ModelChoice:
         used = {c for v in self.variants.get(target, []) for c in v.inputs}
         return [c for c in CONTRASTS if c in used]
 
+    def summary(self) -> str:
+        """One line per checkpoint: inputs, target, validation PSNR/SSIM and training data (from ``/info``)."""
+        lines = [f"{self.name}: {self.description}" if self.description else self.name]
+        lines += [variant.summary(target) for target in self.targets for variant in self.variants.get(target, [])]
+        return "\n".join(lines)
+
 
 def model_choices(models: Mapping[str, Mapping[str, Any]]) -> Dict[str, ModelChoice]:
     """name -> :class:`ModelChoice` from the ``synthesis`` entries of ``/info`` (``MedSynthClient.synthesis_models``
@@ -69,7 +98,9 @@ def model_choices(models: Mapping[str, Mapping[str, Any]]) -> Dict[str, ModelCho
         for target, rows in (entry.get("checkpoints") or {}).items():
             variants[target] = [Variant(str(r.get("checkpoint", "")), list(r.get("inputs") or []),
                                         list(r["required_inputs"] if "required_inputs" in r else r.get("inputs") or []),
-                                        list(r.get("optional_inputs") or [])) for r in rows]
+                                        list(r.get("optional_inputs") or []), dict(r.get("validation") or {}),
+                                        len(r.get("validation_subjects") or []), int(r.get("training_subjects") or 0),
+                                        list(r.get("training_datasets") or [])) for r in rows]
         out[name] = ModelChoice(name, targets, variants, str(entry.get("description", "")))
     return out
 
@@ -104,6 +135,22 @@ def choose_inputs(model: ModelChoice, target: str, available: Iterable[str]) -> 
 
 
 # ---- selectors ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Origin:
+    """The patient and study a volume belongs to; None when nothing says (a file of unknown subject)."""
+
+    patient: Optional[str] = None
+    study: Optional[str] = None
+    patient_label: str = ""
+    study_label: str = ""
+
+    def describe(self) -> str:
+        if self.patient is None and self.study is None:
+            return "no patient or study"
+        return ", ".join(x for x in (f"patient {self.patient_label}" if self.patient else "",
+                                     f"study {self.study_label}" if self.study else "") if x)
+
+
 @dataclass
 class VolumeInfo:
     """What pre-filling needs to know of a loaded volume node."""
@@ -112,6 +159,11 @@ class VolumeInfo:
     name: str
     synthetic: bool = False
     label_map: bool = False
+    origin: Origin = Origin()
+
+
+class StudyMismatch(ValueError):
+    """The chosen inputs belong to several patients or studies."""
 
 
 def contrast_of(name: str) -> Optional[str]:
@@ -122,17 +174,35 @@ def contrast_of(name: str) -> Optional[str]:
     return parsed.contrast
 
 
-def prefill(volumes: Sequence[VolumeInfo], contrasts: Sequence[str] = INPUT_CONTRASTS) -> Dict[str, str]:
-    """contrast -> node id for the selectors. Synthetic volumes and label maps are never chosen; when several
-    volumes claim a contrast, the most recently added one (last in scene order) wins."""
-    chosen: Dict[str, str] = {}
-    for volume in volumes:
-        if volume.synthetic or volume.label_map:
-            continue
-        contrast = contrast_of(volume.name)
-        if contrast in contrasts:
-            chosen[contrast] = volume.id
-    return chosen
+def prefill(volumes: Sequence[VolumeInfo], contrasts: Sequence[str] = INPUT_CONTRASTS,
+            within: Optional[Origin] = None) -> Dict[str, str]:
+    """contrast -> node id for the selectors, all from one study: ``within`` (the study of the user's first pick),
+    else the study of the most recently added recognised volume. Synthetic volumes and label maps are never chosen;
+    when several volumes of that study claim a contrast, the most recently added one (last in scene order) wins."""
+    candidates = [(v, contrast_of(v.name)) for v in volumes if not v.synthetic and not v.label_map]
+    candidates = [(v, c) for v, c in candidates if c in contrasts]
+    if not candidates:
+        return {}
+    anchor = within if within is not None else candidates[-1][0].origin
+    return {c: v.id for v, c in candidates if same_study(v.origin, anchor)}
+
+
+def same_study(a: Origin, b: Origin) -> bool:
+    return a.patient == b.patient and a.study == b.study
+
+
+def check_one_study(origins: Mapping[str, Origin]) -> Dict[str, Origin]:
+    """Raises :class:`StudyMismatch` naming the inputs when they are not all of one patient and study; returns the
+    origins otherwise."""
+    groups: Dict[Origin, List[str]] = {}
+    for contrast, origin in origins.items():
+        key = Origin(origin.patient, origin.study)
+        groups.setdefault(key, []).append(contrast)
+    if len(groups) > 1:
+        described = "; ".join(f"{'+'.join(cs)}: {origins[cs[0]].describe()}" for cs in groups.values())
+        raise StudyMismatch(f"the inputs are not of one patient and study ({described}). Choose volumes of one "
+                            "study, or tick the research override to send them anyway")
+    return dict(origins)
 
 
 def is_synthetic(attributes: Mapping[str, Optional[str]]) -> bool:
@@ -140,13 +210,18 @@ def is_synthetic(attributes: Mapping[str, Optional[str]]) -> bool:
 
 
 # ---- results -----------------------------------------------------------------------------------------------------
-def result_node_name(target: str, model: str) -> str:
-    return f"{target} (synthetic, {model})"
+def result_node_name(target: str, model: str, when: Optional[float] = None, output: str = "image") -> str:
+    """``FLAIR (synthetic, synnet, 14:03:27)``; another image of the answer: ``FLAIR uncertainty (synthetic, ...)``."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(time.time() if when is None else when))
+    what = target if output == "image" else f"{target} {output}"
+    return f"{what} (synthetic, {model}, {stamp})"
 
 
 def result_attributes(model: str, target: str, inputs: Mapping[str, str], server: str,
-                      when: Optional[float] = None, checkpoint: str = "") -> Dict[str, str]:
-    """Node attributes of a synthetic volume. ``inputs``: contrast -> name of the input node used."""
+                      when: Optional[float] = None, checkpoint: str = "", output: str = "image",
+                      mixed: Optional[Mapping[str, Origin]] = None) -> Dict[str, str]:
+    """Node attributes of a synthetic volume. ``inputs``: contrast -> name of the input node used; ``mixed``: the
+    inputs' patients and studies when a research override sent several."""
     attributes = {
         ATTR_SYNTHETIC: "true",
         ATTR_MODEL: model,
@@ -155,8 +230,11 @@ def result_attributes(model: str, target: str, inputs: Mapping[str, str], server
         ATTR_SERVER: server,
         ATTR_TIME: time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() if when is None else when)),
     }
+    attributes[ATTR_OUTPUT] = output
     if checkpoint:
         attributes[ATTR_CHECKPOINT] = checkpoint
+    if mixed:
+        attributes[ATTR_MIXED_STUDIES] = json.dumps({c: o.describe() for c, o in mixed.items()})
     return attributes
 
 

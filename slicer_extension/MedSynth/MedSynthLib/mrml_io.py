@@ -31,19 +31,41 @@ def write_volume(node, path: str, compress: bool = True) -> str:
     return str(path)
 
 
-def read_volume(path: str, scene, name: str):
-    """A new vtkMRMLScalarVolumeNode named ``name``, added to ``scene``, holding the volume in ``path``."""
+def detached_copy(node):
+    """A copy of a volume node's voxels and geometry outside any scene: the GUI thread makes it (a memory copy), a
+    worker thread writes it, so that compressing the file never blocks Slicer."""
+    slicer = _slicer()
+    import vtk
+
+    copy = slicer.vtkMRMLScalarVolumeNode()
+    copy.SetName(node.GetName())
+    image = vtk.vtkImageData()
+    image.DeepCopy(node.GetImageData())
+    copy.SetAndObserveImageData(image)
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    copy.SetIJKToRASMatrix(matrix)
+    return copy
+
+
+def read_detached(path: str, name: str):
+    """A new vtkMRMLScalarVolumeNode named ``name`` holding the volume in ``path``, in no scene yet (any thread)."""
     slicer = _slicer()
     node = slicer.vtkMRMLScalarVolumeNode()
-    node.SetName(name)
-    scene.AddNode(node)
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storage.SetFileName(str(path))
     storage.SetSingleFile(1)
     if not storage.ReadData(node) or node.GetImageData() is None:
-        scene.RemoveNode(node)
         raise OSError(f"cannot read the result volume {path}")
-    node.SetName(name)  # reading may rename the node after the file
+    node.SetName(name)  # reading names the node after the file
+    return node
+
+
+def read_volume(path: str, scene, name: str):
+    """A new vtkMRMLScalarVolumeNode named ``name``, added to ``scene``, holding the volume in ``path``."""
+    node = read_detached(path, name)
+    scene.AddNode(node)
+    node.SetName(name)
     return node
 
 
@@ -98,3 +120,23 @@ def show(node, window: float, level: float) -> None:
             display.SetAndObserveColorNodeID(grey.GetID())
     display.AutoWindowLevelOff()
     display.SetWindowLevel(float(window), float(level))
+
+
+COMPARE_VIEWS = ("Red", "Yellow")  # the two slice views of Slicer's side-by-side layout
+
+
+def compare_layout(scene, left, right) -> None:
+    """Slicer's side-by-side layout with ``left`` in the Red view and ``right`` in the Yellow one, the two views
+    linked (moving or zooming one moves the other)."""
+    slicer = _slicer()
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLLayoutNode")):
+        scene.GetNthNodeByClass(index, "vtkMRMLLayoutNode").SetViewArrangement(
+            slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        composite = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
+        if composite.GetLayoutName() in COMPARE_VIEWS:
+            shown = left if composite.GetLayoutName() == COMPARE_VIEWS[0] else right
+            composite.SetBackgroundVolumeID(shown.GetID())
+            composite.SetForegroundVolumeID(None)
+            composite.SetLabelVolumeID(None)
+            composite.SetLinkedControl(1)

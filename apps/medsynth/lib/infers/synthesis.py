@@ -89,6 +89,7 @@ class SynthesisInferTask(BasicInferTask):
                     "validation": (ckpt.training.get("validation") or {}).get(target, {}),
                     "validation_subjects": ckpt.training.get("validation_subjects", []),
                     "training_subjects": len(ckpt.training.get("subjects", [])),
+                    "training_datasets": sorted({str(s).split("/")[0] for s in ckpt.training.get("subjects", [])}),
                     "hparams": ckpt.hparams,
                     "library_version": ckpt.library_version,
                     "created": ckpt.created,
