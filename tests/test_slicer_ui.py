@@ -1,8 +1,11 @@
 """The Slicer extension's layout: the .ui loads (PySide6's QUiLoader, offscreen) and holds every widget the module
-code uses; MedSynth.py has the four scripted-module classes; the CMakeLists list every script and resource."""
+code uses; MedSynth.py has the four scripted-module classes; the extension folder is self-contained (its contrast
+rules a byte-equal copy of the library's), its CMakeLists list every script and resource, its index entry is valid,
+and its code parses with the Python of the oldest supported Slicer."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import struct
@@ -32,9 +35,10 @@ def _used_ui_names() -> set[str]:
 @pytest.fixture(scope="module")
 def loaded_ui():
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    QtWidgets = pytest.importorskip("PySide6.QtWidgets")
-    QtUiTools = pytest.importorskip("PySide6.QtUiTools")
-    QtCore = pytest.importorskip("PySide6.QtCore")
+    try:
+        from PySide6 import QtCore, QtUiTools, QtWidgets
+    except ImportError as err:  # a missing test dependency fails, it does not skip
+        pytest.fail(f"these tests need PySide6 (pip install PySide6-Essentials): {err}")
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     handle = QtCore.QFile(str(UI_FILE))
     assert handle.open(QtCore.QFile.ReadOnly)
@@ -105,8 +109,26 @@ def test_cmake_lists_every_script_and_resource():
     for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui"):
         assert resource in module
         assert (MODULE / resource.replace("${MODULE_NAME}", "MedSynth")).is_file()
-    assert "medsynth_app/contrasts.py" in module and "install(FILES" in module
-    assert (MODULE / "../../medsynth_app/contrasts.py").resolve().is_file()
+    assert ".." not in module and "medsynth_app" not in module  # nothing outside the extension folder
+    assert re.search(r"set\(EXTENSION_BUILD_SUBDIRECTORY \.\)", top)
+
+
+def test_contrast_rules_are_a_byte_equal_copy_of_the_library_file():
+    assert (MODULE / "MedSynthLib" / "contrasts.py").read_bytes() == (REPO / "medsynth_app" / "contrasts.py").read_bytes(), \
+        "copy medsynth_app/contrasts.py to slicer_extension/MedSynth/MedSynthLib/contrasts.py"
+
+
+def test_extensions_index_entry():
+    entry = json.loads((EXTENSION / "MedSynth.json").read_text())
+    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
+    assert entry["build_subdirectory"] == "." and entry["category"] == "Filtering" and entry["tier"] in (1, 3, 5)
+    assert entry["scm_url"].startswith("https://") and entry["build_dependencies"] == []
+
+
+def test_code_parses_with_the_python_of_slicer_5_6():
+    """Slicer 5.6 and 5.8 bundle Python 3.9: no syntax newer than that anywhere in the extension."""
+    for path in MODULE.rglob("*.py"):
+        ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))
 
 
 def test_icon_is_a_128_pixel_png():
