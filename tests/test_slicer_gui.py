@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +31,7 @@ import_medsynth_lib()
 from MedSynthLib import hierarchy, mrml_io  # noqa: E402
 from MedSynthLib.logic import ATTR_MIXED_STUDIES, ATTR_SYNTHETIC  # noqa: E402
 
+REPO = SLICER_MODULE_DIR.parents[1]
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
 
 
@@ -224,3 +227,63 @@ def test_training_status_one_request_at_a_time(panel, server):
     assert widget.statusRequest is first
     harness.wait_until(lambda: widget.statusRequest is None)
     assert ui.trainingProgressLabel.text.startswith("No training") and ui.trainingProgressBar.value == 0
+
+
+def test_install_local_mode_asks_first_and_keeps_slicers_packages(panel, monkeypatch):
+    widget, ui, nodes, studies, dialogs, scene = panel
+    module = sys.modules["MedSynth"]
+    installed = []
+    monkeypatch.setattr(slicer.util, "pip_install", lambda requirements: installed.append(requirements), raising=False)
+    monkeypatch.setattr(module, "install_plan", lambda: ["monai==1.6.1"])  # as if MONAI were missing
+    sys.modules["qt"].QFileDialog.chosen = str(REPO)
+    dialogs.answer = False
+    harness.click(ui.installLocalButton)
+    text = dialogs.confirmations[-1]
+    assert f"the MedSynth library from {REPO} (without its dependencies)" in text and "- monai==1.6.1" in text
+    assert "left as they are" in text and installed == []  # nothing without the user's yes
+    dialogs.answer = True
+    harness.click(ui.installLocalButton)
+    assert installed == [["--no-deps", str(REPO)], ["monai==1.6.1"]]
+
+    monkeypatch.setattr(module, "torch_installed", lambda: False)
+    harness.click(ui.installLocalButton)
+    assert "PyTorch" in dialogs.shown[-1].text() and len(installed) == 2
+
+
+def test_local_mode_runs_in_a_separate_process_that_cancel_kills(panel):
+    widget, ui, nodes, studies, dialogs, scene = panel
+    assert ui.localModeCheckBox.enabled, ui.localModeCheckBox.toolTip
+    harness.click(ui.localModeCheckBox)
+    harness.wait_until(lambda: ui.modelComboBox.count > 0 or dialogs.shown, seconds=180)
+    assert not dialogs.shown, dialogs.shown and dialogs.shown[-1].detailedText()
+    ui.modelComboBox.setCurrentIndex(ui.modelComboBox.findText("linear"))
+    ui.targetComboBox.setCurrentIndex(ui.targetComboBox.findText("FLAIR"))
+    before = len(_volumes(scene))
+    harness.click(ui.synthesizeButton)
+    runners = harness.wait_until(lambda: _runner_pids(), seconds=60)  # the PythonSlicer process is running
+    harness.click(ui.cancelButton)
+    harness.wait_until(lambda: ui.statusLabel.text.startswith("Cancelled"))
+    assert not any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in runners)
+    assert len(_volumes(scene)) == before and widget.lastResult is None and not dialogs.shown
+    assert "validation PSNR" in ui.modelInfoLabel.text  # the local checkpoints' own figures
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _runner_pids():
+    from MedSynthLib.local import RUNNER
+
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(RUNNER) in (entry / "cmdline").read_bytes().decode(errors="replace") \
+                    and '"synthesize"' in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(entry.name)
+        except OSError:
+            continue
+    return pids

@@ -260,6 +260,34 @@ def test_workflow_against_the_server_makes_a_new_synthetic_node(server, crops, t
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
+def test_files_and_percentiles_stay_off_the_polling_thread(server, crops, tmp_path, monkeypatch):
+    """The GUI thread (here: the test's, which polls) only copies voxels and adds nodes: writing the inputs,
+    reading the result and its window/level run in the worker thread."""
+    import MedSynthLib.workflow as workflow_module
+
+    threads = []
+
+    def spy(function):
+        def wrapped(*args, **kwargs):
+            threads.append((function.__name__, threading.current_thread() is threading.main_thread()))
+            return function(*args, **kwargs)
+        return wrapped
+
+    scene, nodes = _scene_with_inputs(crops)
+    for name in ("write_volume", "read_detached", "voxels"):
+        monkeypatch.setattr(mrml_io, name, spy(getattr(mrml_io, name)))
+    monkeypatch.setattr(workflow_module, "window_level", spy(workflow_module.window_level))
+    client = MedSynthClient(server)
+    workflow = SynthesisWorkflow(scene, client, temp_root=str(tmp_path))
+    task = workflow.start({"T1": nodes["T1"], "T2": nodes["T2"]}, model_choices(client.synthesis_models())["linear"],
+                          "FLAIR")
+    assert not any(in_main for _, in_main in threads)  # start() returned without writing anything itself
+    assert task.wait(120)
+    assert sorted({name for name, _ in threads}) == ["read_detached", "voxels", "window_level", "write_volume"]
+    assert not any(in_main for _, in_main in threads), threads
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
 def test_workflow_errors_and_cancel_leave_no_node_and_no_file(server, crops, tmp_path):
     scene, nodes = _scene_with_inputs(crops)
     client = MedSynthClient(server)
@@ -446,14 +474,13 @@ def test_module_logic_connects_prefills_and_synthesises(medsynth_module, server,
 
 
 def test_module_self_test_runs_outside_slicer(medsynth_module):
-    """MedSynthTest's server-free parts (its local-mode part is covered by test_local_mode_without_a_server)."""
+    """MedSynthTest, the self-test run inside Slicer, here on slicer-core (its local synthesis is what
+    test_local_mode_without_a_server does on real data; its server part needs MEDSYNTH_TEST_SERVER)."""
     test = medsynth_module.MedSynthTest("runTest")
-    test.setUp()
-    test.test_names_and_inputs()
-    test.setUp()
-    test.test_mrml_round_trip()
-    test.setUp()
-    test.test_one_patient_per_synthesis()
+    for name in ("test_names_and_inputs", "test_one_patient_per_synthesis", "test_mrml_round_trip",
+                 "test_server_synthesis"):
+        test.setUp()
+        getattr(test, name)()
 
 
 def test_a_model_with_nothing_trained_yet_is_not_offered():

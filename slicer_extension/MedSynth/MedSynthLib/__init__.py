@@ -1,10 +1,15 @@
 """Pure-Python support of the MedSynth Slicer module: no ``slicer``, ``qt`` or ``ctk`` import anywhere in this package
-(``mrml_io`` imports ``slicer`` lazily, inside its functions), so it can be used and tested outside 3D Slicer.
+(``mrml_io`` and ``hierarchy`` import ``slicer`` lazily, inside their functions), so it can be used and tested outside
+3D Slicer. Everything the module needs is in this folder (no ``medsynth_app`` import, except in local mode's own
+process).
 
-- ``names``: the contrast name rules of ``medsynth_app.contrasts`` (the same file, never a copy of its rules).
-- ``client``: the REST client of the MedSynth MONAI Label server.
-- ``logic``: request/response logic: which contrasts to send, selector pre-filling, result name and attributes,
-  window/level, and a background-thread runner polled from the GUI thread.
-- ``mrml_io``: MRML volume node <-> file, geometry kept.
-- ``local``: synthesis without a server when ``medsynth_app`` is importable.
+- ``contrasts``: a byte-equal copy of the library's contrast name rules; ``names`` re-exports them.
+- ``client``: the REST client of the MedSynth MONAI Label server (synthesis, datastore upload, training).
+- ``logic``: which contrasts to send, one study per synthesis, selector pre-filling, result names and attributes,
+  window/level, model summaries, and a background-thread runner polled from the GUI thread.
+- ``hierarchy``: patient and study of a volume in the subject hierarchy; results placed beside their inputs.
+- ``mrml_io``: MRML volume node <-> file, geometry kept; detached copies for worker threads; the compare layout.
+- ``workflow``: one synthesis, MRML nodes in, new MRML nodes out.
+- ``study``: the acquired partner of a synthetic volume, and sending a study to the server's datastore.
+- ``local`` / ``local_runner``: local mode in a separate PythonSlicer process, and what to install for it.
 """

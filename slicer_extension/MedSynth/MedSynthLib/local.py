@@ -49,15 +49,6 @@ def torch_installed() -> bool:
         return False
 
 
-def local_available() -> bool:
-    """``medsynth_app.pipeline`` imports (with torch and the rest): slow the first time; call it off the GUI thread."""
-    try:
-        importlib.import_module("medsynth_app.pipeline")
-    except Exception:  # noqa: BLE001 - ImportError, or a dependency failing to import in Slicer's Python
-        return False
-    return True
-
-
 def _name(requirement: str) -> str:
     return re.split(r"[<>=!~\[; ]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
 
@@ -126,13 +117,23 @@ def _run_runner(request: Mapping[str, Any], cancel_event=None, report=lambda fra
     return json.loads(answer)
 
 
-def local_models() -> Dict[str, Dict[str, Any]]:
-    """family -> an ``/info``-like entry (type, targets, checkpoints per target with required/optional inputs)."""
-    from medsynth_app.weights import installed
+def local_models(family: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
+    """family -> an ``/info``-like entry (type, targets, checkpoints per target with required/optional inputs,
+    validation figures and training data). With ``family``, only the files named ``<family>_*.pt`` are read when
+    there are any (reading every checkpoint is what makes listing slow)."""
+    from medsynth_app.checkpoint import CheckpointError, load_checkpoint
+    from medsynth_app.weights import weight_dirs
 
+    paths = [p for folder in weight_dirs() if folder.is_dir() for p in sorted(folder.glob("*.pt"))]
+    if family:
+        paths = [p for p in paths if p.name.startswith(f"{family}_")] or paths
     models: Dict[str, Dict[str, Any]] = {}
     seen = set()
-    for path, ckpt in installed():
+    for path in paths:
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError:  # unreadable files are skipped, as medsynth_app.weights.installed does
+            continue
         if path.name in seen:
             continue
         seen.add(path.name)
@@ -144,12 +145,16 @@ def local_models() -> Dict[str, Dict[str, Any]]:
                 entry["targets"].append(target)
             entry["checkpoints"].setdefault(target, []).append({
                 "checkpoint": path.name, "path": str(path), "inputs": list(ckpt.inputs),
-                "required_inputs": required, "optional_inputs": optional})
+                "required_inputs": required, "optional_inputs": optional,
+                "validation": (ckpt.training.get("validation") or {}).get(target, {}),
+                "validation_subjects": list(ckpt.training.get("validation_subjects") or []),
+                "training_subjects": len(ckpt.training.get("subjects") or []),
+                "training_datasets": sorted({str(s).split("/")[0] for s in ckpt.training.get("subjects") or []})})
     return models
 
 
 def synthesize_local(model: str, target: str, files: Mapping[str, str], out_dir: Optional[str] = None,
-                     intensity: str = "scaled", cancel_event=None):
+                     intensity: str = "scaled"):
     """Synthesise ``target`` from contrast -> file with the installed ``model`` checkpoint that uses the most of
     them; the first file (canonical contrast order) gives the output grid. Returns (path, params)."""
     from medsynth_app.checkpoint import load_checkpoint
@@ -157,10 +162,8 @@ def synthesize_local(model: str, target: str, files: Mapping[str, str], out_dir:
     from medsynth_app.imageio import read_image, write_image
     from medsynth_app.pipeline import provenance_for, synthesize
 
-    from .client import Cancelled
-
     begin = time.time()
-    entry = local_models().get(model)
+    entry = local_models(model).get(model)
     if entry is None or target not in entry["targets"]:
         raise ValueError(f"no installed {model} checkpoint synthesises {target}")
     best = None
@@ -176,8 +179,6 @@ def synthesize_local(model: str, target: str, files: Mapping[str, str], out_dir:
     row, used = best
     checkpoint = load_checkpoint(row["path"])
     images = {c: read_image(files[c]) for c in used}
-    if cancel_event is not None and cancel_event.is_set():
-        raise Cancelled()
     result = synthesize(checkpoint, images, target, intensity=intensity)
     folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="medsynth_result_"))
     path = folder / f"{target}_synthetic_{model}_{int(time.time() * 1000)}.nii.gz"
