@@ -261,6 +261,7 @@ def test_local_mode_runs_in_a_separate_process_that_cancel_kills(panel):
     before = len(_volumes(scene))
     harness.click(ui.synthesizeButton)
     runners = harness.wait_until(lambda: _runner_pids(), seconds=60)  # the PythonSlicer process is running
+    harness.wait_until(lambda: re.search(r"in a local process\.\.\. \(\d+ s\)$", ui.statusLabel.text), seconds=60)
     harness.click(ui.cancelButton)
     harness.wait_until(lambda: ui.statusLabel.text.startswith("Cancelled"))
     assert not any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in runners)

@@ -106,7 +106,8 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.stopTrainingButton.connect("clicked(bool)", self.onStopTraining)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneChanged)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneChanged)
         self.ui.progressBar.setValue(0)
         self.ui.trainingProgressBar.setValue(0)
         self.setStatus("Not connected. Enter the server address and click Connect.")
@@ -236,8 +237,10 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             self._updatingGUI = False
 
-    def onSceneClosed(self, caller=None, event=None):
-        self.lastResult = None
+    def onSceneChanged(self, caller=None, event=None):
+        """A scene closed or loaded: the selections are those its parameter node holds."""
+        if self.lastResult is not None and self.lastResult.GetScene() is None:
+            self.lastResult = None
         self.updateGUIFromParameterNode()
         self.updateButtons()
 
