@@ -167,6 +167,8 @@ def test_synthesis_lands_in_the_study_and_compares_side_by_side(panel, server):
     assert ui.progressBar.value == 100 and not ui.cancelButton.enabled and ui.synthesizeButton.enabled
     harness.click(ui.prefillButton)  # a synthetic volume is never pre-filled
     assert ui.flairSelector.currentNode() is nodes["B"]["FLAIR"]
+    harness.selector_pick(ui.pdSelector, result)  # nor kept when picked by hand
+    assert ui.pdSelector.currentNode() is None and "is synthetic: choose an acquired volume" in ui.statusLabel.text
 
     harness.click(ui.compareButton)
     composites = {c.GetLayoutName(): c for c in (scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
@@ -235,6 +237,7 @@ def test_install_local_mode_asks_first_and_keeps_slicers_packages(panel, monkeyp
     installed = []
     monkeypatch.setattr(slicer.util, "pip_install", lambda requirements: installed.append(requirements), raising=False)
     monkeypatch.setattr(module, "install_plan", lambda: ["monai==1.6.1"])  # as if MONAI were missing
+    monkeypatch.setattr(module, "local_models_process", lambda: {})  # local mode is tested below
     sys.modules["qt"].QFileDialog.chosen = str(REPO)
     dialogs.answer = False
     harness.click(ui.installLocalButton)

@@ -359,7 +359,10 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             qt.QTimer.singleShot(0, lambda: self.onPrefill(onlyEmpty=True))
 
     def onSelectorChanged(self, node=None):
-        if not self._updatingGUI and node is not None:  # the user's pick: fill the others from its study only
+        if node is not None and is_synthetic(mrml_io.attributes(node)):  # never an input, even when picked
+            self.fillSelectors({c: None for c, s in self.selectors.items() if s.currentNode() is node}, False)
+            self.setStatus(f"{node.GetName()} is synthetic: choose an acquired volume as input.", error=True)
+        elif not self._updatingGUI and node is not None:  # the user's pick: fill the others from its study only
             self.fillSelectors(self.logic.prefillNodes(slicer.mrmlScene, within=node), onlyEmpty=True)
         self.onInputsChanged()
 
