@@ -24,6 +24,7 @@ from PySide6 import QtCore, QtWidgets
 from PySide6.QtCore import Property, Signal
 from PySide6.QtTest import QTest
 from PySide6.QtUiTools import QUiLoader
+from shiboken6 import isValid
 
 VTK_POINTER = re.compile(r"\bvtk\w+\s*\*")
 
@@ -142,9 +143,13 @@ class qMRMLNodeComboBox(QtWidgets.QComboBox):  # noqa: N801
         for tag in self._observers:
             self._scene.RemoveObserver(tag)
         self._scene = scene
-        self._observers = [scene.AddObserver(event, lambda *args: QtCore.QTimer.singleShot(0, self._refresh))
+        self._observers = [scene.AddObserver(event, lambda *args: QtCore.QTimer.singleShot(0, self._refresh_later))
                            for event in (scene.NodeAddedEvent, scene.NodeRemovedEvent)]
         self._refresh()
+
+    def _refresh_later(self) -> None:
+        if isValid(self):  # a scene may outlive the panel that observed it
+            self._refresh()
 
     def _accepts(self, node) -> bool:
         return any(node.IsA(t) if self._children else node.GetClassName() == t for t in self._types)

@@ -150,6 +150,23 @@ def test_two_patients_prefill_within_a_study_and_refusal(panel, server):
     again.cleanup()
 
 
+def test_selections_come_back_with_the_saved_scene(panel, tmp_path):
+    widget, ui, nodes, studies, dialogs, scene = panel
+    harness.selector_pick(ui.flairSelector, None)
+    harness.click(ui.mixedStudiesCheckBox)
+    scene.SetURL(str(tmp_path / "scene.mrml"))
+    assert scene.Commit()
+    scene.Clear(0)  # File > Close scene
+    harness.QTest.qWait(50)
+    assert widget.currentInputs() == {} and not ui.mixedStudiesCheckBox.checked
+    scene.SetURL(str(tmp_path / "scene.mrml"))
+    assert scene.Import()  # File > Load scene
+    harness.QTest.qWait(50)
+    assert {c: n.GetID() for c, n in widget.currentInputs().items()} == {"T1": nodes["B"]["T1"].GetID(),
+                                                                         "T2": nodes["B"]["T2"].GetID()}
+    assert ui.mixedStudiesCheckBox.checked
+
+
 def test_synthesis_lands_in_the_study_and_compares_side_by_side(panel, server):
     widget, ui, nodes, studies, dialogs, scene = panel
     harness.selector_pick(ui.flairSelector, None)

@@ -230,9 +230,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingGUI = True
         try:
             for contrast, selector in self.selectors.items():
-                referenced = node.GetNodeReference(f"Input{contrast}")
-                if referenced is not None:
-                    selector.setCurrentNode(referenced)
+                selector.setCurrentNode(node.GetNodeReference(f"Input{contrast}"))
             self.ui.mixedStudiesCheckBox.checked = node.GetParameter("AllowMixedStudies") == "true"
         finally:
             self._updatingGUI = False
@@ -354,6 +352,8 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---- selectors ---------------------------------------------------------------------------------------------
     @vtk.calldata_type(vtk.VTK_OBJECT)
     def onNodeAdded(self, caller, event, node):
+        if caller.IsImporting():  # a scene being loaded brings its own selections (parameter node)
+            return
         if isinstance(node, slicer.vtkMRMLScalarVolumeNode) and not is_synthetic(mrml_io.attributes(node)):
             # the node's name is set once it is loaded; pre-fill after the current event
             qt.QTimer.singleShot(0, lambda: self.onPrefill(onlyEmpty=True))
