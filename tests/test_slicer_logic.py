@@ -200,6 +200,25 @@ def _in_study(scene, patient_id, study_uid, nodes):
     return study
 
 
+def test_volumes_outside_any_patient_are_told_apart_only_by_subject_names():
+    scene = slicer.vtkMRMLScene()
+
+    def origin(name):
+        node = slicer.vtkMRMLScalarVolumeNode()
+        node.SetName(name)
+        scene.AddNode(node)
+        return hierarchy.origin_of(node)
+
+    series = {"T1": origin("sag 3D T1 MPRAGE"), "T2": origin("AX T2 FSE"), "FLAIR": origin("3DFLAIR"),
+              "T1C": origin("T1_MPRAGE_post")}
+    assert check_one_study(series)  # series names say nothing of the subject
+    subjects = [origin(n) for n in ("sub01_T1", "sub-01_T2w", "patient07_FLAIR", "BraTS20_Training_001_t1", "s06_T1")]
+    assert [o.patient for o in subjects] == ["name sub01", "name sub-01", "name patient07",
+                                             "name BraTS20_Training_001", "name s06"]
+    with pytest.raises(StudyMismatch, match="subject 'sub01'.*subject 'sub02'"):
+        check_one_study({"T1": origin("sub01_T1"), "T2": origin("sub02_T2")})
+
+
 def _check_result(result, nodes, model, server_text):
     assert re.fullmatch(rf"FLAIR \(synthetic, {model}, \d\d:\d\d:\d\d(, \d+)?\)", result.GetName()), result.GetName()
     attributes = mrml_io.attributes(result)
@@ -378,7 +397,8 @@ def test_a_second_image_of_the_answer_becomes_a_marked_node_in_the_study(crops, 
         shutil.copy(crops / "sub01_FLAIR.nii.gz", folder / f"{name}.nii.gz")
     job = SynthesisJob("synnet", "FLAIR", ["T1", "T2"], {c: nodes[c].GetID() for c in ("T1", "T2")},
                        {c: nodes[c].GetName() for c in ("T1", "T2")}, None, folder,
-                       result_path=str(folder / "result.nii.gz"), extras={"uncertainty": str(folder / "uncertainty.nii.gz")})
+                       result_path=str(folder / "result.nii.gz"),
+                       extras={"uncertainty": str(folder / "uncertainty.nii.gz")})
     result = SynthesisWorkflow(scene, None).finish(job)
     maps = [n for n in (scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode") for i in range(5))
             if n.GetAttribute(ATTR_OUTPUT) == "uncertainty"]

@@ -114,7 +114,8 @@ def test_cmake_lists_every_script_and_resource():
 
 
 def test_contrast_rules_are_a_byte_equal_copy_of_the_library_file():
-    assert (MODULE / "MedSynthLib" / "contrasts.py").read_bytes() == (REPO / "medsynth_app" / "contrasts.py").read_bytes(), \
+    copy, library = MODULE / "MedSynthLib" / "contrasts.py", REPO / "medsynth_app" / "contrasts.py"
+    assert copy.read_bytes() == library.read_bytes(), \
         "copy medsynth_app/contrasts.py to slicer_extension/MedSynth/MedSynthLib/contrasts.py"
 
 

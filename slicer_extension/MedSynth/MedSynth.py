@@ -698,7 +698,8 @@ class MedSynthTest(ScriptedLoadableModuleTest):
         np.testing.assert_allclose(mrml_io.ijk_to_ras(result), mrml_io.ijk_to_ras(inputs["T1"]), atol=1e-4)
         self.assertEqual(mrml_io.voxels(result).shape, mrml_io.voxels(inputs["T1"]).shape)
         shn = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
-        self.assertEqual(shn.GetItemParent(hierarchy.item_of(result)), shn.GetItemParent(hierarchy.item_of(inputs["T1"])))
+        self.assertEqual(shn.GetItemParent(hierarchy.item_of(result)),
+                         shn.GetItemParent(hierarchy.item_of(inputs["T1"])))
 
     def test_server_synthesis(self):
         address = os.environ.get("MEDSYNTH_TEST_SERVER")  # http://host:port

@@ -59,7 +59,7 @@ class Cancelled(MedSynthError):
 class SynthesisResult:
     path: str  # the result file on this machine
     params: Dict[str, Any] = field(default_factory=dict)  # the server's answer: inputs used, checkpoint, ...
-    extras: Dict[str, str] = field(default_factory=dict)  # further images of the answer (an uncertainty map): field -> path
+    extras: Dict[str, str] = field(default_factory=dict)  # field -> path of further images (an uncertainty map)
 
 
 def normalise_address(address: str) -> str:

@@ -2,11 +2,13 @@
 
 Slicer's DICOM import puts every series under a patient item (UID "DICOM" = PatientID, attribute DICOM.PatientID)
 and a study item (UID "DICOM" = StudyInstanceUID). A volume outside any patient (a NIfTI file from disk) is known
-only by the subject prefix of its name (``sub01_T1`` -> ``sub01``), when it has one. Imports ``slicer`` lazily, like
-``mrml_io``: works in 3D Slicer and with PyPI's ``slicer-core``.
+only by a subject identifier heading its name (``sub01_T1``, ``sub-01_T1w``, ``patient07_FLAIR``,
+``BraTS20_Training_001_t1``), when it has one; series names such as ``AX T2 FSE`` say nothing of the subject.
+Imports ``slicer`` lazily, like ``mrml_io``: works in 3D Slicer and with PyPI's ``slicer-core``.
 """
 from __future__ import annotations
 
+import re
 from typing import Dict, Optional, Tuple
 
 from .logic import Origin
@@ -15,6 +17,7 @@ from .names import parse_name
 DICOM_UID = "DICOM"
 PATIENT_ID_ATTRIBUTE = "DICOM.PatientID"
 STUDY_UID_ATTRIBUTE = "DICOM.StudyInstanceUID"
+SUBJECT_PREFIX = re.compile(r"(?:sub|subj|subject|patient|pat|case|s)[-_]?\d+[A-Za-z0-9]*|\w*_\d{3,}", re.I)
 
 
 def _shn(scene):
@@ -47,7 +50,7 @@ def origin_of(node) -> Origin:
     study, study_label = _key(shn, shn.GetItemAncestorAtLevel(item, "Study"), STUDY_UID_ATTRIBUTE)
     if patient is None:
         parsed = parse_name(node.GetName() or "")
-        if parsed is not None and parsed.prefix:
+        if parsed is not None and SUBJECT_PREFIX.fullmatch(parsed.prefix):
             patient, patient_label = f"name {parsed.prefix}", f"subject {parsed.prefix!r} (from the volume name)"
     return Origin(patient, study, patient_label, study_label)
 
