@@ -32,7 +32,6 @@ from MedSynthLib import hierarchy, mrml_io  # noqa: E402
 from MedSynthLib.logic import ATTR_MIXED_STUDIES, ATTR_SYNTHETIC  # noqa: E402
 
 REPO = SLICER_MODULE_DIR.parents[1]
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +41,8 @@ def app():
 
 @pytest.fixture(scope="module")
 def crops(tmp_path_factory):
+    if not SHARED.is_dir():
+        pytest.skip(f"real data folder {SHARED} is absent")
     return write_crops(SHARED, tmp_path_factory.mktemp("datastore"))
 
 
@@ -217,6 +218,19 @@ def test_errors_are_dialogs_with_details(panel):
     assert box.isVisible() and "Cannot connect" in box.text() and "connection refused" in box.text()
     assert "Traceback" in box.detailedText()
     assert "Cannot connect" in ui.statusLabel.text and ui.connectButton.enabled
+
+
+def test_a_server_lost_during_synthesis_is_a_dialog_and_no_node(panel, server):
+    widget, ui, nodes, studies, dialogs, scene = panel
+    _connect(ui, server)
+    ui.targetComboBox.setCurrentIndex(ui.targetComboBox.findText("FLAIR"))
+    widget.logic.client.address = f"http://127.0.0.1:{free_port()}"  # the server went away after Connect
+    before = len(_volumes(scene))
+    harness.click(ui.synthesizeButton)
+    box = harness.wait_until(lambda: dialogs.shown and dialogs.shown[-1])
+    assert box.text().startswith("Synthesis failed:") and "cannot reach the MedSynth server" in box.text()
+    assert "Traceback" in box.detailedText() and "upload_session" in box.detailedText()
+    assert len(_volumes(scene)) == before and ui.progressBar.value == 0 and ui.synthesizeButton.enabled
 
 
 def test_send_study_confirms_exactly_what_goes(panel, server):
