@@ -130,7 +130,7 @@ def test_the_extension_folder_is_self_contained(tmp_path):
     contrast rules equal to the library's (tests/test_slicer_ui.py keeps the copy byte-equal)."""
     copy = tmp_path / "MedSynth"
     shutil.copytree(SLICER_MODULE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    code = ("import sys; import MedSynthLib.names as n, MedSynthLib.workflow, MedSynthLib.study; "
+    code = ("import sys; import MedSynthLib.contrasts as n, MedSynthLib.workflow, MedSynthLib.study; "
             "print(n.parse_name('sub01_t1ce.nii.gz')); print('medsynth_app' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = f"{copy}{os.pathsep}{Path(__import__('requests').__file__).parents[1]}"

@@ -3,7 +3,7 @@
 3D Slicer. Everything the module needs is in this folder (no ``medsynth_app`` import, except in local mode's own
 process).
 
-- ``contrasts``: a byte-equal copy of the library's contrast name rules; ``names`` re-exports them.
+- ``contrasts``: a byte-equal copy of the library's contrast name rules (``medsynth_app/contrasts.py``).
 - ``client``: the REST client of the MedSynth MONAI Label server (synthesis, datastore upload, training).
 - ``logic``: which contrasts to send, one study per synthesis, selector pre-filling, result names and attributes,
   window/level, model summaries, and a background-thread runner polled from the GUI thread.

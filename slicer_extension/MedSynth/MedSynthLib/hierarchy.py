@@ -12,7 +12,7 @@ import re
 from typing import Dict, Optional, Tuple
 
 from .logic import Origin
-from .names import parse_name
+from .contrasts import parse_name
 
 DICOM_UID = "DICOM"
 PATIENT_ID_ATTRIBUTE = "DICOM.PatientID"

@@ -19,7 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
-from .names import CONTRASTS, MASKS, parse_name
+from .contrasts import CONTRASTS, MASKS, parse_name
 
 # Contrasts the panel has a selector for (DWI is a diffusion series, not offered as a Slicer input).
 INPUT_CONTRASTS = ("T1", "T1C", "T2", "PD", "FLAIR")

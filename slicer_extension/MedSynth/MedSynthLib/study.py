@@ -8,11 +8,11 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, List, Mapping, Optional
 
 from . import hierarchy, mrml_io
 from .logic import ATTR_TARGET, INPUT_CONTRASTS, check_one_study, is_synthetic
-from .names import CONTRASTS
+from .contrasts import CONTRASTS
 
 
 def compare_partner(synthetic, inputs: Mapping[str, Any]):
