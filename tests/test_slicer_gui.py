@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED
-from server_fixture import SLICER_MODULE_DIR, free_port, import_medsynth_lib, running_server, write_crops
+from server_fixture import (SLICER_MODULE_DIR, copy_app, free_port, import_medsynth_lib, running_server,
+                            write_crops)
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 try:  # missing test dependencies fail, they do not skip
@@ -43,12 +44,15 @@ def app():
 def crops(tmp_path_factory):
     if not SHARED.is_dir():
         pytest.skip(f"real data folder {SHARED} is absent")
-    return write_crops(SHARED, tmp_path_factory.mktemp("datastore"))
+    root = write_crops(SHARED, tmp_path_factory.mktemp("datastore"))
+    return write_crops(SHARED, root, prefix="sub02_")  # a second study, so that the server can train
 
 
 @pytest.fixture(scope="module")
 def server(crops, tmp_path_factory):
-    with running_server(crops, tmp_path_factory.mktemp("server")) as url:
+    """One server for the module, on a copy of the app: the training test replaces the copy's weights."""
+    app = copy_app(tmp_path_factory.mktemp("app"))
+    with running_server(crops, tmp_path_factory.mktemp("server"), app=app) as url:
         yield url
 
 
@@ -260,6 +264,25 @@ def test_training_status_one_request_at_a_time(panel, server):
     assert widget.statusRequest is first
     harness.wait_until(lambda: widget.statusRequest is None)
     assert ui.trainingProgressLabel.text.startswith("No training") and ui.trainingProgressBar.value == 0
+
+
+def test_training_panel_follows_the_servers_progress(panel, server):
+    """Last of the server tests: the training replaces the served linear T1+T2 -> FLAIR weights (of the copy)."""
+    widget, ui, nodes, studies, dialogs, scene = panel
+    _connect(ui, server)
+    ui.targetComboBox.setCurrentIndex(ui.targetComboBox.findText("FLAIR"))
+    assert ui.startTrainingButton.enabled
+    harness.click(ui.startTrainingButton)
+    seen = set()
+
+    def finished():
+        seen.add(ui.trainingProgressLabel.text.split(",")[0])
+        return ui.trainingProgressLabel.text.startswith("Training DONE")
+
+    harness.wait_until(finished, seconds=180)
+    assert {"Training RUNNING", "Training SUBMITTED"} & seen, seen  # followed while it ran, not only at the end
+    assert "epoch 1/1, best validation" in ui.trainingProgressLabel.text and ui.trainingProgressBar.value == 100
+    assert "saved linear_T1+T2_to_FLAIR.pt" in ui.trainingProgressLabel.text and not dialogs.shown
 
 
 def test_install_local_mode_asks_first_and_keeps_slicers_packages(panel, monkeypatch):
