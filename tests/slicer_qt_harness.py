@@ -3,7 +3,8 @@
 What 3D Slicer gives a scripted module, made from real parts:
 - the real ``.ui``, loaded by ``QUiLoader`` with registered stand-ins for Slicer's custom widgets: ``qMRMLWidget``,
   ``qMRMLNodeComboBox`` (listing the volume nodes of a slicer-core ``vtkMRMLScene``, following its node events) and
-  ``ctkCollapsibleButton``; the ``.ui``'s own ``<connections>`` are made as Designer declares them;
+  ``ctkCollapsibleButton``; the ``.ui``'s own ``<connections>`` are made as Designer declares them (QUiLoader's own
+  attempt at them logs "No such signal ...(vtkMRMLScene*)": a VTK pointer is a PyObject for the stand-ins);
 - PythonQt's conventions over real widgets (:class:`PythonQtProxy`): Qt properties as attributes, and
   ``connect("signal(args)", slot)`` resolved against the object's real signals -- an unknown or misspelt signal
   raises, where a hand-written fake would accept anything;

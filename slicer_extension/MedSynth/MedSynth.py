@@ -45,7 +45,8 @@ class MedSynth(ScriptedLoadableModule):
         self.parent.helpText = (
             "Synthesise a missing MRI contrast (T1, T1C, T2, PD, FLAIR) from the loaded ones with a MedSynth "
             "server or locally. The result is a new volume marked synthetic (node attribute MedSynth.Synthetic); "
-            "it is not an acquired image and must not be read as one.")
+            "it is not an acquired image and must not be read as one. The inputs must be of one patient and study; "
+            "the result is put in that study of the subject hierarchy.")
         self.parent.acknowledgementText = "Uses MONAI Label's REST API and the MedSynth library."
 
 
