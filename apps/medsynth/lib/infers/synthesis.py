@@ -131,7 +131,11 @@ class SynthesisInferTask(BasicInferTask):
 
         image_path = req.get("image")
         session_dir = isinstance(image_path, str) and bool(image_path) and os.path.isdir(image_path)
-        if session_dir:  # several files uploaded as one session (PUT /session/): the folder is the study
+        series: Dict[str, str] = {}  # contrast -> SeriesInstanceUID not downloaded yet (a PACS datastore)
+        if self._on_pacs(req.get("datastore_image")):
+            study_id, contrast, series = self._pacs_study(req["datastore_image"], req.get("contrast"))
+            files = {c: Path(uid) for c, uid in series.items()}
+        elif session_dir:  # several files uploaded as one session (PUT /session/): the folder is the study
             study_id, contrast, files = self._session_files(Path(image_path))
         elif not isinstance(image_path, str) or not image_path or not os.path.isfile(image_path):
             raise SynthesisRequestError(f"image {request.get('image')!r} is not an image file of the datastore "
@@ -142,6 +146,9 @@ class SynthesisInferTask(BasicInferTask):
             files[name] = self._resolve_id(image_id)
 
         path, ckpt, used = self._choose(target, files, study_id, req.get("checkpoint"))
+        for c in used:  # only the series the synthesis uses are downloaded
+            if c in series and files[c] == Path(series[c]):
+                files[c] = self.datastore.series_folder(series[c], study_id)
         if session_dir:  # the first input (in T1 T1C T2 PD FLAIR DWI order) gives the output grid
             contrast = next(c for c in CONTRASTS if c in used)
             image_path = str(files[contrast])
@@ -210,6 +217,31 @@ class SynthesisInferTask(BasicInferTask):
         if uri and os.path.isfile(uri):
             return Path(uri)
         raise SynthesisRequestError(f"inputs: no image {image_id!r} in the datastore", 404)
+
+    def _on_pacs(self, image_id) -> bool:
+        return (hasattr(self.datastore, "study_contrasts") and isinstance(image_id, str) and bool(image_id)
+                and not os.path.exists(image_id))
+
+    def _pacs_study(self, series_uid: str, contrast_param) -> Tuple[str, Optional[str], Dict[str, str]]:
+        """(StudyInstanceUID, contrast of the requested series, contrast -> SeriesInstanceUID) from the PACS's
+        metadata; no series is downloaded."""
+        study_uid = self.datastore.study_of(series_uid)
+        series, clashes = self.datastore.study_contrasts(study_uid)
+        for c, uids in clashes.items():
+            if series_uid in uids:  # the requested series settles which one is meant
+                series[c] = series_uid
+            else:
+                described = ", ".join(self.datastore.describe_series(u) for u in uids)
+                raise SynthesisRequestError(f"study {study_uid}: {c} is claimed by {len(uids)} series: {described}; "
+                                            f'pass the one to use as params inputs {{"{c}": "<series uid>"}}', 409)
+        contrast = next((c for c, uid in series.items() if uid == series_uid), None)
+        if contrast_param:
+            try:
+                contrast = canonical_contrast(str(contrast_param))
+            except ValueError as err:
+                raise SynthesisRequestError(f"contrast: {err}") from None
+            series[contrast] = series_uid
+        return study_uid, contrast, series
 
     def _candidates(self, image_path: Path) -> Dict[str, Path]:
         """name -> file of every image beside ``image_path``: the datastore's images when they are in the same

@@ -81,7 +81,10 @@ def _scalar(value):
 
 
 def datastore_studies(datastore) -> Tuple[List[Study], Dict[str, str]]:
-    """Group the datastore's images into studies by file-name prefix; returns (studies, skipped study -> reason)."""
+    """Group the datastore's images into studies by file-name prefix (a PACS: by study, contrasts from its
+    metadata, lib/dicomweb.py); returns (studies, skipped study -> reason)."""
+    if hasattr(datastore, "study_contrasts"):
+        return datastore.studies()
     groups: Dict[str, Dict[str, List[Tuple[str, Path]]]] = {}
     for image_id in sorted(datastore.list_images()):
         uri = datastore.get_image_uri(image_id)
@@ -278,6 +281,10 @@ class SynthesisTrainTask(TrainTask):
                     f"no study of the datastore has {'+'.join([*inputs, target])} acquired "
                     f"(studies have: {'; '.join(have)}); cannot train {self.family} {'+'.join(inputs)}->{target}")
             train_set, val_set = split_studies(usable, val_split, seed)
+            if hasattr(datastore, "study_contrasts"):  # a PACS: download only the series of the studies used
+                publish(stage="downloading")
+                for study in [*train_set, *val_set]:
+                    datastore.fetch(study)
             out = self.model_dir / out_name
             publish(target=target, inputs=inputs, checkpoint=out.name, total_epochs=epochs,
                     pretrained=out.name if init is not None else None,
