@@ -3,7 +3,9 @@
 A request names one datastore image (``?image=sub01_T1``) and params ``{"target": "FLAIR"}``; optional
 ``{"inputs": {"T2": "<image id>"}}`` replaces or adds contrasts, and ``{"contrast": "T1"}`` names the contrast of an
 image whose file name does not say it. The study of the image is the set of datastore images whose names carry the
-same prefix (``sub01_T1``, ``sub01_T2``, ``sub01_FLAIR``: flat datastore, ``medsynth_app.contrasts.parse_name``).
+same prefix (``sub01_T1``, ``sub01_T2``, ``sub01_FLAIR``: flat datastore, ``medsynth_app.studies.group_studies``);
+on a PACS (``--studies http://HOST/dicom-web``) it is the image's DICOM study, its contrasts read from the PACS's
+metadata (lib/dicomweb.py), and only the series used are downloaded.
 A session upload of several files (``PUT /session/``, then ``?session_id=``) makes ``image`` a folder: its images,
 named by contrast (``T1.nii.gz``, ``T2.nii.gz``), are the study, and the first input used gives the output grid.
 
@@ -32,11 +34,11 @@ from fastapi import HTTPException
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from medsynth_app.checkpoint import Checkpoint
-from medsynth_app.contrasts import BRAIN_MASK, CONTRASTS, LESION_MASK, canonical_contrast, has_image_extension, parse_name
-from medsynth_app.imageio import WRITE_EXTENSIONS, read_image, write_image
+from medsynth_app.contrasts import BRAIN_MASK, CONTRASTS, canonical_contrast
+from medsynth_app.imageio import WRITE_EXTENSIONS, is_image_path, read_image, write_image
 from medsynth_app.models import create
 from medsynth_app.pipeline import provenance_for, synthesize
-from medsynth_app.studies import find_studies
+from medsynth_app.studies import find_studies, group_studies, name_contrast
 
 logger = logging.getLogger(__name__)
 
@@ -243,23 +245,6 @@ class SynthesisInferTask(BasicInferTask):
             series[contrast] = series_uid
         return study_uid, contrast, series
 
-    def _candidates(self, image_path: Path) -> Dict[str, Path]:
-        """name -> file of every image beside ``image_path``: the datastore's images when they are in the same
-        folder (flat local datastore), else the folder's image files."""
-        if self.datastore is not None:
-            try:
-                found = {}
-                for image_id in self.datastore.list_images():
-                    uri = self.datastore.get_image_uri(image_id)
-                    if uri and Path(uri).parent == image_path.parent:
-                        found[image_id] = Path(uri)
-                if found:
-                    return found
-            except Exception as err:  # a remote datastore without listing: fall back to the folder
-                logger.warning("cannot list the datastore (%s); using the image's folder", err)
-        folder = image_path.parent
-        return {p.name: p for p in sorted(folder.iterdir()) if p.is_file() and has_image_extension(p.name)}
-
     @staticmethod
     def _session_files(folder: Path) -> Tuple[str, Optional[str], Dict[str, Path]]:
         """The study of a session upload: the folder's images named by contrast (T1.nii.gz, T2.nii.gz, ...)."""
@@ -278,34 +263,32 @@ class SynthesisInferTask(BasicInferTask):
         return "session", None, files
 
     def _study_files(self, image_path: Path, contrast_param) -> Tuple[str, Optional[str], Dict[str, Path]]:
-        parsed = parse_name(image_path.name)
+        """The study of a datastore image: the images of its folder (the flat datastore) grouped by name
+        (``group_studies``, as training does); only the folder is listed, no datastore image is resolved."""
+        parsed = name_contrast(image_path.name, image_path)
+        contrast = parsed.contrast if parsed is not None and parsed.contrast in CONTRASTS else None
         if contrast_param:
             try:
                 contrast = canonical_contrast(str(contrast_param))
             except ValueError as err:
                 raise SynthesisRequestError(f"contrast: {err}") from None
-        elif parsed is not None and parsed.contrast in CONTRASTS:
-            contrast = parsed.contrast
-        else:
-            contrast = None
-        prefix = parsed.prefix if parsed is not None else None
         files: Dict[str, Path] = {}
-        claimed: Dict[str, list] = {}
-        if prefix is not None and parsed.contrast in CONTRASTS:
-            for name, path in self._candidates(image_path).items():
-                other = parse_name(name)
-                if other is None or other.prefix != prefix:
-                    continue
-                claimed.setdefault(other.contrast, []).append(path)
-            clashes = {c: p for c, p in claimed.items() if len(p) > 1 and c != LESION_MASK}
-            if clashes:
-                c, paths = next(iter(clashes.items()))
-                raise SynthesisRequestError(f"study {prefix or image_path.name}: {c} is claimed by both "
-                                            f"{paths[0].name} and {paths[1].name}", 409)
-            files = {c: p[0] for c, p in claimed.items()}
+        study_id = ""
+        if parsed is not None and parsed.contrast in CONTRASTS:
+            folder = image_path.parent
+            entries = [(p.name, p) for p in sorted(folder.iterdir()) if is_image_path(p) and not p.name.startswith(".")]
+            studies, refused = group_studies(entries, default_id=parsed.prefix)
+            if parsed.prefix in refused:
+                raise SynthesisRequestError(refused[parsed.prefix].replace(f"{folder}{os.sep}", ""), 409)
+            study = next((s for s in studies if s.id == parsed.prefix), None)
+            if study is not None:
+                study_id = study.id
+                files = dict(study.images)
+                if study.brain_mask is not None:
+                    files[BRAIN_MASK] = study.brain_mask
         if contrast is not None:
             files[contrast] = image_path
-        return prefix or "", contrast, files
+        return study_id, contrast, files
 
     def _choose(self, target: str, files: Dict[str, Path], study_id: str, checkpoint: Any = None):
         """The checkpoint for ``target`` usable with the available contrasts: the named one, else the one using the
