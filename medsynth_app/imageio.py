@@ -96,9 +96,10 @@ def sort_dicom_files(folder: Path) -> list[Path]:
 MAX_UNPACKED_BYTES = 4 * 2**30
 
 
-def unpack_dicom_zip(path: Path, into: Path) -> Path:
-    """Extract a zip of one DICOM series (its files at any depth) into ``into``; returns the series folder. Raises
-    ImageError naming the zip when it is damaged, too large once unpacked or holds no (or several) series."""
+def unpack_zip(path: Path, into: Path) -> Path:
+    """Extract a zip of DICOM series (files at any depth, several series' files possibly mixed in one folder) or of
+    image files into ``into``, with loose DICOM files sorted into one folder per series; returns ``into``. Raises
+    ImageError naming the zip when it is damaged or too large once unpacked."""
     import zipfile
 
     try:
@@ -109,12 +110,30 @@ def unpack_dicom_zip(path: Path, into: Path) -> Path:
             archive.extractall(into)  # zipfile drops absolute paths and "..": nothing lands outside ``into``
     except (zipfile.BadZipFile, OSError) as err:
         raise ImageError(f"{path}: not a readable zip file ({err})") from None
-    for folder in [into, *sorted(p for p in into.rglob("*") if p.is_dir())]:
-        sort_dicom_files(folder)
-    series = sorted(p for p in into.rglob("*") if is_dicom_folder(p))
+    sort_dicom_files(into)
+    for folder in sorted(p for p in into.rglob("*") if p.is_dir()):
+        if len(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))) > 1:  # a folder of one series stays as is
+            sort_dicom_files(folder)
+    return into
+
+
+def unpack_dicom_zip(path: Path, into: Path) -> Path:
+    """Extract a zip of one DICOM series into ``into``; returns the series folder (ImageError naming the zip when it
+    holds no series or several)."""
+    series = sorted(p for p in unpack_zip(path, into).rglob("*") if is_dicom_folder(p))
     if len(series) != 1:
         raise ImageError(f"{path}: holds {len(series)} DICOM series; give a zip of one series")
     return series[0]
+
+
+def zip_folder(folder: Path, path: Path) -> Path:
+    """Write the files of ``folder`` into the zip ``path`` (under the folder's name)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(folder.iterdir()):
+            archive.write(file, f"{folder.name}/{file.name}")
+    return path
 
 
 def is_image_path(path: Path) -> bool:

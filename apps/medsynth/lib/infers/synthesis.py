@@ -35,7 +35,8 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from medsynth_app.checkpoint import Checkpoint
 from medsynth_app.contrasts import BRAIN_MASK, CONTRASTS, canonical_contrast
-from medsynth_app.imageio import WRITE_EXTENSIONS, is_image_path, read_image, write_image
+from medsynth_app.imageio import (WRITE_EXTENSIONS, ImageError, is_dicom_folder, is_image_path, read_image,
+                                  sort_dicom_files, unpack_zip, write_image, zip_folder)
 from medsynth_app.models import create
 from medsynth_app.pipeline import provenance_for, synthesize
 from medsynth_app.studies import find_studies, group_studies, name_contrast
@@ -132,12 +133,14 @@ class SynthesisInferTask(BasicInferTask):
             raise SynthesisRequestError(f"intensity must be 'scaled' or 'normalised', not {intensity!r}")
 
         image_path = req.get("image")
-        session_dir = isinstance(image_path, str) and bool(image_path) and os.path.isdir(image_path)
+        # a session (PUT /session/) of several files (a folder) or of one zip: the upload is the study
+        session = isinstance(image_path, str) and bool(image_path) and (
+            os.path.isdir(image_path) or (os.path.isfile(image_path) and image_path.lower().endswith(".zip")))
         series: Dict[str, str] = {}  # contrast -> SeriesInstanceUID not downloaded yet (a PACS datastore)
         if self._on_pacs(req.get("datastore_image")):
             study_id, contrast, series = self._pacs_study(req["datastore_image"], req.get("contrast"))
             files = {c: Path(uid) for c, uid in series.items()}
-        elif session_dir:  # several files uploaded as one session (PUT /session/): the folder is the study
+        elif session:
             study_id, contrast, files = self._session_files(Path(image_path))
         elif not isinstance(image_path, str) or not image_path or not os.path.isfile(image_path):
             raise SynthesisRequestError(f"image {request.get('image')!r} is not an image file of the datastore "
@@ -151,7 +154,7 @@ class SynthesisInferTask(BasicInferTask):
         for c in used:  # only the series the synthesis uses are downloaded
             if c in series and files[c] == Path(series[c]):
                 files[c] = self.datastore.series_folder(series[c], study_id)
-        if session_dir:  # the first input (in T1 T1C T2 PD FLAIR DWI order) gives the output grid
+        if session:  # the first input (in T1 T1C T2 PD FLAIR DWI order) gives the output grid
             contrast = next(c for c in CONTRASTS if c in used)
             image_path = str(files[contrast])
         order = ([contrast] if contrast in used else []) + [c for c in used if c != contrast]
@@ -166,9 +169,15 @@ class SynthesisInferTask(BasicInferTask):
             result = sitk.Resample(result, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
         extension = str(req.get("result_extension") or ".nii.gz").lower()
-        extension = extension if extension in WRITE_EXTENSIONS else ".nii.gz"
+        extension = extension if extension in (*WRITE_EXTENSIONS, ".zip") else ".nii.gz"
         out = Path(tempfile.gettempdir()) / f"medsynth_{study_id or 'image'}_{target}_{uuid.uuid4().hex[:8]}{extension}"
-        write_image(result, out, provenance_for(ckpt, order, target))
+        provenance = provenance_for(ckpt, order, target)
+        if extension == ".zip":  # a DICOM series, in the study of the DICOM image giving the grid when there is one
+            reference = next((p for p in (Path(image_path), files.get(contrast)) if p and is_dicom_folder(p)), None)
+            with tempfile.TemporaryDirectory(prefix="medsynth_dicom_") as tmp:
+                zip_folder(write_image(result, f"{tmp}/synthetic_{target}/", provenance, reference), out)
+        else:
+            write_image(result, out, provenance)
         seconds = round(time.time() - begin, 2)
         logger.info("synthesised %s of %s from %s with %s in %.1f s -> %s", target, study_id, "+".join(order),
                     path.name, seconds, out)
@@ -246,10 +255,19 @@ class SynthesisInferTask(BasicInferTask):
         return study_uid, contrast, series
 
     @staticmethod
-    def _session_files(folder: Path) -> Tuple[str, Optional[str], Dict[str, Path]]:
-        """The study of a session upload: the folder's images named by contrast (T1.nii.gz, T2.nii.gz, ...)."""
+    def _session_files(upload: Path) -> Tuple[str, Optional[str], Dict[str, Path]]:
+        """The study of a session upload (several files, or one zip): its images named by contrast (T1.nii.gz,
+        T2.nii.gz, ...) and its DICOM series, whose contrasts come from their metadata."""
         try:
+            folder = upload
+            if upload.is_file():
+                folder = upload.with_name(upload.name + ".unpacked")
+                if not folder.is_dir():
+                    unpack_zip(upload, folder)
+            sort_dicom_files(folder)  # the files of several series sent together: one folder per series
             studies = find_studies(folder)
+        except ImageError as err:  # a damaged zip, an unreadable DICOM file
+            raise SynthesisRequestError(str(err), 422) from None
         except ValueError as err:  # StudyError: two files claim one contrast, unreadable manifest
             raise SynthesisRequestError(str(err), 409) from None
         if len(studies) != 1:
