@@ -33,6 +33,7 @@ import lib.trainers  # noqa: E402,F401  (imported now for the same reason: train
 from lib.dicomweb import datastore_for  # noqa: E402
 from lib.infers.synthesis import TASK_TYPE  # noqa: E402
 from lib.upload_limit import install as install_upload_limit  # noqa: E402
+from lib.uploads import local_datastore, sessions  # noqa: E402
 
 from fastapi import HTTPException  # noqa: E402
 from medsynth_app.imageio import Provenance  # noqa: E402
@@ -90,6 +91,17 @@ class MyApp(MONAILabelApp):
             description="Synthesise a missing MRI contrast (T1, T1C, T2, PD, FLAIR, DWI) from the acquired ones",
             version=medsynth_app.__version__,
         )
+
+    def init_datastore(self):
+        """MONAI Label's datastores; the local one checks uploaded images and refuses a folder of study folders
+        (lib/uploads.py)."""
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return local_datastore(self.studies)
+
+    def _load_sessions(self, load=False):
+        """MONAI Label's sessions, checking each upload on arrival (lib/uploads.py)."""
+        return sessions() if load else None
 
     def _init_dicomweb_datastore(self):
         """A PACS (``--studies http://HOST/dicom-web``): studies and contrasts from its metadata, results stored back
