@@ -3,7 +3,7 @@
 # returns at once when both are installed. Without root (and without them) it says so; the PACS tests then skip.
 set -euo pipefail
 PLUGIN=/usr/share/orthanc/plugins/libOrthancDicomWeb.so
-if command -v Orthanc >/dev/null 2>&1 && [ -e "$PLUGIN" ]; then
+if { command -v Orthanc || [ -x /usr/sbin/Orthanc ]; } >/dev/null 2>&1 && [ -e "$PLUGIN" ]; then
     exit 0
 fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then

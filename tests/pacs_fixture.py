@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from medsynth_app.dicom_output import new_study, write_mr_series
 from medsynth_app.serving import free_port
 
-ORTHANC = shutil.which("Orthanc")
+ORTHANC = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 INSTALLED = bool(ORTHANC) and DICOMWEB_PLUGIN.exists()
 

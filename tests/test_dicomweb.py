@@ -62,25 +62,32 @@ def _stored_files(orthanc: str) -> dict[str, str]:
             for i in requests.get(f"{root}/instances", timeout=30).json()}
 
 
+# patient26: T1 and a T2 scanned twice (a repeat after motion), no FLAIR
+REPEATED = {**PROTOCOLS, "T2 repeat": {**PROTOCOLS["T2"], "SeriesDescription": "t2_tse_tra_repeat"}}
+LOADED = {"patient07": ("T1", "T2", "FLAIR"), "patient19": ("T1", "T2", "FLAIR"), "patient26": ("T1", "T2", "T2 repeat")}
+
+
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory):
-    """Orthanc holding patient07 (named protocols) and patient19 (unnamed protocols): T1, T2, FLAIR series each."""
+    """Orthanc holding patient07 (named protocols), patient19 (unnamed protocols), patient26 (T2 twice)."""
     work = tmp_path_factory.mktemp("pacs")
     with running_orthanc(work / "orthanc") as url:
-        for patient, protocols in (("patient07", PROTOCOLS), ("patient19", UNNAMED)):
-            upload(url, write_study(_crops(patient), work / patient, patient, protocols))
+        for patient, protocols in (("patient07", PROTOCOLS), ("patient19", UNNAMED), ("patient26", REPEATED)):
+            crops = _crops(patient)
+            images = {name: crops[name.split()[0]] for name in LOADED[patient]}
+            upload(url, write_study(images, work / patient, patient, protocols))
         yield url, work
 
 
 @pytest.fixture(scope="module")
 def series(pacs):
-    """(patient, contrast) -> (StudyInstanceUID, SeriesInstanceUID) as loaded."""
+    """(patient, series name) -> (StudyInstanceUID, SeriesInstanceUID) as loaded."""
     _, work = pacs
     found = {}
-    for patient in ("patient07", "patient19"):
-        for folder, contrast in zip(sorted((work / patient).iterdir()), ("T1", "T2", "FLAIR")):
+    for patient, names in LOADED.items():
+        for folder, name in zip(sorted((work / patient).iterdir()), names):
             ds = pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True)
-            found[patient, contrast] = (ds.StudyInstanceUID, ds.SeriesInstanceUID)
+            found[patient, name] = (ds.StudyInstanceUID, ds.SeriesInstanceUID)
     return found
 
 
@@ -106,10 +113,10 @@ def test_the_server_lists_the_pacs_series(server, series):
     url, _ = server
     listed = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=60).json()["objects"]
     assert requests.get(f"{url}/datastore/", timeout=60).json()["total"] == len(series)
-    for (patient, contrast), (study_uid, series_uid) in series.items():
+    for (patient, name), (study_uid, series_uid) in series.items():
         info = listed[series_uid]["image"]["info"]
         assert info["StudyInstanceUID"] == study_uid
-        assert info["contrast"] == contrast, (patient, info)
+        assert info["contrast"] == name.split()[0], (patient, info)
 
 
 @needs_pacs
@@ -167,6 +174,35 @@ def test_infer_picks_inputs_by_metadata_and_stores_a_synthetic_series_in_the_stu
 
 
 @needs_pacs
+def test_two_series_of_one_input_contrast_need_the_request_to_choose(pacs, series, server):
+    orthanc, _ = pacs
+    url, _ = server
+    before = _stored_files(orthanc)
+    t1 = series["patient26", "T1"][1]
+
+    def infer(params):
+        return requests.post(f"{url}/infer/linear", params={"image": t1, "output": "json"},
+                             files={"params": (None, json.dumps(params))}, timeout=600)
+
+    response = infer({"target": "FLAIR"})
+    assert response.status_code == 409, response.text
+    detail = response.json()["detail"]
+    assert "t2_tse_tra (series 3)" in detail and "t2_tse_tra_repeat (series 4)" in detail
+    # T2 is the target here: its two acquisitions do not matter
+    assert infer({"target": "T2", "save": False}).status_code == 200
+    repeat = series["patient26", "T2 repeat"][1]
+    response = infer({"target": "FLAIR", "inputs": {"T2": repeat}, "save": False})
+    assert response.status_code == 200, response.text
+    assert response.json()["inputs"]["T2"] == repeat and "stored_series" not in response.json()
+    assert _stored_files(orthanc) == before  # save false: nothing stored
+    response = infer({"target": "FLAIR", "inputs": {"T2": "../../../etc"}})
+    assert response.status_code == 404 and "no series" in response.json()["detail"]
+    response = requests.post(f"{url}/infer/linear", params={"image": "../../../../etc", "output": "json"},
+                             files={"params": (None, json.dumps({"target": "FLAIR"}))}, timeout=60)
+    assert response.status_code == 404, response.text
+
+
+@needs_pacs
 def test_training_reads_its_studies_from_the_pacs(server, series):
     url, _ = server
     response = requests.post(f"{url}/train/linear", params={"run_sync": "true"}, timeout=900,
@@ -176,4 +212,5 @@ def test_training_reads_its_studies_from_the_pacs(server, series):
     assert stats["status"] == "DONE", stats
     studies = {series["patient07", "T1"][0], series["patient19", "T1"][0]}
     assert set(stats["training_studies"]) | set(stats["validation_studies"]) == studies
+    assert "T2 is claimed by 2 series" in stats["skipped"][series["patient26", "T1"][0]]
     assert stats["best_metric"] > 15  # validation PSNR (dB) on the held-out study

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,6 +34,7 @@ from medsynth_app.studies import Study
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEARCH_FILTER = {"Modality": "MR"}
+UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 QUERY_FIELDS = (*KEYWORDS, "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber")
 
 
@@ -106,8 +108,16 @@ class SynthesisDICOMwebDatastore(DICOMWebDatastore):
         return data
 
     # ---- pixel data (WADO-RS) ---------------------------------------------------------------------------------
+    def get_image_uri(self, image_id: str) -> str:
+        """MONAI Label's (the series downloaded and converted to NIfTI), for SeriesInstanceUIDs only: it joins the id
+        to its cache folder, so ``../`` would reach any folder of the server."""
+        return super().get_image_uri(image_id) if UID.fullmatch(str(image_id)) else ""
+
     def series_folder(self, series_uid: str, study_uid: Optional[str] = None) -> Path:
-        """The series as a folder of DICOM files in the cache, downloaded on first use."""
+        """The series as a folder of DICOM files in the cache, downloaded on first use (KeyError for what is not a
+        UID, IndexError for a series the PACS does not hold)."""
+        if not UID.fullmatch(series_uid):
+            raise KeyError(f"{series_uid!r} is not a DICOM UID")
         folder = Path(self._datastore.image_path()) / series_uid
         if folder.is_dir() and any(folder.iterdir()):
             return folder

@@ -138,7 +138,8 @@ class SynthesisInferTask(BasicInferTask):
             os.path.isdir(image_path) or (os.path.isfile(image_path) and image_path.lower().endswith(".zip")))
         series: Dict[str, str] = {}  # contrast -> SeriesInstanceUID not downloaded yet (a PACS datastore)
         if self._on_pacs(req.get("datastore_image")):
-            study_id, contrast, series = self._pacs_study(req["datastore_image"], req.get("contrast"))
+            settled = {target, *self._explicit_inputs(req.get("inputs"))}
+            study_id, contrast, series = self._pacs_study(req["datastore_image"], req.get("contrast"), settled)
             files = {c: Path(uid) for c, uid in series.items()}
         elif session:
             study_id, contrast, files = self._session_files(Path(image_path))
@@ -223,7 +224,12 @@ class SynthesisInferTask(BasicInferTask):
         return out
 
     def _resolve_id(self, image_id: str) -> Path:
-        """Datastore image id -> file. Only ids are accepted, never server paths."""
+        """Datastore image id -> file (on a PACS: the series' folder). Only ids are accepted, never server paths."""
+        if self._on_pacs(image_id):
+            try:
+                return self.datastore.series_folder(image_id)
+            except (KeyError, IndexError):
+                raise SynthesisRequestError(f"inputs: no series {image_id!r} in the PACS", 404) from None
         uri = self.datastore.get_image_uri(image_id) if self.datastore is not None else ""
         if uri and os.path.isfile(uri):
             return Path(uri)
@@ -233,13 +239,17 @@ class SynthesisInferTask(BasicInferTask):
         return (hasattr(self.datastore, "study_contrasts") and isinstance(image_id, str) and bool(image_id)
                 and not os.path.exists(image_id))
 
-    def _pacs_study(self, series_uid: str, contrast_param) -> Tuple[str, Optional[str], Dict[str, str]]:
+    def _pacs_study(self, series_uid: str, contrast_param,
+                    settled: set) -> Tuple[str, Optional[str], Dict[str, str]]:
         """(StudyInstanceUID, contrast of the requested series, contrast -> SeriesInstanceUID) from the PACS's
-        metadata; no series is downloaded."""
+        metadata; no series is downloaded. Two series of one input contrast are refused unless the request settles
+        which (the requested series; ``settled``: the target and the explicit inputs)."""
         study_uid = self.datastore.study_of(series_uid)
         series, clashes = self.datastore.study_contrasts(study_uid)
         for c, uids in clashes.items():
-            if series_uid in uids:  # the requested series settles which one is meant
+            if c in settled:
+                continue
+            if series_uid in uids:
                 series[c] = series_uid
             else:
                 described = ", ".join(self.datastore.describe_series(u) for u in uids)
