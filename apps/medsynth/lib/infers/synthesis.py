@@ -174,9 +174,9 @@ class SynthesisInferTask(BasicInferTask):
         out = Path(tempfile.gettempdir()) / f"medsynth_{study_id or 'image'}_{target}_{uuid.uuid4().hex[:8]}{extension}"
         provenance = provenance_for(ckpt, order, target)
         if extension == ".zip":  # a DICOM series, in the study of the DICOM image giving the grid when there is one
-            reference = next((p for p in (Path(image_path), files.get(contrast)) if p and is_dicom_folder(p)), None)
+            study = next((p for p in (Path(image_path), files.get(contrast)) if p and is_dicom_folder(p)), None)
             with tempfile.TemporaryDirectory(prefix="medsynth_dicom_") as tmp:
-                zip_folder(write_image(result, f"{tmp}/synthetic_{target}/", provenance, reference), out)
+                zip_folder(write_image(result, f"{tmp}/synthetic_{target}/", provenance, study), out)
         else:
             write_image(result, out, provenance)
         seconds = round(time.time() - begin, 2)
