@@ -368,8 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--weights", help="checkpoint file")
     src.add_argument("--model", help="family: use its installed checkpoint for these inputs and target")
-    p.add_argument("--input", action="append", required=True, metavar="CONTRAST=FILE",
-                   help="an image file, a DICOM series folder or a zip of one series; repeat per contrast")
+    p.add_argument("--input", action="append", required=True, metavar="CONTRAST=FILE", help="file, DICOM folder or zip")
     p.add_argument("--target")
     p.add_argument("--brain-mask")
     p.add_argument("--intensity", default="scaled", choices=("scaled", "normalised"))

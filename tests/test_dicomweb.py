@@ -64,7 +64,8 @@ def _stored_files(orthanc: str) -> dict[str, str]:
 
 # patient26: T1 and a T2 scanned twice (a repeat after motion), no FLAIR
 REPEATED = {**PROTOCOLS, "T2 repeat": {**PROTOCOLS["T2"], "SeriesDescription": "t2_tse_tra_repeat"}}
-LOADED = {"patient07": ("T1", "T2", "FLAIR"), "patient19": ("T1", "T2", "FLAIR"), "patient26": ("T1", "T2", "T2 repeat")}
+LOADED = {"patient07": ("T1", "T2", "FLAIR"), "patient19": ("T1", "T2", "FLAIR"),
+          "patient26": ("T1", "T2", "T2 repeat")}
 
 
 @pytest.fixture(scope="module")
