@@ -204,6 +204,27 @@ def test_two_series_of_one_input_contrast_need_the_request_to_choose(pacs, serie
 
 
 @needs_pacs
+def test_a_dicom_answer_and_the_stored_series_join_the_study_of_the_requested_series(pacs, series, server):
+    import io
+    import zipfile
+
+    from dicomweb_client import DICOMwebClient
+
+    orthanc, _ = pacs
+    url, _ = server
+    study_uid, flair = series["patient07", "FLAIR"]  # the acquired target itself: not an input, but the study's
+    response = requests.post(f"{url}/infer/linear", params={"image": flair, "output": "image"}, timeout=600,
+                             files={"params": (None, json.dumps({"target": "FLAIR", "result_extension": ".zip"}))})
+    assert response.status_code == 200, response.text
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        first = pydicom.dcmread(io.BytesIO(archive.read(archive.namelist()[0])), stop_before_pixels=True)
+    assert first.StudyInstanceUID == study_uid and first.PatientID == "patient07"
+    stored = [s for s in DICOMwebClient(orthanc).search_for_series(study_uid, fields=["00080008"])
+              if "SYNTHETIC" in s.get("00080008", {}).get("Value", [])]
+    assert len(stored) == 1
+
+
+@needs_pacs
 def test_training_reads_its_studies_from_the_pacs(server, series):
     url, _ = server
     response = requests.post(f"{url}/train/linear", params={"run_sync": "true"}, timeout=900,

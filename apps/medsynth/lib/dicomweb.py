@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pydicom
-import SimpleITK as sitk
 from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.datastore.utils.dicom import dicom_web_download_series
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
@@ -28,7 +27,7 @@ from pydicom.dataset import Dataset
 
 from medsynth_app.dicom_output import write_dicom_series
 from medsynth_app.dicom_series import KEYWORDS, series_contrast
-from medsynth_app.imageio import Provenance
+from medsynth_app.imageio import Provenance, read_image, unpack_dicom_zip
 from medsynth_app.studies import Study
 
 logger = logging.getLogger(__name__)
@@ -163,7 +162,9 @@ class SynthesisDICOMwebDatastore(DICOMWebDatastore):
         and store it in the PACS; returns the new SeriesInstanceUID."""
         reference = self.series_folder(image_id)
         with tempfile.TemporaryDirectory(prefix="medsynth_stow_") as tmp:
-            folder = write_dicom_series(sitk.ReadImage(result_file), Path(tmp) / "series", provenance, reference)
+            if result_file.lower().endswith(".zip"):  # the answer asked as a DICOM series (result_extension .zip)
+                result_file = str(unpack_dicom_zip(Path(result_file), Path(tmp) / "answer"))
+            folder = write_dicom_series(read_image(result_file), Path(tmp) / "series", provenance, reference)
             datasets: List[Dataset] = [pydicom.dcmread(p) for p in sorted(folder.iterdir())]
             self._client.store_instances(datasets)
         series_uid = str(datasets[0].SeriesInstanceUID)

@@ -174,7 +174,10 @@ class SynthesisInferTask(BasicInferTask):
         out = Path(tempfile.gettempdir()) / f"medsynth_{study_id or 'image'}_{target}_{uuid.uuid4().hex[:8]}{extension}"
         provenance = provenance_for(ckpt, order, target)
         if extension == ".zip":  # a DICOM series, in the study of the DICOM image giving the grid when there is one
-            study = next((p for p in (Path(image_path), files.get(contrast)) if p and is_dicom_folder(p)), None)
+            candidates = [Path(image_path), files.get(contrast)]
+            if self._on_pacs(req.get("datastore_image")):  # the requested series, downloaded by MONAI Label
+                candidates.append(self.datastore.series_folder(req["datastore_image"]))
+            study = next((p for p in candidates if p and is_dicom_folder(p)), None)
             with tempfile.TemporaryDirectory(prefix="medsynth_dicom_") as tmp:
                 zip_folder(write_image(result, f"{tmp}/synthetic_{target}/", provenance, study), out)
         else:
