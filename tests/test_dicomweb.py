@@ -198,9 +198,10 @@ def test_two_series_of_one_input_contrast_need_the_request_to_choose(pacs, serie
     assert _stored_files(orthanc) == before  # save false: nothing stored
     response = infer({"target": "FLAIR", "inputs": {"T2": "../../../etc"}})
     assert response.status_code == 404 and "no series" in response.json()["detail"]
-    response = requests.post(f"{url}/infer/linear", params={"image": "../../../../etc", "output": "json"},
-                             files={"params": (None, json.dumps({"target": "FLAIR"}))}, timeout=60)
-    assert response.status_code == 404, response.text
+    for image in ("../../../../etc", "1.2.3.4"):  # not a UID; a series the PACS does not hold
+        response = requests.post(f"{url}/infer/linear", params={"image": image, "output": "json"},
+                                 files={"params": (None, json.dumps({"target": "FLAIR"}))}, timeout=60)
+        assert response.status_code == 404, response.text
 
 
 @needs_pacs

@@ -86,7 +86,6 @@ class SynthesisDICOMwebDatastore(DICOMWebDatastore):
         more). Derived and synthetic series, and series of no recognised contrast, are left out."""
         return _contrasts(self.series_attributes(study_uid))
 
-
     def describe_series(self, series_uid: str) -> str:
         """'<SeriesDescription> (series <n>)' for messages."""
         found = self._client.search_for_series(search_filters={"SeriesInstanceUID": series_uid},
@@ -108,9 +107,14 @@ class SynthesisDICOMwebDatastore(DICOMWebDatastore):
 
     # ---- pixel data (WADO-RS) ---------------------------------------------------------------------------------
     def get_image_uri(self, image_id: str) -> str:
-        """MONAI Label's (the series downloaded and converted to NIfTI), for SeriesInstanceUIDs only: it joins the id
-        to its cache folder, so ``../`` would reach any folder of the server."""
-        return super().get_image_uri(image_id) if UID.fullmatch(str(image_id)) else ""
+        """MONAI Label's (the series downloaded and converted to NIfTI), for SeriesInstanceUIDs only (it joins the id
+        to its cache folder, so ``../`` would reach any folder of the server); "" for a series the PACS lacks."""
+        if not UID.fullmatch(str(image_id)):
+            return ""
+        try:
+            return super().get_image_uri(image_id)
+        except IndexError:  # MONAI Label's download found no such series
+            return ""
 
     def series_folder(self, series_uid: str, study_uid: Optional[str] = None) -> Path:
         """The series as a folder of DICOM files in the cache, downloaded on first use (KeyError for what is not a
