@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/medsynth demo --out demo_output
 
 test: $(STAMP)
+	bash .ci/install_orthanc.sh
 	$(PY) -m pytest -q -o faulthandler_timeout=900 tests
 
 benchmark: $(STAMP)

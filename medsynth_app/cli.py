@@ -3,6 +3,7 @@ demo-data, demo."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from . import __version__
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .contrasts import canonical_contrast
 from .folds import Folds
-from .imageio import ImageError, is_dicom_folder, read_image, write_image
+from .imageio import ImageError, is_dicom_folder, opened_image, read_image, write_image
 from .metrics import summarise
 from .models import TrainSettings, families
 from .studies import StudyError, find_studies
@@ -179,16 +180,18 @@ def cmd_synthesize(args) -> int:
         path, checkpoint = weights.find(args.model, target, inputs)
     target = target or checkpoint.targets[0]
     started = time.time()
-    images = {c: read_image(p) for c, p in pairs}
-    image = pipeline.synthesize(
-        checkpoint, images, target,
-        brain_mask=read_image(args.brain_mask, mask=True) if args.brain_mask else None,
-        intensity=args.intensity,
-    )
-    used = checkpoint.build().usable_inputs(inputs)
-    dicom_reference = args.dicom_reference or next((p for _, p in pairs if is_dicom_folder(Path(p))), None)
-    write_image(image, args.out, pipeline.provenance_for(checkpoint, used, target),
-                dicom_reference=Path(dicom_reference) if dicom_reference else None)
+    with contextlib.ExitStack() as unpacked:  # a zip of a DICOM series is read from a temporary folder
+        pairs = [(c, unpacked.enter_context(opened_image(p))) for c, p in pairs]
+        images = {c: read_image(p) for c, p in pairs}
+        image = pipeline.synthesize(
+            checkpoint, images, target,
+            brain_mask=read_image(args.brain_mask, mask=True) if args.brain_mask else None,
+            intensity=args.intensity,
+        )
+        used = checkpoint.build().usable_inputs(inputs)
+        dicom_reference = args.dicom_reference and unpacked.enter_context(opened_image(args.dicom_reference))
+        dicom_reference = dicom_reference or next((p for _, p in pairs if is_dicom_folder(p)), None)
+        write_image(image, args.out, pipeline.provenance_for(checkpoint, used, target), dicom_reference=dicom_reference)
     print(f"wrote {args.out} (SYNTHETIC {target} by {checkpoint.family} from {'+'.join(used)}, "
           f"weights {path}, {time.time() - started:.1f} s)")
     return 0
@@ -365,15 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--weights", help="checkpoint file")
     src.add_argument("--model", help="family: use its installed checkpoint for these inputs and target")
-    p.add_argument("--input", action="append", required=True, metavar="CONTRAST=FILE")
+    p.add_argument("--input", action="append", required=True, metavar="CONTRAST=FILE", help="file, DICOM folder or zip")
     p.add_argument("--target")
     p.add_argument("--brain-mask")
     p.add_argument("--intensity", default="scaled", choices=("scaled", "normalised"))
     p.add_argument("--out", required=True, help="output file (.nii.gz, .nii, .nrrd), or a folder path ending with / "
                                                 "to write a DICOM series there")
     p.add_argument("--dicom-reference", metavar="DIR",
-                   help="DICOM series folder whose patient and study a DICOM output joins (default: the first "
-                        "input that is a DICOM series folder; without one, a new study of a placeholder patient)")
+                   help="DICOM series folder (or zip) whose patient and study a DICOM output joins (default: the "
+                        "first DICOM input; without one, a new study of a placeholder patient)")
     p.set_defaults(func=cmd_synthesize)
 
     p = sub.add_parser("evaluate", help="score a model on studies with the EVALUATION.md metrics")

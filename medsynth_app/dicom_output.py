@@ -41,10 +41,42 @@ def write_dicom_series(image: sitk.Image, folder: Path, provenance: Provenance,
     """Write a 3-D volume into ``folder`` as a synthetic MR series; ``reference`` is a DICOM series folder, or an
     image carrying DICOM metadata (``gggg|eeee`` keys), whose patient and study the series joins."""
     folder = Path(folder)
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise ImageError(f"{folder}: a DICOM series needs a scalar 3-D volume")
     _refuse_to_replace(folder)
     study = _patient_and_study(reference)
+    series_number = study.pop("SeriesNumber")
+    return write_mr_series(image, folder, study, {**synthetic_marks(provenance), "SeriesNumber": series_number})
+
+
+def synthetic_marks(provenance: Provenance) -> dict:
+    """The series attributes that mark a series as MedSynth's synthetic output."""
+    return {
+        "SeriesDescription": provenance.description[:64],
+        "Manufacturer": "MedSynth",
+        "SoftwareVersions": provenance.library_version,
+        "ImageType": ["DERIVED", "SECONDARY", SYNTHETIC_TAG],
+        "DerivationDescription": (f"{provenance.description}; model {provenance.model}; inputs "
+                                  f"{', '.join(provenance.inputs)}; medsynth {provenance.library_version}"),
+        # MR Image module: "RM" (research mode) is the honest scanning sequence of a synthetic image.
+        "ScanningSequence": "RM", "SequenceVariant": "NONE",
+        "ScanOptions": "", "MRAcquisitionType": "", "EchoTime": "", "EchoTrainLength": "",
+    }
+
+
+def new_study(patient_name: str, patient_id: str) -> dict:
+    """Patient and study attributes of a new study (new StudyInstanceUID and FrameOfReferenceUID)."""
+    now = datetime.now()
+    return {"PatientName": patient_name, "PatientID": patient_id, "PatientBirthDate": "", "PatientSex": "",
+            "StudyInstanceUID": generate_uid(), "StudyDate": now.strftime("%Y%m%d"),
+            "StudyTime": now.strftime("%H%M%S"), "StudyID": "", "AccessionNumber": "", "ReferringPhysicianName": "",
+            "StudyDescription": "", "FrameOfReferenceUID": generate_uid()}
+
+
+def write_mr_series(image: sitk.Image, folder: Path, study: dict, series: dict) -> Path:
+    """Write a 3-D volume into ``folder`` (empty or absent) as an MR series of ``study`` (patient and study
+    attributes by keyword) with the series attributes ``series`` (SeriesDescription, ImageType, sequence tags...)."""
+    folder = Path(folder)
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageError(f"{folder}: a DICOM series needs a scalar 3-D volume")
     image = sitk.Cast(image, sitk.sitkFloat64)
     if np.linalg.det(np.reshape(image.GetDirection(), (3, 3))) < 0:
         # DICOM readers stack slices along row x column; reversing the slices of a left-handed volume keeps every
@@ -54,7 +86,7 @@ def write_dicom_series(image: sitk.Image, folder: Path, provenance: Provenance,
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        _write_slices(image, tmp, provenance, study)
+        _write_slices(image, tmp, {**study, **series})
         os.chmod(tmp, 0o755)
         _move_into_place(tmp, folder)
     finally:
@@ -63,7 +95,7 @@ def write_dicom_series(image: sitk.Image, folder: Path, provenance: Provenance,
     return folder
 
 
-def _write_slices(image: sitk.Image, folder: Path, provenance: Provenance, study: dict) -> None:
+def _write_slices(image: sitk.Image, folder: Path, attributes: dict) -> None:
     values = sitk.GetArrayFromImage(image)  # [k, j, i]: one slice of rows x columns per k
     low, high = float(values.min()), float(values.max())
     intercept = float(format_number_as_ds(low))
@@ -74,7 +106,7 @@ def _write_slices(image: sitk.Image, folder: Path, provenance: Provenance, study
     series_uid, now = generate_uid(), datetime.now()
     for k in range(image.GetDepth()):
         position = image.TransformIndexToPhysicalPoint((0, 0, k))
-        ds = _dataset(folder / f"{k + 1:05d}.dcm", provenance, study, series_uid, now)
+        ds = _dataset(folder / f"{k + 1:05d}.dcm", attributes, series_uid, now)
         ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = [_ds(x) for x in position]
         ds.ImageOrientationPatient = [_ds(x) for x in (*direction[:, 0], *direction[:, 1])]
@@ -91,7 +123,7 @@ def _write_slices(image: sitk.Image, folder: Path, provenance: Provenance, study
         os.chmod(ds.filename, 0o644)
 
 
-def _dataset(path: Path, provenance: Provenance, study: dict, series_uid: str, now: datetime) -> FileDataset:
+def _dataset(path: Path, attributes: dict, series_uid: str, now: datetime) -> FileDataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -101,23 +133,14 @@ def _dataset(path: Path, provenance: Provenance, study: dict, series_uid: str, n
     ds.is_little_endian, ds.is_implicit_VR = True, False
     ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: whatever names the reference holds can be written
     ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-    for keyword, value in study.items():
-        setattr(ds, keyword, value)
     ds.PositionReferenceIndicator = ""
     ds.Modality = "MR"
     ds.SeriesInstanceUID = series_uid
-    ds.SeriesDescription = provenance.description[:64]
     ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
     ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
-    ds.Manufacturer = "MedSynth"
-    ds.SoftwareVersions = provenance.library_version
-    ds.ImageType = ["DERIVED", "SECONDARY", SYNTHETIC_TAG]
-    ds.DerivationDescription = (f"{provenance.description}; model {provenance.model}; inputs "
-                                f"{', '.join(provenance.inputs)}; medsynth {provenance.library_version}")
     ds.BurnedInAnnotation = "NO"
-    # MR Image module: "RM" (research mode) is the honest scanning sequence of a synthetic image.
-    ds.ScanningSequence, ds.SequenceVariant = "RM", "NONE"
-    ds.ScanOptions = ds.MRAcquisitionType = ds.EchoTime = ds.EchoTrainLength = ""
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     return ds
@@ -129,11 +152,8 @@ def _ds(value: float) -> str:
 
 
 def _patient_and_study(reference: Path | sitk.Image | None) -> dict:
-    now = datetime.now()
     if reference is None:
-        return {**PLACEHOLDER_PATIENT, "PatientBirthDate": "", "PatientSex": "", "StudyInstanceUID": generate_uid(),
-                "StudyDate": now.strftime("%Y%m%d"), "StudyTime": now.strftime("%H%M%S"), "StudyID": "",
-                "AccessionNumber": "", "ReferringPhysicianName": "", "FrameOfReferenceUID": generate_uid(),
+        return {**new_study(PLACEHOLDER_PATIENT["PatientName"], PLACEHOLDER_PATIENT["PatientID"]),
                 "SeriesNumber": SERIES_NUMBER_OFFSET}
     values, name = _reference_values(reference)
     if not values.get("StudyInstanceUID"):

@@ -6,9 +6,12 @@ ending with "/" is written as a DICOM series folder (``dicom_output``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import nibabel as nib
 import numpy as np
@@ -16,6 +19,7 @@ import SimpleITK as sitk
 
 from .atomic import atomic_write
 from .contrasts import has_image_extension
+from .dicom_series import KEYWORDS
 
 SYNTHETIC_TAG = "SYNTHETIC"
 WRITE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")
@@ -58,16 +62,94 @@ def is_dicom_folder(path: Path) -> bool:
     return bool(files) and all(_is_dicom_file(p) for p in files)
 
 
-def dicom_series_description(path: Path) -> str:
-    """SeriesDescription of the first file of a DICOM series folder ('' when absent)."""
+def dicom_series_attributes(path: Path) -> dict:
+    """The attributes ``dicom_series`` reads (SeriesDescription, ImageType, sequence tags), by keyword, from the first
+    file of a DICOM series folder."""
     import pydicom
 
     first = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))[0]
-    return str(pydicom.dcmread(first, stop_before_pixels=True).get("SeriesDescription", ""))
+    try:
+        ds = pydicom.dcmread(first, stop_before_pixels=True, specific_tags=list(KEYWORDS))
+    except (pydicom.errors.InvalidDicomError, OSError, ValueError) as err:
+        raise ImageError(f"{first}: not a readable DICOM file ({err})") from None
+    return {k: ds.get(k) for k in KEYWORDS if ds.get(k) is not None}
+
+
+def sort_dicom_files(folder: Path) -> list[Path]:
+    """Move the DICOM files lying directly in ``folder`` (an upload of several series' files) into one sub-folder
+    per series, named ``series_<SeriesNumber>_<n>``; returns the series folders made."""
+    import pydicom
+
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and _is_dicom_file(p)]
+    made = []
+    for n, series_id in enumerate(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) if files else [], 1):
+        names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id)
+        number = pydicom.dcmread(names[0], stop_before_pixels=True).get("SeriesNumber", "")
+        target = folder / f"series_{number}_{n}"
+        target.mkdir()
+        for name in names:
+            os.replace(name, target / Path(name).name)
+        made.append(target)
+    return made
+
+
+MAX_UNPACKED_BYTES = 4 * 2**30
+
+
+def unpack_zip(path: Path, into: Path) -> Path:
+    """Extract a zip of DICOM series (files at any depth, several series' files possibly mixed in one folder) or of
+    image files into ``into``, with loose DICOM files sorted into one folder per series; returns ``into``. Raises
+    ImageError naming the zip when it is damaged or too large once unpacked."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir()]
+            if sum(m.file_size for m in members) > MAX_UNPACKED_BYTES:
+                raise ImageError(f"{path}: unpacks to more than {MAX_UNPACKED_BYTES / 2**30:g} GB")
+            archive.extractall(into)  # zipfile drops absolute paths and "..": nothing lands outside ``into``
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ImageError(f"{path}: not a readable zip file ({err})") from None
+    sort_dicom_files(into)
+    for folder in sorted(p for p in into.rglob("*") if p.is_dir()):
+        if len(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))) > 1:  # a folder of one series stays as is
+            sort_dicom_files(folder)
+    return into
+
+
+def unpack_dicom_zip(path: Path, into: Path) -> Path:
+    """Extract a zip of one DICOM series into ``into``; returns the series folder (ImageError naming the zip when it
+    holds no series or several)."""
+    series = sorted(p for p in unpack_zip(path, into).rglob("*") if is_dicom_folder(p))
+    if len(series) != 1:
+        raise ImageError(f"{path}: holds {len(series)} DICOM series; give a zip of one series")
+    return series[0]
+
+
+def zip_folder(folder: Path, path: Path) -> Path:
+    """Write the files of ``folder`` into the zip ``path`` (under the folder's name)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(folder.iterdir()):
+            archive.write(file, f"{folder.name}/{file.name}")
+    return path
 
 
 def is_image_path(path: Path) -> bool:
     return (path.is_file() and has_image_extension(path.name)) or is_dicom_folder(path)
+
+
+@contextlib.contextmanager
+def opened_image(path: str | Path) -> Iterator[Path]:
+    """``path`` itself, or for a zip of a DICOM series the series unpacked into a temporary folder (removed on
+    exit)."""
+    path = Path(path)
+    if not (path.is_file() and path.name.lower().endswith(".zip")):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="medsynth_zip_") as tmp:
+        yield unpack_dicom_zip(path, Path(tmp))
 
 
 def _reader_for(path: Path) -> sitk.ImageFileReader | sitk.ImageSeriesReader:

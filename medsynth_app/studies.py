@@ -13,9 +13,11 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from .contrasts import BRAIN_MASK, CONTRASTS, LESION_MASK, canonical_contrast, has_image_extension, ParsedName, parse_name
-from .imageio import dicom_series_description, is_dicom_folder, read_header
+from .dicom_series import is_derived, series_contrast
+from .imageio import dicom_series_attributes, is_dicom_folder, read_header
 
 MANIFEST_NAMES = ("medsynth_manifest.json", "medsynth_manifest.csv")
 
@@ -66,44 +68,70 @@ def _add(study: Study, contrast: str, path: Path, claimed: dict[tuple[str, str],
         study.images[contrast] = path
 
 
+def _clash(study_id: str, contrast: str, paths: list[Path]) -> str:
+    names = ", ".join(str(p) for p in sorted(paths))
+    return (f"study {study_id or '.'}: {len(paths)} files look like {contrast}: {names}; "
+            f"rename them or list them in a {MANIFEST_NAMES[1]}")
+
+
 def _check_unambiguous(claimed: dict[tuple[str, str], list[Path]]) -> None:
     clashes = [(key, paths) for key, paths in claimed.items() if len(paths) > 1]
     if clashes:
         (study_id, contrast), paths = clashes[0]
-        names = ", ".join(str(p) for p in sorted(paths))
-        raise StudyError(f"study {study_id or '.'}: {len(paths)} files look like {contrast}: {names}; "
-                         f"rename them or list them in a {MANIFEST_NAMES[1]}")
+        raise StudyError(_clash(study_id, contrast, paths))
+
+
+def name_contrast(name: str, path: Path) -> ParsedName | None:
+    """(study prefix, contrast or mask) of an image from its name (``sub01_T1.nii.gz``, a datastore id ``sub01_T1``);
+    a DICOM series folder whose name says nothing is recognised from its metadata (SeriesDescription, then the
+    sequence tags) and a derived or synthetic DICOM series is never an acquired contrast."""
+    dicom = path.is_dir()
+    attributes = dicom_series_attributes(path) if dicom else {}
+    if dicom and is_derived(attributes):
+        return None
+    parsed = parse_name(name)
+    if parsed is None and dicom:
+        contrast = series_contrast(attributes)
+        parsed = ParsedName("", contrast) if contrast else None
+    return parsed
+
+
+def group_studies(files: Iterable[tuple[str, Path]], folder_id: str = "",
+                  default_id: str = "study") -> tuple[list[Study], dict[str, str]]:
+    """The studies of one folder's images, given as (name, path), with the study ids refused and why.
+
+    Names say the contrast and, before it, the study (``sub01_T1``, ``sub01_T2``: MONAI Label's flat datastore);
+    when one study prefix (or none) is found, every image, masks named without the prefix included, belongs to one
+    study: ``folder_id``, else the prefix, else ``default_id``. Two images claiming one contrast of a study refuse
+    that study (the reason names both)."""
+    groups: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+    for name, path in files:
+        parsed = name_contrast(name, path)
+        if parsed is not None:
+            groups[parsed.prefix].append((parsed.contrast, path))
+    imaging = sorted(prefix for prefix, items in groups.items() if any(c in CONTRASTS for c, _ in items))
+    if len(imaging) == 1:
+        ids = {prefix: folder_id or imaging[0] or default_id for prefix in groups}
+    else:
+        ids = {prefix: f"{folder_id}/{prefix}" if folder_id else prefix for prefix in imaging}
+    studies: dict[str, Study] = {}
+    claimed: dict[tuple[str, str], list[Path]] = defaultdict(list)
+    for prefix, study_id in ids.items():
+        for contrast, path in groups[prefix]:
+            _add(studies.setdefault(study_id, Study(study_id)), contrast, path, claimed)
+    refused = {}
+    for (study_id, contrast), paths in claimed.items():
+        if len(paths) > 1 and study_id not in refused:
+            refused[study_id] = _clash(study_id, contrast, paths)
+    return [s for sid, s in sorted(studies.items()) if sid not in refused and s.images], refused
 
 
 def _folder_studies(folder: Path, root: Path, entries: list[Path]) -> list[Study]:
-    groups: dict[str, list[tuple[str, Path]]] = defaultdict(list)
-    for entry in entries:
-        parsed = parse_name(entry.name)
-        if parsed is None and entry.is_dir():
-            described = parse_name(dicom_series_description(entry))
-            parsed = described and ParsedName("", described.contrast)
-        if parsed is not None:
-            groups[parsed.prefix].append((parsed.contrast, entry))
-    imaging = sorted(prefix for prefix, items in groups.items() if any(c in CONTRASTS for c, _ in items))
-    if not imaging:
-        return []
     relative = folder.relative_to(root).as_posix()
-    claimed: dict[tuple[str, str], list[Path]] = defaultdict(list)
-    if len(imaging) == 1:
-        # One study per folder; masks named without the study prefix ("brainmask.nii.gz") belong to it.
-        study = Study(relative if relative != "." else (imaging[0] or folder.name))
-        for items in groups.values():
-            for contrast, path in items:
-                _add(study, contrast, path, claimed)
-        studies = [study]
-    else:
-        studies = []
-        for prefix in imaging:
-            study = Study(prefix if relative == "." else f"{relative}/{prefix}")
-            for contrast, path in groups[prefix]:
-                _add(study, contrast, path, claimed)
-            studies.append(study)
-    _check_unambiguous(claimed)
+    studies, refused = group_studies(((p.name, p) for p in entries), "" if relative == "." else relative,
+                                     default_id=folder.name)
+    if refused:
+        raise StudyError(next(iter(refused.values())))
     return studies
 
 

@@ -1,9 +1,18 @@
+import hashlib
+import zipfile
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 
-from medsynth_app.imageio import ImageError, Provenance, is_synthetic_file, read_image, write_image
+from conftest import SHARED, needs_shared
+from medsynth_app.cli import main
+from medsynth_app.imageio import ImageError, Provenance, is_synthetic_file, read_image, unpack_dicom_zip, write_image
+from pacs_fixture import write_study
+from server_fixture import CROP_SIZE, CROP_START
 
 PROV = Provenance(model="linear", inputs=("T1", "T2"), target="FLAIR", library_version="test")
 
@@ -110,3 +119,72 @@ def test_a_volume_above_the_voxel_limit_is_refused_before_loading(tmp_path, monk
     monkeypatch.setenv("MEDSYNTH_MAX_VOXELS", "lots")
     with pytest.raises(ValueError, match="MEDSYNTH_MAX_VOXELS='lots' is not a whole number"):
         read_image(path)
+
+
+# ---- DICOM series folders and zips as input ---------------------------------------------------------------------
+LINEAR_FLAIR = Path(__file__).resolve().parents[1] / "apps" / "medsynth" / "model" / "linear_T1+T2_to_FLAIR.pt"
+
+
+@pytest.fixture(scope="module")
+def dicom_study(tmp_path_factory):
+    """patient19's T1, T2 and FLAIR (crops) as the DICOM series of one study: series2, series3, series4."""
+    if not SHARED.is_dir():
+        pytest.skip(f"real data folder {SHARED} is absent")
+    folder = SHARED / "open_ms_data" / "mni" / "patient19"
+    images = {c: sitk.RegionOfInterest(sitk.ReadImage(str(folder / f"{c}.nii.gz")), CROP_SIZE, CROP_START)
+              for c in ("T1", "T2", "FLAIR")}
+    return write_study(images, tmp_path_factory.mktemp("dicom") / "study", "patient19")
+
+
+def _zip(folder: Path, path: Path, prefix: str = "") -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for file in sorted(folder.iterdir()):
+            archive.write(file, f"{prefix}{file.name}")
+    return path
+
+
+def _checksums(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@needs_shared
+def test_cli_synthesises_from_a_dicom_folder_and_a_zip_into_the_inputs_study(dicom_study, tmp_path, capsys):
+    t1, t2, flair = sorted(dicom_study.iterdir())
+    t2_zip = _zip(t2, tmp_path / "t2.zip", prefix="DICOM/T2/")
+    before = _checksums(dicom_study)
+    out = tmp_path / "out" / "synthetic_flair"
+    assert main(["synthesize", "--weights", str(LINEAR_FLAIR), "--input", f"T1={t1}", "--input", f"T2={t2_zip}",
+                 "--target", "FLAIR", "--out", f"{out}/"]) == 0
+    assert _checksums(dicom_study) == before  # the acquired series are untouched
+    first = pydicom.dcmread(sorted(out.iterdir())[0], stop_before_pixels=True)
+    source = pydicom.dcmread(sorted(t1.iterdir())[0], stop_before_pixels=True)
+    assert first.StudyInstanceUID == source.StudyInstanceUID and first.PatientID == "patient19"
+    assert first.SeriesInstanceUID != source.SeriesInstanceUID
+    assert list(first.ImageType) == ["DERIVED", "SECONDARY", "SYNTHETIC"]
+    result, reference, truth, copied = (read_image(p) for p in (out, t1, flair, t2))
+    assert result.GetSize() == reference.GetSize()
+    for get in (sitk.Image.GetOrigin, sitk.Image.GetSpacing, sitk.Image.GetDirection):
+        np.testing.assert_allclose(get(result), get(reference), atol=1e-3)
+    values, truth, copied = (sitk.GetArrayFromImage(i) for i in (result, truth, copied))
+    brain = values > 0
+    r, r_copy = (np.corrcoef(v[brain], truth[brain])[0, 1] for v in (values, copied))
+    assert r > r_copy + 0.05, (r, r_copy)  # better than handing back the T2 input
+
+
+@needs_shared
+def test_a_zip_must_hold_one_readable_series(dicom_study, tmp_path):
+    t1, t2, _ = sorted(dicom_study.iterdir())
+    both = tmp_path / "both.zip"
+    with zipfile.ZipFile(both, "w") as archive:
+        for file in [*t1.iterdir(), *t2.iterdir()]:  # two series' files mixed in one folder
+            archive.write(file, f"{file.parent.name}_{file.name}")
+    with pytest.raises(ImageError, match=r"both\.zip: holds 2 DICOM series"):
+        unpack_dicom_zip(both, tmp_path / "a")
+    damaged = tmp_path / "damaged.zip"
+    damaged.write_bytes(_zip(t1, tmp_path / "t1.zip").read_bytes()[:5000])
+    with pytest.raises(ImageError, match=r"damaged\.zip: not a readable zip file"):
+        unpack_dicom_zip(damaged, tmp_path / "b")
+    escaping = tmp_path / "escaping.zip"
+    _zip(t1, escaping, prefix="../../outside/")
+    assert unpack_dicom_zip(escaping, tmp_path / "c" / "d").is_relative_to(tmp_path / "c" / "d")
+    assert not (tmp_path / "outside").exists()

@@ -4,6 +4,7 @@ used gives the output grid. Called directly, without a server (the Slicer client
 from __future__ import annotations
 
 import os
+import zipfile
 import shutil
 import sys
 
@@ -86,3 +87,61 @@ def test_a_folder_of_several_studies_is_refused(task, crops, tmp_path):
     with pytest.raises(Exception) as info:
         task({"image": folder, "target": "T2"})
     assert info.value.status_code == 400 and "2 studies" in info.value.detail
+
+
+@pytest.fixture(scope="module")
+def dicom_series(crops, tmp_path_factory):
+    """The crops' T1, T2 and FLAIR as the DICOM series of one study, as a scanner names them."""
+    from pacs_fixture import write_study
+
+    images = {c: sitk.ReadImage(str(crops / f"{c}.nii.gz")) for c in ("T1", "T2", "FLAIR")}
+    return write_study(images, tmp_path_factory.mktemp("dicom") / "study", "patient07")
+
+
+def _loose_files(series: list, folder):
+    """What a client's multi-file upload gives MONAI Label: every file of the series in one folder."""
+    folder.mkdir(parents=True)
+    for s in series:
+        for f in s.iterdir():
+            shutil.copy(f, folder / f"{s.name}_{f.name}")
+    return folder
+
+
+def test_a_session_of_dicom_files_is_a_study_and_can_answer_with_a_dicom_series(task, dicom_series, tmp_path):
+    import pydicom
+
+    t1, t2, flair = sorted(dicom_series.iterdir())
+    folder = _loose_files([t1, t2], tmp_path / "session" / "tmpupload")
+    path, params = task({"image": str(folder), "target": "FLAIR", "result_extension": ".zip"})
+    assert set(params["inputs"]) == {"T1", "T2"}  # recognised from SeriesDescription, not file names
+    unpacked = tmp_path / "result"
+    with zipfile.ZipFile(path) as archive:
+        archive.extractall(unpacked)
+    os.unlink(path)
+    [series] = list(unpacked.iterdir())
+    first = pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True)
+    source = pydicom.dcmread(next(t1.iterdir()), stop_before_pixels=True)
+    assert first.StudyInstanceUID == source.StudyInstanceUID and first.PatientID == source.PatientID
+    assert list(first.ImageType) == ["DERIVED", "SECONDARY", "SYNTHETIC"]
+    result, reference = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series))), \
+        sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(t1)))
+    assert result.GetSize() == reference.GetSize()
+    np.testing.assert_allclose(result.GetOrigin(), reference.GetOrigin(), atol=1e-3)
+
+
+def test_a_session_of_one_zip_holding_a_study(task, dicom_series, tmp_path):
+    t1, t2, _ = sorted(dicom_series.iterdir())
+    upload = tmp_path / "session" / "study.zip"
+    upload.parent.mkdir(parents=True)
+    with zipfile.ZipFile(upload, "w") as archive:
+        for s in (t1, t2):
+            for f in s.iterdir():
+                archive.write(f, f"DICOM/{s.name}/{f.name}")
+    path, params = task({"image": str(upload), "target": "FLAIR"})
+    os.unlink(path)
+    assert set(params["inputs"]) == {"T1", "T2"}
+    damaged = tmp_path / "session" / "damaged.zip"
+    damaged.write_bytes(upload.read_bytes()[:3000])
+    with pytest.raises(Exception) as info:
+        task({"image": str(damaged), "target": "FLAIR"})
+    assert info.value.status_code == 422 and "damaged.zip: not a readable zip file" in info.value.detail

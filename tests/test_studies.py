@@ -21,6 +21,9 @@ EXPECTED = {  # every subject folder of ../shared/data and the contrasts it must
     "ixi_small/2d/IXI002-Guys-0828_slice90": ["T1", "T2"],
     "ixi_small/2d/IXI040-Guys-0724_slice69": ["T2", "PD"],
     "templates_spm12_avg152": ["T1", "T2", "PD"],
+    **{f"brats2018_deepvoxnet2/Brats18_{c}_1": ["T1", "FLAIR"]
+       for c in ("CBICA_AAB", "CBICA_AOO", "CBICA_AQN", "CBICA_ARW", "CBICA_ASA", "CBICA_ATV", "TCIA02_471",
+                 "TCIA04_192", "TCIA08_105")},
 }
 
 
@@ -107,3 +110,22 @@ def test_dicom_series_folder_is_one_image_named_by_its_folder(tmp_path):
     assert image.GetSize() == (5, 6, 4)
     assert np.allclose(image.GetSpacing(), (0.8, 0.9, 2.5), atol=1e-3)
     assert np.array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(volume).astype(np.float32))
+
+
+@needs_shared
+def test_dicom_series_folders_are_named_by_their_metadata(tmp_path):
+    """Series folders named series2..4: the contrasts come from SeriesDescription or, when it names none, from the
+    sequence tags; a synthetic series in the study is never an acquired contrast."""
+    from medsynth_app.dicom_output import write_dicom_series
+    from medsynth_app.imageio import Provenance
+    from pacs_fixture import PROTOCOLS, write_study
+
+    t1 = sitk.RegionOfInterest(sitk.ReadImage(str(SHARED / "open_ms_data/mni/patient07/T1.nii.gz")), [40, 40, 6],
+                               [60, 70, 80])
+    unnamed = {c: {**p, "SeriesDescription": "ax"} for c, p in PROTOCOLS.items()}
+    study = write_study({c: t1 for c in PROTOCOLS}, tmp_path / "patient07", "patient07", unnamed)
+    write_dicom_series(t1, study / "synthetic", Provenance("linear", ("T1", "T2"), "FLAIR", "test"),
+                       reference=study / "series2")
+    [found] = find_studies(tmp_path)
+    assert found.id == "patient07"
+    assert {c: p.name for c, p in found.images.items()} == {"T1": "series2", "T2": "series3", "FLAIR": "series4"}

@@ -30,10 +30,13 @@ except ImportError:  # pragma: no cover - depends on how the server was started
 
 import lib.configs  # noqa: E402  (MONAI Label puts the app folder on sys.path only while it loads this file)
 import lib.trainers  # noqa: E402,F401  (imported now for the same reason: trainers are built after loading)
+from lib.dicomweb import datastore_for  # noqa: E402
 from lib.infers.synthesis import TASK_TYPE  # noqa: E402
 from lib.upload_limit import install as install_upload_limit  # noqa: E402
+from lib.uploads import local_datastore, sessions  # noqa: E402
 
 from fastapi import HTTPException  # noqa: E402
+from medsynth_app.imageio import Provenance  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.interfaces.config import TaskConfig  # noqa: E402
 from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: E402
@@ -89,6 +92,23 @@ class MyApp(MONAILabelApp):
             version=medsynth_app.__version__,
         )
 
+    def init_datastore(self):
+        """MONAI Label's datastores; the local one checks uploaded images and refuses a folder of study folders
+        (lib/uploads.py)."""
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return local_datastore(self.studies)
+
+    def _load_sessions(self, load=False):
+        """MONAI Label's sessions, checking each upload on arrival (lib/uploads.py)."""
+        return sessions() if load else None
+
+    def _init_dicomweb_datastore(self):
+        """A PACS (``--studies http://HOST/dicom-web``): studies and contrasts from its metadata, results stored back
+        into it (lib/dicomweb.py). MONAI Label's own would first download the dcmqi tools for DICOM SEG labels,
+        which synthesis never writes."""
+        return datastore_for(self.studies)
+
     def init_infers(self) -> Dict[str, InferTask]:
         infers: Dict[str, InferTask] = {}
         for name, config in self.models.items():
@@ -115,15 +135,22 @@ class MyApp(MONAILabelApp):
         if task is None or getattr(task, "type", None) != TASK_TYPE:
             return super().infer(request, datastore)
         # A synthetic image is not a label: MONAI Label's own saving (labels/final, what trainers read) is never used
-        # for it. With {"save": true} it is kept under labels/synthetic_<TARGET>/ of the datastore image instead.
-        save = str(request.get("save", False)).lower() in ("true", "1", "yes")
-        image_id = request.get("image")
+        # for it. With {"save": true} it is kept under labels/synthetic_<TARGET>/ of the datastore image instead; on a
+        # PACS it is stored as a synthetic series of the image's study, by default.
         datastore = datastore or self.datastore()
+        pacs = hasattr(datastore, "store_synthetic")
+        save = str(request.get("save", pacs)).lower() in ("true", "1", "yes")
+        image_id = request.get("image")
         self._check_image_source(image_id, datastore)
         if save and (not isinstance(image_id, str) or os.path.exists(image_id)):
             raise HTTPException(422, "save: true needs an image of the datastore; a session's result is not stored")
-        result = super().infer(dict(request, save_label=False), datastore)
-        if save:
+        result = super().infer(dict(request, save_label=False, datastore_image=image_id), datastore)
+        if save and pacs:
+            params = result["params"]
+            provenance = Provenance(model=params["model"], inputs=tuple(params["inputs"]), target=params["target"],
+                                    library_version=medsynth_app.__version__)
+            params["stored_series"] = datastore.store_synthetic(image_id, result["file"], provenance)
+        elif save:
             tag = f"synthetic_{result['params']['target']}"
             datastore.save_label(image_id, result["file"], tag, {"synthetic": True, "params": result["params"]})
             result["params"]["saved"] = f"labels/{tag}/{os.path.basename(datastore.get_label_uri(image_id, tag))}"

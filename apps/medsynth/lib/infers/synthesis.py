@@ -3,7 +3,9 @@
 A request names one datastore image (``?image=sub01_T1``) and params ``{"target": "FLAIR"}``; optional
 ``{"inputs": {"T2": "<image id>"}}`` replaces or adds contrasts, and ``{"contrast": "T1"}`` names the contrast of an
 image whose file name does not say it. The study of the image is the set of datastore images whose names carry the
-same prefix (``sub01_T1``, ``sub01_T2``, ``sub01_FLAIR``: flat datastore, ``medsynth_app.contrasts.parse_name``).
+same prefix (``sub01_T1``, ``sub01_T2``, ``sub01_FLAIR``: flat datastore, ``medsynth_app.studies.group_studies``);
+on a PACS (``--studies http://HOST/dicom-web``) it is the image's DICOM study, its contrasts read from the PACS's
+metadata (lib/dicomweb.py), and only the series used are downloaded.
 A session upload of several files (``PUT /session/``, then ``?session_id=``) makes ``image`` a folder: its images,
 named by contrast (``T1.nii.gz``, ``T2.nii.gz``), are the study, and the first input used gives the output grid.
 
@@ -32,11 +34,12 @@ from fastapi import HTTPException
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from medsynth_app.checkpoint import Checkpoint
-from medsynth_app.contrasts import BRAIN_MASK, CONTRASTS, LESION_MASK, canonical_contrast, has_image_extension, parse_name
-from medsynth_app.imageio import WRITE_EXTENSIONS, read_image, write_image
+from medsynth_app.contrasts import BRAIN_MASK, CONTRASTS, canonical_contrast
+from medsynth_app.imageio import (WRITE_EXTENSIONS, ImageError, is_dicom_folder, is_image_path, read_image,
+                                  sort_dicom_files, unpack_zip, write_image, zip_folder)
 from medsynth_app.models import create
 from medsynth_app.pipeline import provenance_for, synthesize
-from medsynth_app.studies import find_studies
+from medsynth_app.studies import find_studies, group_studies, name_contrast
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +134,15 @@ class SynthesisInferTask(BasicInferTask):
             raise SynthesisRequestError(f"intensity must be 'scaled' or 'normalised', not {intensity!r}")
 
         image_path = req.get("image")
-        session_dir = isinstance(image_path, str) and bool(image_path) and os.path.isdir(image_path)
-        if session_dir:  # several files uploaded as one session (PUT /session/): the folder is the study
+        # a session (PUT /session/) of several files (a folder) or of one zip: the upload is the study
+        session = isinstance(image_path, str) and bool(image_path) and (
+            os.path.isdir(image_path) or (os.path.isfile(image_path) and image_path.lower().endswith(".zip")))
+        series: Dict[str, str] = {}  # contrast -> SeriesInstanceUID not downloaded yet (a PACS datastore)
+        if self._on_pacs(req.get("datastore_image")):
+            settled = {target, *self._explicit_inputs(req.get("inputs"))}
+            study_id, contrast, series = self._pacs_study(req["datastore_image"], req.get("contrast"), settled)
+            files = {c: Path(uid) for c, uid in series.items()}
+        elif session:
             study_id, contrast, files = self._session_files(Path(image_path))
         elif not isinstance(image_path, str) or not image_path or not os.path.isfile(image_path):
             raise SynthesisRequestError(f"image {request.get('image')!r} is not an image file of the datastore "
@@ -143,7 +153,10 @@ class SynthesisInferTask(BasicInferTask):
             files[name] = self._resolve_id(image_id)
 
         path, ckpt, used = self._choose(target, files, study_id, req.get("checkpoint"))
-        if session_dir:  # the first input (in T1 T1C T2 PD FLAIR DWI order) gives the output grid
+        for c in used:  # only the series the synthesis uses are downloaded
+            if c in series and files[c] == Path(series[c]):
+                files[c] = self.datastore.series_folder(series[c], study_id)
+        if session:  # the first input (in T1 T1C T2 PD FLAIR DWI order) gives the output grid
             contrast = next(c for c in CONTRASTS if c in used)
             image_path = str(files[contrast])
         order = ([contrast] if contrast in used else []) + [c for c in used if c != contrast]
@@ -158,9 +171,18 @@ class SynthesisInferTask(BasicInferTask):
             result = sitk.Resample(result, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
         extension = str(req.get("result_extension") or ".nii.gz").lower()
-        extension = extension if extension in WRITE_EXTENSIONS else ".nii.gz"
+        extension = extension if extension in (*WRITE_EXTENSIONS, ".zip") else ".nii.gz"
         out = Path(tempfile.gettempdir()) / f"medsynth_{study_id or 'image'}_{target}_{uuid.uuid4().hex[:8]}{extension}"
-        write_image(result, out, provenance_for(ckpt, order, target))
+        provenance = provenance_for(ckpt, order, target)
+        if extension == ".zip":  # a DICOM series, in the study of the DICOM image giving the grid when there is one
+            candidates = [Path(image_path), files.get(contrast)]
+            if self._on_pacs(req.get("datastore_image")):  # the requested series, downloaded by MONAI Label
+                candidates.append(self.datastore.series_folder(req["datastore_image"]))
+            study = next((p for p in candidates if p and is_dicom_folder(p)), None)
+            with tempfile.TemporaryDirectory(prefix="medsynth_dicom_") as tmp:
+                zip_folder(write_image(result, f"{tmp}/synthetic_{target}/", provenance, study), out)
+        else:
+            write_image(result, out, provenance)
         seconds = round(time.time() - begin, 2)
         logger.info("synthesised %s of %s from %s with %s in %.1f s -> %s", target, study_id, "+".join(order),
                     path.name, seconds, out)
@@ -206,34 +228,60 @@ class SynthesisInferTask(BasicInferTask):
         return out
 
     def _resolve_id(self, image_id: str) -> Path:
-        """Datastore image id -> file. Only ids are accepted, never server paths."""
+        """Datastore image id -> file (on a PACS: the series' folder). Only ids are accepted, never server paths."""
+        if self._on_pacs(image_id):
+            try:
+                return self.datastore.series_folder(image_id)
+            except (KeyError, IndexError):
+                raise SynthesisRequestError(f"inputs: no series {image_id!r} in the PACS", 404) from None
         uri = self.datastore.get_image_uri(image_id) if self.datastore is not None else ""
         if uri and os.path.isfile(uri):
             return Path(uri)
         raise SynthesisRequestError(f"inputs: no image {image_id!r} in the datastore", 404)
 
-    def _candidates(self, image_path: Path) -> Dict[str, Path]:
-        """name -> file of every image beside ``image_path``: the datastore's images when they are in the same
-        folder (flat local datastore), else the folder's image files."""
-        if self.datastore is not None:
+    def _on_pacs(self, image_id) -> bool:
+        return (hasattr(self.datastore, "study_contrasts") and isinstance(image_id, str) and bool(image_id)
+                and not os.path.exists(image_id))
+
+    def _pacs_study(self, series_uid: str, contrast_param,
+                    settled: set) -> Tuple[str, Optional[str], Dict[str, str]]:
+        """(StudyInstanceUID, contrast of the requested series, contrast -> SeriesInstanceUID) from the PACS's
+        metadata; no series is downloaded. Two series of one input contrast are refused unless the request settles
+        which (the requested series; ``settled``: the target and the explicit inputs)."""
+        study_uid = self.datastore.study_of(series_uid)
+        series, clashes = self.datastore.study_contrasts(study_uid)
+        for c, uids in clashes.items():
+            if c in settled:
+                continue
+            if series_uid in uids:
+                series[c] = series_uid
+            else:
+                described = ", ".join(self.datastore.describe_series(u) for u in uids)
+                raise SynthesisRequestError(f"study {study_uid}: {c} is claimed by {len(uids)} series: {described}; "
+                                            f'pass the one to use as params inputs {{"{c}": "<series uid>"}}', 409)
+        contrast = next((c for c, uid in series.items() if uid == series_uid), None)
+        if contrast_param:
             try:
-                found = {}
-                for image_id in self.datastore.list_images():
-                    uri = self.datastore.get_image_uri(image_id)
-                    if uri and Path(uri).parent == image_path.parent:
-                        found[image_id] = Path(uri)
-                if found:
-                    return found
-            except Exception as err:  # a remote datastore without listing: fall back to the folder
-                logger.warning("cannot list the datastore (%s); using the image's folder", err)
-        folder = image_path.parent
-        return {p.name: p for p in sorted(folder.iterdir()) if p.is_file() and has_image_extension(p.name)}
+                contrast = canonical_contrast(str(contrast_param))
+            except ValueError as err:
+                raise SynthesisRequestError(f"contrast: {err}") from None
+            series[contrast] = series_uid
+        return study_uid, contrast, series
 
     @staticmethod
-    def _session_files(folder: Path) -> Tuple[str, Optional[str], Dict[str, Path]]:
-        """The study of a session upload: the folder's images named by contrast (T1.nii.gz, T2.nii.gz, ...)."""
+    def _session_files(upload: Path) -> Tuple[str, Optional[str], Dict[str, Path]]:
+        """The study of a session upload (several files, or one zip): its images named by contrast (T1.nii.gz,
+        T2.nii.gz, ...) and its DICOM series, whose contrasts come from their metadata."""
         try:
+            folder = upload
+            if upload.is_file():
+                folder = upload.with_name(upload.name + ".unpacked")
+                if not folder.is_dir():
+                    unpack_zip(upload, folder)
+            sort_dicom_files(folder)  # the files of several series sent together: one folder per series
             studies = find_studies(folder)
+        except ImageError as err:  # a damaged zip, an unreadable DICOM file
+            raise SynthesisRequestError(str(err), 422) from None
         except ValueError as err:  # StudyError: two files claim one contrast, unreadable manifest
             raise SynthesisRequestError(str(err), 409) from None
         if len(studies) != 1:
@@ -247,34 +295,32 @@ class SynthesisInferTask(BasicInferTask):
         return "session", None, files
 
     def _study_files(self, image_path: Path, contrast_param) -> Tuple[str, Optional[str], Dict[str, Path]]:
-        parsed = parse_name(image_path.name)
+        """The study of a datastore image: the images of its folder (the flat datastore) grouped by name
+        (``group_studies``, as training does); only the folder is listed, no datastore image is resolved."""
+        parsed = name_contrast(image_path.name, image_path)
+        contrast = parsed.contrast if parsed is not None and parsed.contrast in CONTRASTS else None
         if contrast_param:
             try:
                 contrast = canonical_contrast(str(contrast_param))
             except ValueError as err:
                 raise SynthesisRequestError(f"contrast: {err}") from None
-        elif parsed is not None and parsed.contrast in CONTRASTS:
-            contrast = parsed.contrast
-        else:
-            contrast = None
-        prefix = parsed.prefix if parsed is not None else None
         files: Dict[str, Path] = {}
-        claimed: Dict[str, list] = {}
-        if prefix is not None and parsed.contrast in CONTRASTS:
-            for name, path in self._candidates(image_path).items():
-                other = parse_name(name)
-                if other is None or other.prefix != prefix:
-                    continue
-                claimed.setdefault(other.contrast, []).append(path)
-            clashes = {c: p for c, p in claimed.items() if len(p) > 1 and c != LESION_MASK}
-            if clashes:
-                c, paths = next(iter(clashes.items()))
-                raise SynthesisRequestError(f"study {prefix or image_path.name}: {c} is claimed by both "
-                                            f"{paths[0].name} and {paths[1].name}", 409)
-            files = {c: p[0] for c, p in claimed.items()}
+        study_id = ""
+        if parsed is not None and parsed.contrast in CONTRASTS:
+            folder = image_path.parent
+            entries = [(p.name, p) for p in sorted(folder.iterdir()) if is_image_path(p) and not p.name.startswith(".")]
+            studies, refused = group_studies(entries, default_id=parsed.prefix)
+            if parsed.prefix in refused:
+                raise SynthesisRequestError(refused[parsed.prefix].replace(f"{folder}{os.sep}", ""), 409)
+            study = next((s for s in studies if s.id == parsed.prefix), None)
+            if study is not None:
+                study_id = study.id
+                files = dict(study.images)
+                if study.brain_mask is not None:
+                    files[BRAIN_MASK] = study.brain_mask
         if contrast is not None:
             files[contrast] = image_path
-        return prefix or "", contrast, files
+        return study_id, contrast, files
 
     def _choose(self, target: str, files: Dict[str, Path], study_id: str, checkpoint: Any = None):
         """The checkpoint for ``target`` usable with the available contrasts: the named one, else the one using the

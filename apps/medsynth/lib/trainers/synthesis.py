@@ -6,7 +6,9 @@
 (multimodal with the hparam ``incomplete_studies``: the target and any of the inputs):
 
 * studies are the datastore images grouped by file-name prefix (``sub01_T1``, ``sub01_T2``: the flat datastore,
-  ``medsynth_app.contrasts.parse_name``, as the infer task does); images marked SYNTHETIC are never training material;
+  ``medsynth_app.studies.group_studies``, as the infer task does; on a PACS the studies and contrasts come from its
+  metadata, lib/dicomweb.py, and only the series used are downloaded); images marked SYNTHETIC are never training
+  material;
   a study's lesion mask is its ``<study>_lesion`` image or the ``labels/final`` label of one of its images;
 * with ``pretrained`` true (the default, as in MONAI Label's BasicTrainTask) the network families start from the
   weights of the served checkpoint of the same task (fine-tuning, ``pipeline.train(init=...)``); the others, and
@@ -49,12 +51,12 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from medsynth_app.atomic import atomic_write
 from medsynth_app.checkpoint import save_checkpoint
-from medsynth_app.contrasts import BRAIN_MASK, CONTRASTS, LESION_MASK, canonical_contrast, parse_name
+from medsynth_app.contrasts import CONTRASTS, canonical_contrast
 from medsynth_app.imageio import is_synthetic_file
 from medsynth_app.models import TrainSettings, fine_tunes
 from medsynth_app.pipeline import train as pipeline_train
 from medsynth_app.pipeline import trainable_studies
-from medsynth_app.studies import Study
+from medsynth_app.studies import Study, group_studies
 from medsynth_app.weights import checkpoint_name
 
 from lib.infers.synthesis import TASK_TYPE
@@ -81,46 +83,33 @@ def _scalar(value):
 
 
 def datastore_studies(datastore) -> Tuple[List[Study], Dict[str, str]]:
-    """Group the datastore's images into studies by file-name prefix; returns (studies, skipped study -> reason)."""
-    groups: Dict[str, Dict[str, List[Tuple[str, Path]]]] = {}
+    """The datastore's images grouped into studies by file-name prefix (``medsynth_app.studies.group_studies``; a
+    PACS: by study, contrasts from its metadata, lib/dicomweb.py); returns (studies, skipped study -> reason)."""
+    if hasattr(datastore, "study_contrasts"):
+        return datastore.studies()
+    image_ids: Dict[Path, str] = {}
     for image_id in sorted(datastore.list_images()):
         uri = datastore.get_image_uri(image_id)
-        if not uri or not os.path.isfile(uri):
-            continue
-        parsed = parse_name(Path(uri).name)
-        if parsed is None:
-            continue
-        groups.setdefault(parsed.prefix or "study", {}).setdefault(parsed.contrast, []).append((image_id, Path(uri)))
-    studies, skipped = [], {}
-    for prefix, claimed in sorted(groups.items()):
-        clashes = {c: f for c, f in claimed.items() if len(f) > 1}
-        if clashes:
-            contrast, files = next(iter(clashes.items()))
-            skipped[prefix] = f"{contrast} is claimed by both {files[0][1].name} and {files[1][1].name}"
-            continue
-        study = Study(prefix)
-        for contrast, [(image_id, path)] in claimed.items():
-            if contrast == BRAIN_MASK:
-                study.brain_mask = path
-            elif contrast == LESION_MASK:
-                study.lesion_mask = path
-            elif contrast in CONTRASTS:
-                if is_synthetic_file(path):
-                    skipped.setdefault(prefix, f"{path.name} is a synthetic image, not training material")
-                    continue
-                study.images[contrast] = path
+        if uri and os.path.isfile(uri):
+            image_ids[Path(uri)] = image_id
+    studies, skipped = group_studies((path.name, path) for path in image_ids)
+    kept = []
+    for study in studies:
+        for contrast, path in list(study.images.items()):
+            if is_synthetic_file(path):
+                skipped.setdefault(study.id, f"{path.name} is a synthetic image, not training material")
+                del study.images[contrast]
         if study.lesion_mask is None:  # a lesion segmentation saved by a client (labels/final) for one of the images
             for contrast in ["FLAIR", *CONTRASTS]:
-                if contrast in claimed and contrast in CONTRASTS:
-                    image_id = claimed[contrast][0][0]
-                    label_id = datastore.get_label_by_image_id(image_id, "final")
+                if contrast in study.images:
+                    label_id = datastore.get_label_by_image_id(image_ids[study.images[contrast]], "final")
                     uri = datastore.get_label_uri(label_id, "final") if label_id else ""
                     if uri and os.path.isfile(uri):
                         study.lesion_mask = Path(uri)
                         break
         if study.images:
-            studies.append(study)
-    return studies, skipped
+            kept.append(study)
+    return kept, skipped
 
 
 def split_studies(studies: Sequence[Study], val_split: float, seed: int) -> Tuple[List[Study], List[Study]]:
@@ -278,6 +267,10 @@ class SynthesisTrainTask(TrainTask):
                     f"no study of the datastore has {'+'.join([*inputs, target])} acquired "
                     f"(studies have: {'; '.join(have)}); cannot train {self.family} {'+'.join(inputs)}->{target}")
             train_set, val_set = split_studies(usable, val_split, seed)
+            if hasattr(datastore, "study_contrasts"):  # a PACS: download only the series of the studies used
+                publish(stage="downloading")
+                for study in [*train_set, *val_set]:
+                    datastore.fetch(study)
             out = self.model_dir / out_name
             publish(target=target, inputs=inputs, checkpoint=out.name, total_epochs=epochs,
                     pretrained=out.name if init is not None else None,
