@@ -44,7 +44,6 @@ def _processes_mentioning(text: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    pytest.importorskip("monailabel")
     out = tmp_path_factory.mktemp("demo_output")
     before = _app_files()
     saved = os.environ.pop("MEDSYNTH_DATA", None)

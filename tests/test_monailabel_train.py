@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import SimpleITK as sitk
 import torch
 
@@ -24,8 +25,6 @@ from conftest import SHARED
 from server_fixture import copy_app, import_medsynth_lib, running_server
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
-requests = pytest.importorskip("requests")
-pytest.importorskip("monailabel")
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "apps" / "medsynth"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import SimpleITK as sitk
 
 from conftest import SHARED
@@ -30,8 +31,6 @@ from medsynth_app.preprocessing import prepare
 from medsynth_app.weights import SHIPPED_DIR
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
-requests = pytest.importorskip("requests")
-pytest.importorskip("monailabel")
 
 HELD_OUT = "open_ms_data/mni/patient26"
 PRIMARY_TASKS = {"T1_to_T2": (("T1",), "T2"), "T1+T2_to_FLAIR": (("T1", "T2"), "FLAIR")}

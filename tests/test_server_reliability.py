@@ -15,14 +15,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import requests
 import SimpleITK as sitk
 
 from conftest import SHARED
 from server_fixture import copy_app, running_server, write_crops
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
-requests = pytest.importorskip("requests")
-pytest.importorskip("monailabel")
 
 CONCURRENT, SEQUENTIAL = 16, 50
 MAX_UPLOAD_MB, MAX_VOXELS = 4, 1_000_000

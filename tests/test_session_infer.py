@@ -15,7 +15,6 @@ from conftest import SHARED
 from server_fixture import APP, write_crops
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
-pytest.importorskip("monailabel")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import SimpleITK as sitk
 from conftest import SHARED
 from server_fixture import import_medsynth_lib, running_server, write_crops
 
-requests = pytest.importorskip("requests")
 import_medsynth_lib()
 from MedSynthLib.client import (Cancelled, ConnectionFailed, MedSynthClient, ServerError,  # noqa: E402
                                 normalise_address, parse_multipart)
@@ -66,7 +65,6 @@ def crops(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(crops, tmp_path_factory):
-    pytest.importorskip("monailabel")
     with running_server(crops, tmp_path_factory.mktemp("server")) as url:
         yield url
 
