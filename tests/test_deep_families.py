@@ -318,8 +318,8 @@ def test_synnet_variants(inputs, targets, variant, subjects, small):
     if variant == "MIMO":  # one decoder per target
         assert not np.allclose(predictions["T2"], predictions["FLAIR"])
     for contrast in inputs:  # every encoder arm is used: another input gives another output
-        changed = type(small)(**{**vars(small), "images": {**small.images,
-                                                           contrast: np.ascontiguousarray(small.images[contrast][::-1])}})
+        flipped = np.ascontiguousarray(small.images[contrast][::-1])
+        changed = type(small)(**{**vars(small), "images": {**small.images, contrast: flipped}})
         assert not np.allclose(model.predict(changed, targets[0]), predictions[targets[0]]), contrast
 
 

@@ -137,7 +137,8 @@ def test_a_corrupt_checkpoint_keeps_the_previous_weights_served(server, app_copy
 def test_path_traversal_in_image_ids_is_refused(server, image):
     response = infer(server, image)
     assert response.status_code == 404, (response.status_code, response.text[:200])
-    assert response.json()["detail"] == f"image {image!r} is not an image of the datastore, a session or an uploaded file"
+    expected = f"image {image!r} is not an image of the datastore, a session or an uploaded file"
+    assert response.json()["detail"] == expected
 
 
 def test_server_files_outside_the_datastore_are_not_images(server):
