@@ -32,28 +32,34 @@ def trivial_scores(subject: PreparedSubject, target: str, inputs: Sequence[str])
 
 
 def kept_conspicuity(scores: Mapping[str, float]) -> float:
-    """The fraction of the acquired lesions' conspicuity a prediction keeps: (C_pred - 1) / (C_acquired - 1)."""
-    return (scores["lesion_conspicuity"] - 1) / (scores["acquired_lesion_conspicuity"] - 1)
+    """The fraction of the acquired lesions' conspicuity a prediction keeps: (C_pred - 1) / (C_acquired - 1); NaN
+    (which fails every gate) when the prediction's is undefined."""
+    return (float(scores["lesion_conspicuity"]) - 1) / (float(scores["acquired_lesion_conspicuity"]) - 1)
 
 
 def assert_beats_trivial(scores: Mapping[str, float], subject: PreparedSubject, target: str, inputs: Sequence[str], *,
-                         psnr: float, ssim: float, conspicuity: float | None = None, label: str = "",
+                         psnr: float, ssim: float, conspicuity: float | None = None,
+                         lesion_ssim: float | None = None, label: str = "",
                          trivial: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, dict[str, float]]:
     """Assert that ``scores`` (the model's `score` on ``subject``) beat the best trivial predictor by ``psnr`` dB and
-    ``ssim``, and keep at least the fraction ``conspicuity`` of the lesions' conspicuity where the subject has a
-    lesion mask (a gate on such a subject must state it). Returns the trivial predictors' scores."""
+    ``ssim`` (and by ``lesion_ssim`` in BraSyn's SSIM inside the lesion, when given), and keep at least the fraction
+    ``conspicuity`` of the lesions' conspicuity where the subject has a lesion mask (a gate on such a subject must
+    state it). Scores read from JSON may hold "inf" or "nan" (see `metrics.json_ready`). Returns the trivial
+    predictors' scores."""
     trivial = dict(trivial or trivial_scores(subject, target, inputs))
-    for metric, margin in (("psnr", psnr), ("ssim", ssim)):
+    margins = [("psnr", psnr), ("ssim", ssim)] + ([("brasyn_ssim_lesion", lesion_ssim)] if lesion_ssim is not None
+                                                  else [])
+    for metric, margin in margins:
         name, best = max(((n, s[metric]) for n, s in trivial.items()), key=lambda item: item[1])
-        assert scores[metric] >= best + margin, (
-            f"{label}: {metric} {scores[metric]:.3f} is not {margin} above the best trivial predictor "
+        assert float(scores[metric]) >= best + margin, (
+            f"{label}: {metric} {float(scores[metric]):.3f} is not {margin} above the best trivial predictor "
             f"({name}, {best:.3f})")
     if "acquired_lesion_conspicuity" in scores:
         assert conspicuity is not None, f"{label}: the subject has lesions; state the conspicuity to keep"
         kept = kept_conspicuity(scores)
         assert kept >= conspicuity, (f"{label}: keeps {kept:.2f} of the lesions' conspicuity "
-                                     f"({scores['lesion_conspicuity']:.3f} against the acquired "
-                                     f"{scores['acquired_lesion_conspicuity']:.3f}), not {conspicuity}")
+                                     f"({float(scores['lesion_conspicuity']):.3f} against the acquired "
+                                     f"{float(scores['acquired_lesion_conspicuity']):.3f}), not {conspicuity}")
     return trivial
 
 
