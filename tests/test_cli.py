@@ -7,6 +7,7 @@ import pytest
 import SimpleITK as sitk
 from gates import assert_beats_trivial
 
+from medsynth_app import pipeline
 from medsynth_app.cli import main
 from medsynth_app.pipeline import prepare_study
 from medsynth_app.studies import find_studies
@@ -221,7 +222,12 @@ def test_add_output_trains_a_new_decoder_alone_and_synthesises_with_it(mni_crops
         k.startswith("net.decoders.FLAIR.") for k in new.state if k not in old.state)
     added = new.training["added_outputs"]["FLAIR"]
     assert added["subjects"] == ["patient26"] and added["validation_subjects"] == ["patient19"]
-    assert added["validation"]["FLAIR"]["psnr"] > 0 and added["slice_size"] == [32, 32]
+    assert added["slice_size"] == [32, 32]
+    # one step gates no quality; the recorded validation scores must be the new decoder's own on patient19
+    [row] = pipeline.evaluate(new, [s for s in find_studies(mni_crops) if s.id == "patient19"], "FLAIR",
+                              progress=False)
+    assert added["validation"]["FLAIR"]["psnr"] == pytest.approx(row["psnr"], abs=1e-3)
+    assert added["validation"]["FLAIR"]["ssim"] == pytest.approx(row["ssim"], abs=1e-4)
     capsys.readouterr()
     subject = mni_crops / "patient07"
     out = tmp_path / "flair.nii.gz"
