@@ -18,7 +18,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .contrasts import canonical_contrast
 from .folds import Folds
 from .imageio import ImageError, is_dicom_folder, opened_image, read_image, write_image
-from .metrics import summarise
+from .metrics import json_ready, summarise
 from .models import TrainSettings, families
 from .studies import StudyError, find_studies
 from .training.distributed import is_main_process
@@ -236,7 +236,7 @@ def cmd_evaluate(args) -> int:
     result["summary"] = {"pooled": summarise(rows)}
     for cohort in sorted({r["cohort"] for r in rows}):
         result["summary"][cohort] = summarise([r for r in rows if r["cohort"] == cohort])
-    text = json.dumps(result, indent=2)
+    text = json.dumps(json_ready(result), indent=2)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(text)

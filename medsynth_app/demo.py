@@ -17,6 +17,7 @@ from typing import Any, Iterator
 from . import serving
 from .comparison import montage, prepare_comparison, score
 from .imageio import read_image
+from .metrics import json_ready
 from .simulation import simulate_cohort
 from .slicer_lib import import_medsynth_lib
 from .studies import Study, find_studies
@@ -166,6 +167,6 @@ def run_demo(out: Path) -> dict[str, Any]:
         report = write_outputs(study, job, out)
     report |= {"metrics_file": str(out / "demo_metrics.json"), "server": url, "datastore": str(out / "datastore"),
                "server_log": str(out / "server" / "server.log"), "seconds": seconds}
-    Path(report["metrics_file"]).write_text(json.dumps(report, indent=2))
+    Path(report["metrics_file"]).write_text(json.dumps(json_ready(report), indent=2))
     print_summary(report)
     return report

@@ -1,5 +1,8 @@
-"""Image-quality metrics exactly as EVALUATION.md defines them (inside a mask, on normalised volumes)."""
+"""Image-quality metrics exactly as EVALUATION.md defines them (inside a mask, on normalised volumes), the BraSyn
+challenge's metrics beside them, and lesion conspicuity."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from scipy import ndimage, stats
@@ -31,14 +34,19 @@ def data_range(truth: np.ndarray, mask: np.ndarray) -> float:
     return float(values.max() - values.min())
 
 
+def _decibels(signal_power: float, error: float) -> float:
+    """10 log10(signal / error); a perfect prediction (error 0) is infinitely good, not an error."""
+    return math.inf if error == 0 else float(10 * np.log10(signal_power / error))
+
+
 def psnr(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
-    """10 log10(R^2 / MSE)."""
-    return float(10 * np.log10(data_range(truth, mask) ** 2 / mse(prediction, truth, mask)))
+    """10 log10(R^2 / MSE); inf when the prediction equals the truth in the mask."""
+    return _decibels(data_range(truth, mask) ** 2, mse(prediction, truth, mask))
 
 
 def snr(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
-    """10 log10(mean(t)^2 / MSE): the measure of the LSDN and 3-D autoencoder papers."""
-    return float(10 * np.log10(truth[mask].astype(np.float64).mean() ** 2 / mse(prediction, truth, mask)))
+    """10 log10(mean(t)^2 / MSE): the measure of the LSDN and 3-D autoencoder papers; inf for a perfect prediction."""
+    return _decibels(truth[mask].astype(np.float64).mean() ** 2, mse(prediction, truth, mask))
 
 
 def ssim(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
@@ -65,14 +73,89 @@ def all_metrics(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> 
     return {name: globals()[name](prediction, truth, mask) for name in METRICS}
 
 
+def percentile_scaled(volume: np.ndarray, mask: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """BraSyn's intensity scale: the volume clipped to its own ``low``-``high`` percentiles inside the mask and mapped
+    to [0, 1], 0 outside the mask. A volume that is constant in the mask maps to 0."""
+    values = volume[mask].astype(np.float64)
+    lo, hi = np.percentile(values, [low, high])
+    scaled = np.zeros(volume.shape, dtype=np.float64)
+    if hi > lo:
+        scaled[mask] = (np.clip(values, lo, hi) - lo) / (hi - lo)
+    return scaled
+
+
+def brasyn_metrics(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray,
+                   lesion: np.ndarray | None = None) -> dict[str, float]:
+    """The BraSyn challenge's metrics (EVALUATION.md): prediction and truth each `percentile_scaled` in the brain
+    mask; the SSIM map of the two (data range 1) averaged over the brain (``brasyn_ssim``), inside the lesion
+    (``brasyn_ssim_lesion``) and in the brain outside it (``brasyn_ssim_healthy``); PSNR over the brain with peak 1
+    (``brasyn_psnr``). A constant prediction maps to 0 and so scores low inside a lesion, which is bright or dark
+    against its surroundings."""
+    _masked(prediction, truth, mask)
+    p, t = percentile_scaled(prediction, mask), percentile_scaled(truth, mask)
+    similarity = ssim_map(p, t, 1.0)
+    scores = {"brasyn_psnr": _decibels(1.0, float(np.mean((p[mask] - t[mask]) ** 2))),
+              "brasyn_ssim": float(similarity[mask].mean())}
+    inside = _lesion_in(mask, lesion)
+    if inside is not None:
+        scores["brasyn_ssim_lesion"] = float(similarity[inside].mean())
+        if (mask & ~inside).any():
+            scores["brasyn_ssim_healthy"] = float(similarity[mask & ~inside].mean())
+    return scores
+
+
+def conspicuity(volume: np.ndarray, mask: np.ndarray, lesion: np.ndarray, margin: int = 2) -> float:
+    """How much a lesion stands out: the volume's mean inside the lesion (within the brain mask) over its median in
+    the brain farther than ``margin`` voxels from the lesion. A constant volume scores 1; NaN when undefined (no
+    lesion voxel, no brain away from it, or a background median that is not positive)."""
+    inside = lesion & mask
+    around = mask & ~ndimage.binary_dilation(inside, ndimage.generate_binary_structure(3, 1), iterations=margin)
+    background = float(np.median(volume[around])) if around.any() else math.nan
+    if not inside.any() or not background > 0:
+        return math.nan
+    return float(volume[inside].astype(np.float64).mean() / background)
+
+
+def _lesion_in(mask: np.ndarray, lesion: np.ndarray | None) -> np.ndarray | None:
+    """The lesion voxels inside the brain mask, or None when there are fewer than two."""
+    if lesion is None:
+        return None
+    inside = lesion & mask
+    return inside if inside.sum() > 1 else None
+
+
 def region_metrics(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray,
                    lesion: np.ndarray | None) -> dict[str, float]:
-    """Metrics in the brain mask, plus ``lesion_*`` inside the lesion mask when one is given and not empty."""
-    scores = all_metrics(prediction, truth, mask)
-    if lesion is not None and (lesion & mask).sum() > 1:
-        inside = lesion & mask
-        scores.update({f"lesion_{name}": value for name, value in all_metrics(prediction, truth, inside).items()})
+    """Metrics in the brain mask and the BraSyn metrics; with a lesion mask (at least two voxels in the brain) also
+    ``lesion_*`` inside it and the conspicuity of the lesion in the prediction (``lesion_conspicuity``) and in the
+    truth (``acquired_lesion_conspicuity``).
+
+    ``lesion_ssim`` is the brain's SSIM map (the one ``ssim`` averages) averaged inside the lesion: the map of the
+    lesion alone, zero around it, is dominated by the lesion's own edge, which any prediction reproduces, so that a
+    constant scored as high there as a model."""
+    scores = {**all_metrics(prediction, truth, mask), **brasyn_metrics(prediction, truth, mask, lesion)}
+    inside = _lesion_in(mask, lesion)
+    if inside is not None:
+        scores.update({f"lesion_{name}": globals()[name](prediction, truth, inside)
+                       for name in METRICS if name != "ssim"})
+        p = np.where(mask, prediction, 0.0).astype(np.float64)
+        t = np.where(mask, truth, 0.0).astype(np.float64)
+        scores["lesion_ssim"] = float(ssim_map(p, t, data_range(truth, mask))[inside].mean())
+        scores["lesion_conspicuity"] = conspicuity(prediction, mask, inside)
+        scores["acquired_lesion_conspicuity"] = conspicuity(truth, mask, inside)
     return scores
+
+
+def json_ready(value):
+    """``value`` (nested dicts, lists, numbers) with every infinite or NaN float written as the string "inf",
+    "-inf" or "nan", so that the JSON written from it is valid (JSON has no Infinity) and still says what it was."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 def paired_ttest(a: list[float], b: list[float]) -> dict[str, float]:

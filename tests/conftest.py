@@ -1,6 +1,8 @@
-"""Shared fixtures: crops of the real data in ../shared/data and a small simulated cohort."""
+"""Shared fixtures: crops of the real data in ../shared/data and a small simulated cohort; the test dependencies
+checked before anything runs."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -10,6 +12,35 @@ import SimpleITK as sitk
 
 SHARED = Path(os.environ.get("MEDSYNTH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
+
+# Parts the tests exercise for real: a missing one is a broken installation, never a reason to skip. (Only the
+# absence of the real data folder skips the tests that read it.)
+REQUIRED = {
+    "monailabel": "monailabel (pip install -e . installs it)",
+    "requests": "requests (installed with monailabel)",
+    "requests_toolbelt": "requests-toolbelt (installed with monailabel)",
+    "slicer": "slicer-core, Slicer's MRML classes without Qt (pip install -e '.[test]')",
+    "PySide6.QtUiTools": "PySide6-Essentials, real Qt for the module's .ui (pip install -e '.[test]')",
+}
+
+
+def missing_test_dependencies() -> list[str]:
+    missing = []
+    for module, package in REQUIRED.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:  # the parent package of a submodule is absent
+            found = False
+        if not found:
+            missing.append(f"{module}: install {package}")
+    return missing
+
+
+def pytest_configure(config):
+    missing = missing_test_dependencies()
+    if missing:
+        raise pytest.UsageError("test dependencies are missing; install them, the tests do not skip them:\n  "
+                                + "\n  ".join(missing))
 
 
 def crop_study(src: Path, dst: Path, files: dict[str, str], box: tuple[slice, slice, slice]) -> Path:

@@ -7,6 +7,7 @@ whole process group is killed when the module is done.
 """
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import ContextManager, Mapping
@@ -47,3 +48,10 @@ def running_server(datastore: Path, work: Path, conf_models: str = "linear", app
                    conf: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> ContextManager[str]:
     """:func:`medsynth_app.serving.running_server` on 127.0.0.1, serving only ``linear`` unless told otherwise."""
     return serving.running_server(datastore, work, conf_models=conf_models, app=app, conf=conf, env=env)
+
+
+def absolute_paths(text: str, sent: tuple[str, ...] = ()) -> list[str]:
+    """The absolute paths in a server's answer, besides those the request itself ``sent``: an answer must name files
+    by their names, never tell the client where the server keeps them."""
+    found = re.findall(r"(?<![\w.~])/[^\s\"'`:;,()<>|\\]+", text)
+    return [p for p in found if not any(p in s for s in sent) and p.count("/") > 1]

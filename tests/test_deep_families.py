@@ -311,11 +311,16 @@ def test_synnet_variants(inputs, targets, variant, subjects, small):
     model = create("synnet", inputs, targets, features=4, depth=2, loss="l2", **ONE_STEP)
     assert model.variant == variant
     assert len(model.net.encoders) == len(inputs) and len(model.net.decoders) == len(targets)
-    if variant == "MIMO":
-        summary = model.fit(subjects[:1], [], _settings(learning_rate=1e-3))
-        assert summary["variant"] == "MIMO"
-        for t in targets:
-            assert model.predict(small, t).shape == small.shape
+    summary = model.fit(subjects[:1], [], _settings(learning_rate=1e-3))
+    assert summary["variant"] == variant
+    predictions = {t: model.predict(small, t) for t in targets}
+    assert all(p.shape == small.shape and np.isfinite(p).all() for p in predictions.values())
+    if variant == "MIMO":  # one decoder per target
+        assert not np.allclose(predictions["T2"], predictions["FLAIR"])
+    for contrast in inputs:  # every encoder arm is used: another input gives another output
+        flipped = np.ascontiguousarray(small.images[contrast][::-1])
+        changed = type(small)(**{**vars(small), "images": {**small.images, contrast: flipped}})
+        assert not np.allclose(model.predict(changed, targets[0]), predictions[targets[0]]), contrast
 
 
 def test_cae3d_tiling_has_no_seams():

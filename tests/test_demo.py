@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
+from gates import assert_beats_trivial
 
 from medsynth_app import demo, serving
 from medsynth_app.cli import main
+from medsynth_app.comparison import prepare_comparison
 from medsynth_app.imageio import is_synthetic_file
 from medsynth_app.slicer_lib import import_medsynth_lib
 
@@ -44,7 +46,6 @@ def _processes_mentioning(text: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    pytest.importorskip("monailabel")
     out = tmp_path_factory.mktemp("demo_output")
     before = _app_files()
     saved = os.environ.pop("MEDSYNTH_DATA", None)
@@ -70,7 +71,11 @@ def test_demo_synthesises_flair_through_the_server(demo_run):
         assert got == pytest.approx(want, abs=1e-4)
     assert Path(report["montage"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "demo_metrics.json").read_text())
-    assert saved["metrics"]["psnr"] > 15 and 0 < saved["metrics"]["ssim"] <= 1
+    # Measured with replica (the shipped forest, which never saw simulated data): 24.31 dB / 0.780, keeping 6 % of the
+    # lesions' conspicuity (1.092 against 2.584); the best trivial predictors: T1 copied 23.41 dB / 0.665.
+    subject = prepare_comparison(demo.demo_study(out), synthetic, "FLAIR", demo.INPUTS)
+    assert_beats_trivial(saved["metrics"], subject, "FLAIR", demo.INPUTS, psnr=0.5, ssim=0.07, conspicuity=0.03,
+                         label=f"the demo's {report['model']} on {report['study']}")
     assert set(saved["seconds"]) >= {"starting the MONAI Label server with the shipped weights", "stopping the server"}
 
 

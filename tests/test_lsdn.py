@@ -166,7 +166,14 @@ def test_timing_lsdn1_forward_on_a_brain_sized_volume(capsys):
     start = time.perf_counter()
     out = predict(net, s, x)
     forward = time.perf_counter() - start
-    assert out.shape == (mask.sum(), 1)
+    assert out.shape == (mask.sum(), 1) and ((out > 0) & (out < 1)).all()
+    np.testing.assert_array_equal(s[:, 13], volume[mask])  # the centre of each 3x3x3 patch is the voxel itself
+    # batched over 8192 voxels at a time: rows across a batch boundary and of the last, partial batch are those of
+    # the network applied to them directly
+    rows = np.r_[0:3, 8190:8194, len(s) - 3:len(s)]
+    with torch.no_grad():
+        direct = net(torch.as_tensor(s[rows]), torch.as_tensor(x[rows], dtype=torch.float32))
+    torch.testing.assert_close(out[rows], direct)
     with capsys.disabled():
         print(f"\nLSDN-1 [30-200-20-1] on {mask.sum()} voxels of {shape}, {torch.get_num_threads()} threads: "
               f"patches+coordinates {features:.2f} s, forward {forward:.2f} s")

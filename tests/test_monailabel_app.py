@@ -11,14 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import SimpleITK as sitk
 
 from conftest import SHARED
-from server_fixture import running_server, write_crops
+from server_fixture import APP, running_server, write_crops
+
+from medsynth_app.checkpoint import load_checkpoint
+from medsynth_app.pipeline import synthesize
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
-requests = pytest.importorskip("requests")
-pytest.importorskip("monailabel")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,8 @@ def test_info_lists_the_linear_model_as_synthesis(server):
     assert set(model["targets"]) == {"FLAIR", "T2"}
     flair = model["checkpoints"]["FLAIR"][0]
     assert flair["required_inputs"] == ["T1", "T2"] and flair["optional_inputs"] == []
-    assert flair["validation"]["psnr"] > 10  # the checkpoint's own validation metrics are shown
+    shown = load_checkpoint(APP / "model" / "linear_T1+T2_to_FLAIR.pt").training["validation"]["FLAIR"]
+    assert flair["validation"] == pytest.approx(shown)  # the checkpoint's own validation metrics
     assert info["datastore"]["total"] == 4
 
 
@@ -70,24 +73,23 @@ def test_infer_flair_returns_float32_on_the_image_grid(server, datastore, tmp_pa
     np.testing.assert_allclose(result.GetOrigin(), reference.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(result.GetDirection(), reference.GetDirection(), atol=1e-6)
     assert result.GetMetaData("medsynth_synthetic") == "true"
-    # A pipeline sanity check, not an evaluation: patient07 is among the shipped weights' training subjects.
-    synthetic = sitk.GetArrayFromImage(result)
-    acquired = sitk.GetArrayFromImage(sitk.ReadImage(str(datastore / "sub01_FLAIR.nii.gz")))
-    brain = synthetic > 0
-    assert brain.mean() > 0.2
-    r = np.corrcoef(synthetic[brain], acquired[brain])[0, 1]
-    assert r > 0.5, r
+    # The library's own synthesis with the served checkpoint, voxel for voxel (no quality claim here: patient07 is
+    # among the shipped weights' training subjects).
+    inputs = {c: sitk.ReadImage(str(datastore / f"sub01_{c}.nii.gz")) for c in ("T1", "T2")}
+    library = sitk.GetArrayFromImage(synthesize(load_checkpoint(APP / "model" / "linear_T1+T2_to_FLAIR.pt"), inputs,
+                                                "FLAIR"))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(result), library, rtol=1e-5, atol=1e-5 * float(library.max()))
 
 
-def test_unknown_target_is_a_4xx_naming_it(server):
+def test_unknown_target_is_a_400_naming_it(server):
     response = _infer(server, "sub01_T1", {"target": "XYZ"})
-    assert 400 <= response.status_code < 500, (response.status_code, response.text)
-    assert "XYZ" in response.json()["detail"]
+    assert response.status_code == 400, (response.status_code, response.text)
+    assert response.json()["detail"] == "unknown target 'XYZ' for model linear; it synthesises FLAIR, T2"
 
 
-def test_missing_input_is_a_4xx_naming_the_contrast(server):
+def test_missing_input_is_a_400_naming_the_contrast(server):
     response = _infer(server, "sub02_T1", {"target": "FLAIR"})
-    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    assert response.status_code == 400, (response.status_code, response.text)
     detail = response.json()["detail"]
     assert "T2" in detail and "sub02" in detail
 
@@ -104,17 +106,20 @@ def test_a_named_checkpoint_is_the_one_used(server):
     assert response.json()["checkpoint"] == "linear_T1+T2_to_FLAIR.pt"
 
 
-@pytest.mark.parametrize("checkpoint, named", [("nobody.pt", "nobody.pt"),
-                                               ("linear_T1_to_T2.pt", "linear_T1_to_T2.pt does not synthesise FLAIR")])
-def test_a_checkpoint_that_cannot_serve_the_request_is_a_4xx_naming_it(server, checkpoint, named):
+@pytest.mark.parametrize("checkpoint, named, status", [
+    ("nobody.pt", "unknown checkpoint 'nobody.pt' for model linear", 404),
+    ("linear_T1_to_T2.pt", "linear_T1_to_T2.pt does not synthesise FLAIR", 400)])
+def test_a_checkpoint_that_cannot_serve_the_request_is_a_4xx_naming_it(server, checkpoint, named, status):
     response = _infer(server, "sub01_T1", {"target": "FLAIR", "checkpoint": checkpoint})
-    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    assert response.status_code == status, (response.status_code, response.text)
     assert named in response.json()["detail"]
 
 
-def test_unknown_image_is_a_4xx(server):
+def test_unknown_image_is_a_404(server):
     response = _infer(server, "nobody_T1", {"target": "FLAIR"})
-    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    assert response.status_code == 404, (response.status_code, response.text)
+    assert response.json()["detail"] == ("image 'nobody_T1' is not an image of the datastore, a session or an "
+                                         "uploaded file")
 
 
 def test_default_request_is_multipart_with_the_first_target(server):

@@ -9,10 +9,10 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from gates import assert_beats_trivial, score
 
 from medsynth_app import pipeline
 from medsynth_app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from medsynth_app.metrics import region_metrics
 from medsynth_app.models import TrainSettings, create, families
 from medsynth_app.models.lsdn import box_coordinates, multiply_adds
 from medsynth_app.models.mp import align_boxes
@@ -47,10 +47,6 @@ def trained(subjects):
         summary = model.fit(subjects[:2], [], SETTINGS)
         out[family] = (model, summary, model.predict(subjects[2], "T2"))
     return out
-
-
-def _psnr(prediction, subject, target="T2"):
-    return region_metrics(prediction, subject.images[target], subject.mask, None)["psnr"]
 
 
 def test_families_are_registered():
@@ -91,15 +87,21 @@ def test_shrink_connect_makes_lsdn_smaller_within_two_percent(trained):
     assert len(report["uniform_sweep"]) == 9  # the paper's sweep is always run and recorded
 
 
-def test_learning_beats_trivial_predictors(trained, subjects):
-    train, test = subjects[:2], subjects[2]
-    mean = np.mean(np.concatenate([s.images["T2"][s.mask] for s in train]))
-    trivial = max(_psnr(np.where(test.mask, mean, 0).astype(np.float32), test), _psnr(test.images["T1"], test))
-    scores = {family: _psnr(trained[family][2], test) for family in ("lsdn", "replica", "cdn", "mp")}
-    print(f"\nPSNR on patient26 crop: trivial {trivial:.2f}, " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
-    assert scores["replica"] > trivial + 2.0
-    assert scores["lsdn"] > trivial + 1.5
-    assert scores["mp"] > trivial + 1.0
+# Margins over the better of the constant and T1 copied as T2 on the patient26 crop: (PSNR dB, SSIM, fraction of
+# the lesions' conspicuity kept). Measured (seed 0): the constant 16.76 dB, T1 copied 0.018 SSIM (the best trivial
+# SSIM is the constant's 0.425); lsdn 20.37 / 0.711 / 23 %, replica 22.52 / 0.786 / 37 %, cdn 19.43 / 0.754 / 32 %,
+# mp 19.25 / 0.637 / 25 %, vdn 19.04 / 0.745 / 25 % (acquired T2 lesion conspicuity 1.73).
+LEARNING_MARGINS = {"lsdn": (2.0, 0.15, 0.15), "replica": (3.5, 0.2, 0.25), "cdn": (1.5, 0.2, 0.2),
+                    "mp": (1.5, 0.12, 0.15), "vdn": (1.3, 0.2, 0.15)}
+
+
+@pytest.mark.parametrize("family", list(LEARNING_MARGINS))
+def test_learning_beats_trivial_predictors(trained, subjects, family):
+    test = subjects[2]
+    scores = score(trained[family][2], test, "T2")
+    psnr, ssim, conspicuity = LEARNING_MARGINS[family]
+    assert_beats_trivial(scores, test, "T2", ["T1"], psnr=psnr, ssim=ssim, conspicuity=conspicuity,
+                         label=f"{family} T1 -> T2 on the patient26 crop")
 
 
 @pytest.mark.parametrize("family", list(FAST))
@@ -123,7 +125,13 @@ def test_replica_unpickler_refuses_arbitrary_classes():
         forest_from_tensor(payload)
 
 
-@pytest.mark.parametrize("family", ["lsdn", "replica", "mp"])
+# (PSNR dB, SSIM, kept conspicuity) over the better trivial predictor on the patient26 crop. Measured: the constant
+# 15.65 dB / 0.406 (T2 copied 9.74 / 0.387); lsdn 18.01 / 0.560 / 11 %, replica 21.26 / 0.740 / 46 %, mp 17.92 / 0.579 /
+# 23 % (acquired FLAIR lesion conspicuity 1.37).
+TWO_INPUT_MARGINS = {"lsdn": (1.4, 0.09, 0.05), "replica": (3.5, 0.2, 0.3), "mp": (1.3, 0.1, 0.15)}
+
+
+@pytest.mark.parametrize("family", list(TWO_INPUT_MARGINS))
 def test_two_inputs_to_flair(subjects, family):
     hparams = dict(FAST[family], **({"epochs": 1, "voxels_per_subject": 10_000, "shrink": False} if family == "lsdn" else {}))
     model = create(family, ["T1", "T2"], ["FLAIR"], **hparams)
@@ -133,9 +141,9 @@ def test_two_inputs_to_flair(subjects, family):
     assert not prediction[~subjects[2].mask].any()
     if family == "lsdn":
         assert model.nets["FLAIR"].sizes == (57, 200, 20, 1)
-    mean = np.mean(np.concatenate([s.images["FLAIR"][s.mask] for s in subjects[:2]]))
-    flat = np.where(subjects[2].mask, mean, 0).astype(np.float32)
-    assert _psnr(prediction, subjects[2], "FLAIR") > _psnr(flat, subjects[2], "FLAIR")
+    psnr, ssim, conspicuity = TWO_INPUT_MARGINS[family]
+    assert_beats_trivial(score(prediction, subjects[2], "FLAIR"), subjects[2], "FLAIR", ["T1", "T2"], psnr=psnr,
+                         ssim=ssim, conspicuity=conspicuity, label=f"{family} T1+T2 -> FLAIR on the patient26 crop")
     with pytest.raises(ValueError, match="T2"):
         model.predict(type(subjects[2])(**{**vars(subjects[2]), "images": {"T1": subjects[2].images["T1"]}}),
                       "FLAIR")

@@ -1,6 +1,8 @@
-"""Every shipped checkpoint served by a real MONAI Label server, on a whole real subject held out from its training.
+"""Every shipped checkpoint served by a real MONAI Label server, on a whole real subject held out from its training,
+and the served default models gated on whole subjects of cohorts no shipped checkpoint ever saw.
 
-mni patient26 is a validation subject of every shipped checkpoint (model/README.md): never trained on. Each served
+mni patient26 is a validation subject of every shipped checkpoint (model/README.md): never trained on, but it chose
+their epochs, so its numbers are not test numbers. Each served
 model must return float32 on the input grid, marked synthetic, equal to the library's own synthesis with the same
 checkpoint (one checkpoint per family), and better than the linear pipeline check in SSIM against the acquired
 target. The shipped SynNet (both primary tasks), cae3d (T1 -> T2) and the multimodal task checkpoints beat the
@@ -18,20 +20,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import SimpleITK as sitk
 
 from conftest import SHARED
+from gates import assert_beats_trivial, trivial_scores
 from server_fixture import running_server
 
 from medsynth_app.checkpoint import load_checkpoint
+from medsynth_app.comparison import prepare_comparison, score
+from medsynth_app.studies import find_studies
 from medsynth_app.metrics import psnr, ssim
 from medsynth_app.pipeline import synthesize
 from medsynth_app.preprocessing import prepare
 from medsynth_app.weights import SHIPPED_DIR
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
-requests = pytest.importorskip("requests")
-pytest.importorskip("monailabel")
 
 HELD_OUT = "open_ms_data/mni/patient26"
 PRIMARY_TASKS = {"T1_to_T2": (("T1",), "T2"), "T1+T2_to_FLAIR": (("T1", "T2"), "FLAIR")}
@@ -62,7 +66,30 @@ def datastore(tmp_path_factory) -> Path:
     for task, (inputs, target) in PRIMARY_TASKS.items():
         for contrast in (*inputs, target):
             shutil.copy(SHARED / HELD_OUT / f"{contrast}.nii.gz", root / f"{STUDY[task]}_{contrast}.nii.gz")
+    for name, (folder, inputs, target, _) in UNSEEN.items():
+        [study] = find_studies(SHARED / folder)
+        files = {c: study.images[c] for c in (*inputs, target)}
+        files |= {"brainmask": study.brain_mask} if study.brain_mask else {}
+        for key, path in files.items():
+            (root / f"{name}_{key}.nii.gz").symlink_to(path)
     return root
+
+
+# Whole subjects of cohorts that no shipped checkpoint trained or validated on (model/README.md: the shipped weights
+# saw open_ms_data and hinet_brats2018_slices only; deepmedic pat0004 and pat0006 are hinet s07 and s06, so they are
+# left out). Every T1+T2+FLAIR subject of ../shared/data trained or validated the shipped weights, so the primary
+# tasks have no such subject: these are the tasks the unseen cohorts hold, each asked of the multimodal family
+# without naming a checkpoint (the served default: for a T1-only study the T1+T2 -> FLAIR task checkpoint, for T1C
+# the any-subset one). Name -> (folder, inputs, target, default checkpoint).
+UNSEEN = {
+    "dv2aab": ("brats2018_deepvoxnet2/Brats18_CBICA_AAB_1", ("T1",), "FLAIR", "multimodal_T1+T2_to_FLAIR.pt"),
+    "dv2aoo": ("brats2018_deepvoxnet2/Brats18_CBICA_AOO_1", ("T1",), "FLAIR", "multimodal_T1+T2_to_FLAIR.pt"),
+    "dv2aqn": ("brats2018_deepvoxnet2/Brats18_CBICA_AQN_1", ("T1",), "FLAIR", "multimodal_T1+T2_to_FLAIR.pt"),
+    "dm0001": ("brats2013_deepmedic/brats_2013_pat0001_1", ("T1C",), "FLAIR",
+               "multimodal_T1+T1C+T2+FLAIR_to_T1+T1C+T2+FLAIR.pt"),
+    "dm0003": ("brats2013_deepmedic/brats_2013_pat0003_1", ("T1C",), "FLAIR",
+               "multimodal_T1+T1C+T2+FLAIR_to_T1+T1C+T2+FLAIR.pt"),
+}
 
 
 ANY_SUBSET = "multimodal_T1+T1C+T2+FLAIR_to_T1+T1C+T2+FLAIR.pt"
@@ -195,3 +222,66 @@ def test_the_shipped_networks_beat_the_replica_floor(scores, name, task):
 
 def test_every_primary_task_is_scored():
     assert {task for _, task in SCORED} == set(PRIMARY_TASKS)
+
+
+@pytest.fixture(scope="module")
+def unseen(server) -> dict:
+    """Unseen subject -> (checkpoint the server chose, served synthesis scored as EVALUATION.md and BraSyn score it,
+    the trivial predictors' scores on the same prepared subject)."""
+    from requests_toolbelt.multipart.decoder import MultipartDecoder
+
+    results = {}
+    for name, (folder, inputs, target, _) in UNSEEN.items():
+        response = requests.post(f"{server}/infer/multimodal", params={"image": f"{name}_{inputs[0]}"},
+                                 files={"params": (None, json.dumps({"target": target}))}, timeout=900)
+        assert response.status_code == 200, f"{name}: {response.text}"
+        parts = {p.headers[b"Content-Disposition"].split(b'name="')[1].split(b'"')[0]: p
+                 for p in MultipartDecoder.from_response(response).parts}
+        [study] = find_studies(SHARED / folder)
+        subject = prepare_comparison(study, _read(parts[b"image"].content), target, inputs)
+        results[name] = (json.loads(parts[b"params"].text)["checkpoint"], score(subject, target),
+                         trivial_scores(subject, target, inputs), subject)
+    return results
+
+
+@pytest.mark.parametrize("name", UNSEEN)
+def test_the_served_default_is_the_expected_checkpoint(unseen, name):
+    assert unseen[name][0] == UNSEEN[name][3]
+
+
+# Margins over the better of the constant in the brain and the input copied, measured on the whole subjects:
+# deepmedic T1C -> FLAIR (any-subset checkpoint): pat0001 20.28 dB / 0.619 against T1C copied 19.73 dB and the
+# constant's 0.491 SSIM; pat0003 20.98 / 0.629 against the constant's 18.75 / 0.491; BraSyn tumour SSIM 0.315 / 0.442
+# against at most 0.041 / 0.015; 6 % / 11 % of the tumour's conspicuity kept.
+# deepvoxnet2 T1 -> FLAIR (T1+T2 -> FLAIR task checkpoint given T1 alone): SSIM 0.560 / 0.616 / 0.537 (AAB / AOO / AQN)
+# against the constant's 0.517 / 0.590 / 0.460; BraSyn tumour SSIM 0.071 / 0.024 / 0.293 against at most 0.000.
+UNSEEN_MARGINS = {  # name -> psnr, ssim, conspicuity kept, BraSyn lesion SSIM
+    "dm0001": (0.25, 0.08, 0.03, 0.15), "dm0003": (0.25, 0.08, 0.03, 0.15),
+    "dv2aab": (None, 0.015, None, 0.01), "dv2aoo": (None, 0.01, None, 0.01), "dv2aqn": (None, 0.03, None, 0.1)}
+
+
+@pytest.mark.parametrize("name", UNSEEN)
+def test_the_served_default_beats_the_trivial_predictors_on_unseen_cohorts(unseen, name):
+    _, scores, trivial, subject = unseen[name]
+    psnr, ssim, conspicuity, lesion_ssim = UNSEEN_MARGINS[name]
+    _, inputs, target, _ = UNSEEN[name]
+    label = f"{UNSEEN[name][0]} {'+'.join(inputs)} -> {target}"
+    if psnr is None:  # gated in SSIM and inside the tumour only; the PSNR and conspicuity gap is the next test
+        scores = {k: v for k, v in scores.items() if k not in ("lesion_conspicuity", "acquired_lesion_conspicuity")}
+        psnr = -np.inf
+    assert_beats_trivial(scores, subject, target, inputs, psnr=psnr, ssim=ssim, conspicuity=conspicuity,
+                         lesion_ssim=lesion_ssim, trivial=trivial, label=label)
+
+
+# Measured: from T1 alone on raw-intensity BraTS 2018 scans, the T1+T2 -> FLAIR task checkpoint stays below the
+# constant in PSNR on AAB and AOO (19.02 and 23.17 dB against 19.66 and 23.64) and draws the tumour darker than its
+# surroundings (-14 % and -7 % of the acquired conspicuity; AQN +3 %). Strict: the test fails once a retrained
+# checkpoint passes, and the margins above are then to be raised.
+@pytest.mark.parametrize("name", [n for n in UNSEEN if n.startswith("dv2")])
+@pytest.mark.xfail(strict=True, reason="measured below the constant in PSNR on unseen raw-intensity BraTS from T1 "
+                                       "alone, tumour not kept conspicuous")
+def test_from_t1_alone_on_unseen_brats_the_default_beats_the_constant_in_psnr_and_keeps_the_tumour(unseen, name):
+    _, scores, trivial, subject = unseen[name]
+    _, inputs, target, _ = UNSEEN[name]
+    assert_beats_trivial(scores, subject, target, inputs, psnr=0.0, ssim=0.0, conspicuity=0.05, trivial=trivial,
+                         label=name)

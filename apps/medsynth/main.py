@@ -32,6 +32,7 @@ import lib.configs  # noqa: E402  (MONAI Label puts the app folder on sys.path o
 import lib.trainers  # noqa: E402,F401  (imported now for the same reason: trainers are built after loading)
 from lib.dicomweb import datastore_for  # noqa: E402
 from lib.infers.synthesis import TASK_TYPE  # noqa: E402
+from lib.error_bodies import install as install_error_bodies  # noqa: E402
 from lib.upload_limit import install as install_upload_limit  # noqa: E402
 from lib.uploads import local_datastore, sessions  # noqa: E402
 
@@ -69,6 +70,7 @@ class MyApp(MONAILabelApp):
         max_upload_mb = float(conf.get("max_upload_mb") or DEFAULT_MAX_UPLOAD_MB)
         if install_upload_limit(int(max_upload_mb * 2**20)):
             logger.info("+++ Upload limit: %g MB per request", max_upload_mb)
+        install_error_bodies()
         configs = discover_configs()
         requested = [m.strip().lower() for m in (conf.get("models") or "all").split(",") if m.strip()]
         invalid = [m for m in requested if m != "all" and m not in configs]
@@ -132,7 +134,10 @@ class MyApp(MONAILabelApp):
 
     def infer(self, request, datastore=None):
         task = self._infers.get(request.get("model"))
-        if task is None or getattr(task, "type", None) != TASK_TYPE:
+        if task is None:  # MONAI Label's own answer is a bare 500
+            raise HTTPException(404, f"model {request.get('model')!r} is not served here; served: "
+                                     f"{', '.join(self._infers) or 'none'}")
+        if getattr(task, "type", None) != TASK_TYPE:
             return super().infer(request, datastore)
         # A synthetic image is not a label: MONAI Label's own saving (labels/final, what trainers read) is never used
         # for it. With {"save": true} it is kept under labels/synthetic_<TARGET>/ of the datastore image instead; on a

@@ -27,6 +27,7 @@ from .. import pipeline
 from ..atomic import atomic_write
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..folds import Folds
+from ..metrics import json_ready
 from ..models import TrainSettings, finishing_hparams
 from ..preprocessing import PreparedSubject
 from ..studies import Study
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 
 def write_json(path: Path, data) -> None:
-    text = json.dumps(data, indent=1, default=float)
+    text = json.dumps(json_ready(data), indent=1, default=float)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 

@@ -31,6 +31,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 from fastapi import HTTPException
+from lib.error_bodies import without_server_paths
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from medsynth_app.checkpoint import Checkpoint
@@ -48,10 +49,10 @@ TASK_TYPE = "synthesis"
 
 class SynthesisRequestError(HTTPException):
     """A request that cannot be served as asked; MONAI Label's FastAPI app answers it with ``status_code`` and
-    ``{"detail": message}``."""
+    ``{"detail": message}``, absolute server paths in it replaced by file names."""
 
     def __init__(self, message: str, status_code: int = 400):
-        super().__init__(status_code=status_code, detail=message)
+        super().__init__(status_code=status_code, detail=without_server_paths(message))
 
     def __str__(self) -> str:
         return str(self.detail)
