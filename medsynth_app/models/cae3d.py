@@ -47,9 +47,10 @@ from ..networks.cae3d import LAYOUTS, ConvAutoencoder3D
 from ..preprocessing import PreparedSubject
 from ..training.common import learning_rate, recalibrate_batch_norm, typical_data_range, validation_scores
 from ..training.datasets import PatchDataset
-from ..training.engine import (NetworkWeights, amp_mode, lr_schedule_name, resumable_hparams, sampling_name,
-                               seed_everything, train_network)
+from ..training.engine import seed_everything, train_network
 from ..training.inference import predict_tiled
+from ..training.network_weights import NetworkWeights
+from ..training.schedule import amp_mode, lr_schedule_name, resumable_hparams, sampling_name
 from .base import SynthesisModel, TrainSettings, register
 
 

@@ -37,9 +37,10 @@ from ..networks.multimodal import FUSIONS, MultimodalSynthesisNet
 from ..preprocessing import PreparedSubject
 from ..training.common import learning_rate, typical_data_range, unique, validation_scores
 from ..training.datasets import SliceDataset, sampled_planes
-from ..training.engine import (NetworkWeights, amp_mode, lr_schedule_name, resumable_hparams, sampling_name,
-                               seed_everything, train_network)
+from ..training.engine import seed_everything, train_network
 from ..training.inference import predict_slices
+from ..training.network_weights import NetworkWeights
+from ..training.schedule import amp_mode, lr_schedule_name, resumable_hparams, sampling_name
 from .base import SynthesisModel, TrainSettings, register
 
 

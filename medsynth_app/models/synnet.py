@@ -19,9 +19,10 @@ from ..networks.synnet import SynNet
 from ..preprocessing import PreparedSubject
 from ..training.common import learning_rate, validation_scores
 from ..training.datasets import SliceDataset
-from ..training.engine import (NetworkWeights, amp_mode, lr_schedule_name, resumable_hparams, sampling_name,
-                               seed_everything, train_network)
+from ..training.engine import seed_everything, train_network
 from ..training.inference import predict_slices
+from ..training.network_weights import NetworkWeights
+from ..training.schedule import amp_mode, lr_schedule_name, resumable_hparams, sampling_name
 from .base import SynthesisModel, TrainSettings, register
 
 OPTIMIZERS = {"sgd": 0.01, "adam": 1e-3}  # default learning rates

@@ -23,15 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import pipeline
-from ..atomic import atomic_write
-from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from ..folds import Folds
-from ..models import TrainSettings, finishing_hparams
-from ..preprocessing import PreparedSubject
-from ..studies import Study
+from medsynth_app import pipeline
+from medsynth_app.atomic import atomic_write
+from medsynth_app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from medsynth_app.folds import Folds
+from medsynth_app.models import TrainSettings, finishing_hparams
+from medsynth_app.preprocessing import PreparedSubject
+from medsynth_app.studies import Study
 from .machine import describe_device
-from .plan import Entry, Task
+from medsynth_app.task import Task
+
+from .plan import Entry
 from .timing import measure_in_subprocess
 
 logger = logging.getLogger(__name__)
