@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import numpy as np
 from medsynth_app.folds import Folds
 from medsynth_app.metrics import paired_ttest, summarise
 from .figures import box_plots, montage
-from medsynth_app.task import Task
+from medsynth_app.task import Task, join
 
 from .plan import Comparison, Entry
 
@@ -190,8 +189,8 @@ def subset_lines(task: Task, result: dict, dedicated: dict[str, dict | None]) ->
     if not result["subsets"]:
         return []
     full = {"rows": result["rows"]}
-    lines = [f"| inputs at test time | n | PSNR (dB) | SSIM | ΔPSNR vs {'+'.join(task.inputs)} | "
-             f"ΔSSIM vs {'+'.join(task.inputs)} | trained for the subset: PSNR / SSIM | ΔPSNR / ΔSSIM vs it |",
+    lines = [f"| inputs at test time | n | PSNR (dB) | SSIM | ΔPSNR vs {join(task.inputs)} | "
+             f"ΔSSIM vs {join(task.inputs)} | trained for the subset: PSNR / SSIM | ΔPSNR / ΔSSIM vs it |",
              "|---|---|---|---|---|---|---|---|"]
     for name, rows in result["subsets"].items():
         summary, this = summarise(rows), {"rows": rows}
@@ -313,11 +312,11 @@ def render_report(out: Path, tasks: list[Task], entries: list[Entry], baselines:
             body += ["ShrinkConnect (eqs. 9-12):", "", *shrink, ""]
         for entry in entries:
             if entry.name in results:
-                dedicated = {"+".join(subset): collect(out, Task(subset, task.target), entry, folds)
+                dedicated = {join(subset): collect(out, Task(subset, task.target), entry, folds)
                              for subset in task.input_subsets()}
                 lines = subset_lines(task, results[entry.name], dedicated)
                 if lines:
-                    body += [f"{entry.name} trained on {'+'.join(task.inputs)}, tested with missing inputs (each "
+                    body += [f"{entry.name} trained on {join(task.inputs)}, tested with missing inputs (each "
                              "subset scored in its own brain mask, as its own task):", "", *lines, "",
                              "Δ: paired t-tests over the test subjects both sides were scored on (the folds a "
                              "partial run finished).", ""]

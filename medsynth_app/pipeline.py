@@ -18,6 +18,7 @@ from .models import TrainSettings, create, fine_tunes, finishing_hparams
 from .normalization import IntensityNorm
 from .preprocessing import PreparedSubject, prepare, restore
 from .studies import Study
+from .task import Task, join
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def prepare_study(
     """Read a study's ``contrasts`` (and masks) and prepare them on the grid of ``reference``."""
     missing = [c for c in contrasts if c not in study.images]
     if missing:
-        raise ValueError(f"study {study.id} lacks {'+'.join(missing)} (has {'+'.join(study.contrasts)})")
+        raise ValueError(f"study {study.id} lacks {join(missing)} (has {join(study.contrasts)})")
     images = {c: read_image(study.images[c]) for c in contrasts}
     return prepare(
         images,
@@ -135,7 +136,7 @@ def train(
         try:
             state = model.starting_weights(init.state, init.inputs, init.targets)
         except ValueError as err:
-            raise ValueError(f"cannot fine-tune {family} {'+'.join(inputs)}->{'+'.join(targets)} from a "
+            raise ValueError(f"cannot fine-tune {family} {Task(inputs, targets)} from a "
                              f"{init.family} {init.task} checkpoint: {err}") from None
         settings = dataclasses.replace(settings, initial_state=state)
 
@@ -143,7 +144,7 @@ def train(
         return model.training_contrasts(study.contrasts)
 
     if not any(contrasts_of(s) for s in studies):
-        raise ValueError(f"no study has {'+'.join(dict.fromkeys([*inputs, *targets]))}; cannot train {family}")
+        raise ValueError(f"no study has {join(dict.fromkeys([*inputs, *targets]))}; cannot train {family}")
     started = time.time()
     train_subjects, val_subjects, skipped = _prepare_split(studies, validation, contrasts_of, targets, normalisation,
                                                            settings.progress)
@@ -192,7 +193,7 @@ def finish(checkpoint: Checkpoint, studies: Sequence[Study], validation: Sequenc
 
 def _check_fine_tuning(init: Checkpoint, family: str, inputs: Sequence[str], targets: Sequence[str],
                        normalisation: str) -> None:
-    wanted = f"{family} {'+'.join(inputs)}->{'+'.join(targets)}"
+    wanted = f"{family} {Task(inputs, targets)}"
     if init.family != family:
         raise ValueError(f"cannot fine-tune {wanted} from a {init.family} {init.task} checkpoint: the family must be "
                          "the same")
@@ -236,7 +237,7 @@ def add_output(
                                                            lambda s: contrasts if s.has(contrasts) else [],
                                                            [target], normalisation, settings.progress)
     if not train_subjects:
-        raise ValueError(f"no usable study has {'+'.join(contrasts)} to train a {target} decoder")
+        raise ValueError(f"no usable study has {join(contrasts)} to train a {target} decoder")
     summary = model.add_output(target, train_subjects, val_subjects, settings)
     _record_run(summary, model, [target], train_subjects, val_subjects, skipped, settings.seed, started)
     norm = IntensityNorm.typical([s.norms[target] for s in train_subjects]).to_dict()

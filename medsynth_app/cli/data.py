@@ -6,6 +6,7 @@ import json
 
 def cmd_studies(args) -> int:
     from ..studies import find_studies
+    from ..task import join
 
     rows = [s.describe() for s in find_studies(args.dir)]
     if args.json:
@@ -14,7 +15,7 @@ def cmd_studies(args) -> int:
     print(f"{'study':50s} {'contrasts':26s} {'masks':12s} {'shape':16s} {'spacing (mm)':22s} orient")
     for r in rows:
         masks = ",".join(m for m, present in (("brain", r["brain_mask"]), ("lesion", r["lesion_mask"])) if present)
-        print(f"{r['id']:50s} {'+'.join(r['contrasts']):26s} {masks or '-':12s} {'x'.join(map(str, r['shape'])):16s} "
+        print(f"{r['id']:50s} {join(r['contrasts']):26s} {masks or '-':12s} {'x'.join(map(str, r['shape'])):16s} "
               f"{'x'.join(f'{s:g}' for s in r['spacing']):22s} {r['orientation']}")
     print(f"{len(rows)} studies")
     return 0

@@ -23,6 +23,7 @@ def installed_choice(family: str, inputs: list[str], target: str | None):
     """(path, checkpoint, target) of the installed ``family`` checkpoint for ``inputs`` and ``target``; without a
     target, the only target any of its checkpoints offers for these inputs, or an error listing the choices."""
     from .. import weights
+    from ..task import join
 
     if target:
         return (*weights.find(family, target, inputs), target)
@@ -36,9 +37,9 @@ def installed_choice(family: str, inputs: list[str], target: str | None):
         offered, (path, checkpoint) = next(iter(offers.items()))
         return (*weights.find(family, offered, inputs), offered)
     if not offers:
-        raise ValueError(f"no installed {family} checkpoint synthesises anything from {'+'.join(inputs)}; "
+        raise ValueError(f"no installed {family} checkpoint synthesises anything from {join(inputs)}; "
                          "see `medsynth models`")
-    raise ValueError(f"{family} has checkpoints for several targets from {'+'.join(inputs)}: choose one with "
+    raise ValueError(f"{family} has checkpoints for several targets from {join(inputs)}: choose one with "
                      f"--target ({', '.join(sorted(offers))})")
 
 

@@ -9,6 +9,7 @@ from typing import Callable, ClassVar, Sequence
 import numpy as np
 
 from ..preprocessing import PreparedSubject
+from ..task import join
 
 _REGISTRY: dict[str, type["SynthesisModel"]] = {}
 
@@ -55,7 +56,7 @@ class SynthesisModel(abc.ABC):
         """
         missing = [c for c in self.inputs if c not in available]
         if missing:
-            raise ValueError(f"{self.family} needs {'+'.join(self.inputs)}; missing {'+'.join(missing)}")
+            raise ValueError(f"{self.family} needs {join(self.inputs)}; missing {join(missing)}")
         return list(self.inputs)
 
     def training_contrasts(self, available: Sequence[str]) -> list[str]:

@@ -52,6 +52,7 @@ from ..training.inference import predict_tiled
 from ..training.network_weights import NetworkWeights
 from ..training.schedule import amp_mode, lr_schedule_name, resumable_hparams, sampling_name
 from .base import SynthesisModel, TrainSettings, register
+from ..task import join
 
 
 class PerTargetAutoencoders(nn.Module):
@@ -186,7 +187,7 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
             raise ValueError(f"cae3d: not trained for {target} (trained: {', '.join(self.targets)})")
         missing = [c for c in self.inputs if c not in subject.images]
         if missing:
-            raise ValueError(f"cae3d: subject {subject.id} lacks {'+'.join(missing)}")
+            raise ValueError(f"cae3d: subject {subject.id} lacks {join(missing)}")
         volume = np.stack([subject.images[c] for c in self.inputs])
         out = self.predict_volume(volume, subject.mask)[self.targets.index(target)]
         return np.where(subject.mask, out, 0).astype(np.float32)

@@ -34,6 +34,7 @@ from ..networks.shrinkconnect import shrink, shrink_connect
 from ..patches import patch_windows
 from ..preprocessing import PreparedSubject
 from .base import SynthesisModel, TrainSettings, register
+from ..task import join
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class _VoxelNetwork(SynthesisModel):
     def _windows(self, subject: PreparedSubject) -> list[np.ndarray]:
         missing = [c for c in self.inputs if c not in subject.images]
         if missing:
-            raise ValueError(f"{self.family}: subject {subject.id} lacks {'+'.join(missing)}")
+            raise ValueError(f"{self.family}: subject {subject.id} lacks {join(missing)}")
         return [patch_windows(subject.images[c], 1) for c in self.inputs]
 
     def _sample(self, subjects, windows, target: str, per_subject: int, rng: np.random.Generator):

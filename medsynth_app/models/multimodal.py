@@ -42,6 +42,7 @@ from ..training.inference import predict_slices
 from ..training.network_weights import NetworkWeights
 from ..training.schedule import amp_mode, lr_schedule_name, resumable_hparams, sampling_name
 from .base import SynthesisModel, TrainSettings, register
+from ..task import join
 
 
 def _axes(value) -> tuple[int, ...]:
@@ -158,8 +159,8 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
         """Every trained input found in ``available`` (any non-empty subset works)."""
         used = [c for c in self.inputs if c in available]
         if not used:
-            raise ValueError(f"multimodal needs at least one of {'+'.join(self.inputs)}; got "
-                             f"{'+'.join(available) or 'nothing'}")
+            raise ValueError(f"multimodal needs at least one of {join(self.inputs)}; got "
+                             f"{join(available) or 'nothing'}")
         return used
 
     def training_contrasts(self, available: Sequence[str]) -> list[str]:
@@ -284,7 +285,7 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
         available = [c for c in (inputs if inputs is not None else subject.images) if c in subject.images]
         names = [c for c in self.inputs if c in available and c != target]
         if not names:
-            raise ValueError(f"multimodal: subject {subject.id} holds none of {'+'.join(self.inputs)} "
+            raise ValueError(f"multimodal: subject {subject.id} holds none of {join(self.inputs)} "
                              f"to synthesise {target} from (a target is never its own input)")
         axes = sampled_planes(subject.spacing, _axes(axes if axes is not None
                                                      else (self.hparams["predict_axes"] or self.hparams["axes"])))

@@ -24,6 +24,7 @@ from ..training.inference import predict_slices
 from ..training.network_weights import NetworkWeights
 from ..training.schedule import amp_mode, lr_schedule_name, resumable_hparams, sampling_name
 from .base import SynthesisModel, TrainSettings, register
+from ..task import join
 
 OPTIMIZERS = {"sgd": 0.01, "adam": 1e-3}  # default learning rates
 
@@ -98,7 +99,7 @@ class SynNetModel(NetworkWeights, SynthesisModel):
             raise ValueError(f"synnet: not trained for {target} (trained: {', '.join(self.targets)})")
         missing = [c for c in self.inputs if c not in subject.images]
         if missing:
-            raise ValueError(f"synnet: subject {subject.id} lacks {'+'.join(missing)}")
+            raise ValueError(f"synnet: subject {subject.id} lacks {join(missing)}")
         net, device, dtype = self._for_inference()
         out = predict_slices(net, [subject.images[c] for c in self.inputs], 2, device, self.hparams["inference_batch"],
                              dtype=dtype)[self.targets.index(target)]
