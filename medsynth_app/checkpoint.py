@@ -77,7 +77,7 @@ class Checkpoint:
     @classmethod
     def from_model(cls, model: SynthesisModel, **fields) -> Checkpoint:
         return cls(family=model.family, inputs=list(model.inputs), targets=list(model.targets),
-                   hparams=_plain(model.hparams), state=model.state_dict(), **fields)
+                   hparams=_plain(model.recorded_hparams()), state=model.state_dict(), **fields)
 
 
 def _plain(value):

@@ -19,6 +19,7 @@ from .normalization import IntensityNorm
 from .preprocessing import PreparedSubject, prepare, restore
 from .studies import Study
 from .task import Task, join
+from .training.schedule import SCHEDULE_SETTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +230,8 @@ def add_output(
     if fixed:
         raise ValueError(f"adding an output keeps the trained {', '.join(fixed)}; only "
                          f"{', '.join(ADD_OUTPUT_HPARAMS)} may change")
-    model.hparams.update(hparams or {})
+    model.schedule = model.schedule.updated(hparams or {})
+    model.hparams.update({k: v for k, v in (hparams or {}).items() if k not in SCHEDULE_SETTINGS})
     contrasts = [*checkpoint.inputs, target]
     normalisation = checkpoint.preprocessing.get("normalisation", "mean")
     started = time.time()

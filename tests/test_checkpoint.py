@@ -52,12 +52,16 @@ def test_every_shipped_checkpoint_loads_builds_and_keeps_its_training_schedule(p
     """Checkpoints written before the schedule became its own settings object carry it among their hparams: they
     still load and build, and `Schedule.of` reads the schedule they trained with from there."""
     from medsynth_app.models import TrainSettings
-    from medsynth_app.training.schedule import Schedule, amp_mode
+    from medsynth_app.training.schedule import SCHEDULE_SETTINGS, Schedule, amp_mode
 
     checkpoint = load_checkpoint(path)
     model = checkpoint.build()
     assert model.family == checkpoint.family and list(model.targets) == checkpoint.targets
-    schedule = Schedule.of(TrainSettings(), checkpoint.hparams)
+    if model.trains_on_a_schedule:
+        assert set(model.hparams).isdisjoint(SCHEDULE_SETTINGS)  # architecture and loss apart from the schedule
+        assert model.recorded_hparams() == {**checkpoint.hparams, **{k: v for k, v in model.recorded_hparams().items()
+                                                                      if k not in checkpoint.hparams}}
+    schedule = Schedule.of(TrainSettings(), model.schedule)
     for key, value in checkpoint.hparams.items():
-        if key in Schedule.__dataclass_fields__ and value is not None:
+        if key in SCHEDULE_SETTINGS and value is not None:
             assert getattr(schedule, key) == (amp_mode(value) if key == "amp" else value), key

@@ -24,7 +24,7 @@ from medsynth_app.pipeline import _record_run, prepare_study, seconds_before_res
 from medsynth_app.studies import find_studies
 from medsynth_app.training import devices, engine
 from medsynth_app.training.partial import default_partial_path
-from medsynth_app.training.schedule import scheduled_lr
+from medsynth_app.training.schedule import Schedule, scheduled_lr
 from medsynth_app.training import (PatchDataset, SliceDataset, brain_slices, load_partial, predict_slices,
                                    resolve_device)
 from medsynth_app.training.datasets import sampled_planes
@@ -353,7 +353,7 @@ def test_per_study_sampling_draws_every_study_equally_often(sampling):
 
     summary = engine.train_network(torch.nn.Linear(1, 1), _StudyNumbers([300, 30]), loss,
                                    _settings(batch_size=33), identity={"family": "toy"}, lr=0.01,
-                                   hparams={"sampling": sampling})
+                                   schedule=Schedule(sampling=sampling))
     assert summary["sampling"] == sampling and len(drawn) == 330
     small = drawn.count(1.0)
     assert small == 30 if sampling == "uniform" else 130 <= small <= 200
@@ -378,7 +378,7 @@ def test_bf16_mixed_precision_trains_float32_weights_close_to_a_float32_run(subj
     assert all(v.dtype == a[k].dtype for k, v in b.items())
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
     assert half_summary["history"][0]["loss"] == pytest.approx(full_summary["history"][0]["loss"], rel=0.05)
-    assert half.hparams["amp"] == "bf16"
+    assert half.schedule.amp == "bf16"
     with pytest.raises(ValueError, match="amp must be one of auto, bf16, off"):
         create("synnet", ["T1"], ["T2"], amp="fp8")
 
@@ -391,7 +391,7 @@ def test_bf16_falls_back_to_float32_where_the_cpu_has_no_native_bfloat16(subject
     with caplog.at_level("WARNING", logger=devices.__name__):
         fallback, fallback_summary = _adam_synnet_run(subjects, amp="bf16")
     assert "amp bf16: cpu has no native bfloat16, training in float32 instead" in caplog.text
-    assert fallback_summary["mixed_precision"] is None and fallback.hparams["amp"] == "bf16"
+    assert fallback_summary["mixed_precision"] is None and fallback.schedule.amp == "bf16"
     a, b = full.state_dict(), fallback.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert devices.inference_dtype(torch.device("cpu"), "bf16") is None

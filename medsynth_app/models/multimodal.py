@@ -40,7 +40,7 @@ from ..training.datasets import SliceDataset, sampled_planes
 from ..training.engine import seed_everything, train_network
 from ..training.inference import predict_slices
 from ..training.network_weights import NetworkWeights
-from ..training.schedule import amp_mode, lr_schedule_name, resumable_hparams, sampling_name
+from ..training.schedule import resumable_hparams
 from .base import SynthesisModel, TrainSettings, register
 from ..task import join
 
@@ -117,10 +117,8 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
     def __init__(self, inputs: Sequence[str], targets: Sequence[str], latent_channels: int = 16, fusion: str = "max",
                  lesion_channel: bool = False, input_dropout: float = 0.0, axes=(2,), predict_axes=None,
                  min_brain: float = 0.1, crop: int | None = None, c1_weight: float = 1.0, c2_weight: float = 1.0,
-                 c3_weight: float = 1.0, patience: int = 10, min_delta: float = 0.0,
-                 max_steps_per_epoch: int | None = None, amp: str = "auto", lr_schedule: str = "constant",
-                 sampling: str = "uniform", inference_batch: int = 16, incomplete_studies: bool = False,
-                 validate_every: int = 1, ssim_weight: float = 0.0):
+                 c3_weight: float = 1.0, inference_batch: int = 16, incomplete_studies: bool = False,
+                 ssim_weight: float = 0.0):
         # Inputs and targets may overlap (a BraSyn-style model completes any missing contrast of T1/T1C/T2/FLAIR),
         # so the base class's no-overlap check is not applied.
         if not inputs or not targets:
@@ -140,12 +138,8 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
                             predict_axes=list(_axes(predict_axes)) if predict_axes is not None else None,
                             min_brain=float(min_brain), crop=None if crop is None else int(crop),
                             c1_weight=float(c1_weight), c2_weight=float(c2_weight),
-                            c3_weight=float(c3_weight), patience=int(patience), min_delta=float(min_delta),
-                            max_steps_per_epoch=None if max_steps_per_epoch is None else int(max_steps_per_epoch),
-                            amp=amp_mode(amp), lr_schedule=lr_schedule_name(lr_schedule),
-                            sampling=sampling_name(sampling), inference_batch=int(inference_batch),
-                            incomplete_studies=bool(incomplete_studies), validate_every=int(validate_every),
-                            ssim_weight=float(ssim_weight))
+                            c3_weight=float(c3_weight), inference_batch=int(inference_batch),
+                            incomplete_studies=bool(incomplete_studies), ssim_weight=float(ssim_weight))
         self.device = "auto"  # inference device of a loaded model; a trained one stays where it was trained
         self.net = self._build()
 
@@ -238,11 +232,11 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
         summary = train_network(
             self.net, dataset, self._loss(targets, channels, train), settings,
             identity={"family": tag, "inputs": list(self.inputs), "targets": list(targets),
-                      "hparams": resumable_hparams(hp, self.finishing_hparams)},
+                      "hparams": resumable_hparams(self.recorded_hparams(), self.finishing_hparams)},
             lr=lr, optimizer="adam", parameters=parameters,
             validate=(lambda: validation_scores(self.predict, validation, targets)) if validation else None,
             find_unused_parameters=hp["input_dropout"] > 0 or hp["incomplete_studies"] or tag != "multimodal",
-            hparams=hp)
+            schedule=self.schedule)
         summary["validation_metric"] = "mean PSNR" if validation else "training loss (no validation subject)"
         summary["slice_size"] = list(dataset.size)
         if shifts:

@@ -224,7 +224,7 @@ def train_network(
     validate: Callable[[], dict[str, float]] | None = None,
     batch_size: int | None = None,
     find_unused_parameters: bool = False,
-    hparams: dict | None = None,
+    schedule: Schedule | None = None,
 ) -> dict:
     """Train ``network`` in place; on return it holds the best weights (by validation metric, higher is better).
 
@@ -243,13 +243,13 @@ def train_network(
             history row 0, and ``best_epoch`` 0 when no epoch beats them.
         find_unused_parameters: passed to DistributedDataParallel (needed when some parameters may get no gradient
             in a step, e.g. encoders of dropped inputs).
-        hparams: the family's hyperparameters, where `Schedule.of` finds schedule settings not in
-            ``settings.extra``.
+        schedule: the model's training schedule (`Schedule.of` replaces its settings by those of
+            ``settings.extra``).
     """
     epochs = int(settings.epochs)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    schedule = Schedule.of(settings, hparams)
+    schedule = Schedule.of(settings, schedule)
     batch_size = int(batch_size or settings.batch_size)
     seed = int(settings.seed)
     ctx = DistContext.setup(resolve_device(settings.device))

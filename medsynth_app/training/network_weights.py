@@ -19,6 +19,7 @@ class NetworkWeights:
     device ``self.device``: weights in and out of checkpoints, and placing the network once before inference."""
 
     fine_tunes = True
+    trains_on_a_schedule = True
 
     def state_dict(self) -> dict:
         return prefixed_state(self.net)
@@ -45,4 +46,4 @@ class NetworkWeights:
         is placed on the wanted device once."""
         device = place_for_inference(self.net, self.device)
         self.device = None  # placed once
-        return inference_network(self.net), device, inference_dtype(device, self.hparams.get("amp", "auto"))
+        return inference_network(self.net), device, inference_dtype(device, self.schedule.amp)

@@ -1,14 +1,16 @@
 """The training schedule: how long and how a deep family trains (patience, min_delta, validate_every,
 max_steps_per_epoch, amp, lr_schedule, sampling, workers), apart from its architecture and loss hyperparameters.
 
-`Schedule.of` is the one place these settings are looked up: ``TrainSettings.extra`` first, then the family's
-hparams (where older checkpoints and the benchmark plan carry them), then the defaults below. ``max_steps_per_epoch``,
+A deep family holds its `Schedule` apart from its architecture and loss hyperparameters (``model.schedule``); `create`
+takes the settings out of the hyperparameters it is given (the CLI's --hparam, the benchmark plan, and checkpoints,
+which record them among their hyperparameters as they always did, so that older checkpoints load unchanged).
+`Schedule.of` is the one place a run looks them up: ``TrainSettings.extra`` first, then the model's schedule. ``max_steps_per_epoch``,
 ``amp`` and ``validate_every`` set the schedule and arithmetic, not the model: `resumable_hparams` leaves them out of
 the identity a resumed run must match."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
@@ -79,15 +81,26 @@ class Schedule:
         sampling_name(self.sampling)
 
     @classmethod
-    def of(cls, settings: TrainSettings, hparams: dict | None = None) -> Schedule:
-        """The run's schedule: each setting from ``settings.extra``, else ``hparams``, else the default."""
-        hparams = hparams or {}
-        checked = {"patience": int, "min_delta": float, "validate_every": int, "max_steps_per_epoch": int,
-                   "amp": amp_mode, "lr_schedule": lr_schedule_name, "sampling": sampling_name, "workers": int}
-        chosen = {}
-        for f in fields(cls):
-            value = next((source[f.name] for source in (settings.extra, hparams) if source.get(f.name) is not None),
-                         None)
-            if value is not None:
-                chosen[f.name] = checked[f.name](value)
-        return cls(**chosen)
+    def from_hparams(cls, values: dict) -> Schedule:
+        """The schedule of the settings among ``values`` (the others are ignored), each checked."""
+        return cls().updated(values)
+
+    def updated(self, values: dict) -> Schedule:
+        """This schedule with the settings among ``values`` (None: unchanged) replaced."""
+        changed = {f.name: CHECKS[f.name](values[f.name]) for f in fields(self) if values.get(f.name) is not None}
+        return replace(self, **changed)
+
+    @classmethod
+    def of(cls, settings: TrainSettings, schedule: Schedule | None = None) -> Schedule:
+        """The run's schedule: ``schedule`` (the model's) with the settings of ``settings.extra`` replacing its own."""
+        return (schedule or cls()).updated(settings.extra)
+
+    def hparams(self) -> dict:
+        """The settings as a family's checkpoint records them among its hyperparameters (``workers`` is a property of
+        the machine, not of the training)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "workers"}
+
+
+SCHEDULE_SETTINGS = tuple(f.name for f in fields(Schedule) if f.name != "workers")
+CHECKS = {"patience": int, "min_delta": float, "validate_every": int, "max_steps_per_epoch": int, "amp": amp_mode,
+          "lr_schedule": lr_schedule_name, "sampling": sampling_name, "workers": int}
