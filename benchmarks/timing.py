@@ -1,4 +1,4 @@
-"""Seconds to synthesise one volume end to end (read, preprocess, predict, write; EVALUATION.md "Times"), median of
+"""Seconds to synthesize one volume end to end (read, preprocess, predict, write; EVALUATION.md "Times"), median of
 N runs, and the peak resident memory of the process doing it.
 
 The measurement runs in a fresh Python process per model, so that its peak memory is that model's alone:

@@ -45,13 +45,6 @@ class Folds:
                 return name
         return "other"
 
-    def cohort_split(self, studies: list[Study], cohort: str) -> tuple[list[Study], list[Study]]:
-        """(training studies, test studies) of leaving ``cohort`` out (one of ``left_out_cohorts``)."""
-        if cohort not in self.left_out_cohorts:
-            raise ValueError(f"no cohort {cohort}; cohorts are {', '.join(self.left_out_cohorts) or 'none'}")
-        prefixes = tuple(self.left_out_cohorts[cohort])
-        return ([s for s in studies if not s.id.startswith(prefixes)], [s for s in studies if s.id.startswith(prefixes)])
-
     def split(self, studies: list[Study], fold: str | int) -> tuple[list[Study], list[Study]]:
         """(training studies, test studies) of ``fold`` among ``studies``."""
         by_id = {s.id: s for s in studies}

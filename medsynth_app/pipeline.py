@@ -1,4 +1,4 @@
-"""End-to-end operations on studies: train, synthesise, evaluate. The CLI and the server call these."""
+"""End-to-end operations on studies: train, synthesize, evaluate. The CLI and the server call these."""
 from __future__ import annotations
 
 import dataclasses
@@ -219,7 +219,7 @@ def add_output(
     settings: TrainSettings | None = None,
     hparams: Mapping | None = None,
 ) -> Checkpoint:
-    """A new checkpoint that also synthesises ``target``: a decoder added to the trained model and trained alone,
+    """A new checkpoint that also synthesizes ``target``: a decoder added to the trained model and trained alone,
     everything else frozen (multimodal, Chartsias et al. Sec. VI-E); on the studies holding the inputs and ``target``.
     ``hparams`` may change how the decoder is trained (ADD_OUTPUT_HPARAMS), not the trained architecture."""
     settings = settings or TrainSettings()
@@ -267,14 +267,14 @@ def synthesize(
     lesion_mask: sitk.Image | None = None,
     intensity: str = "scaled",
 ) -> sitk.Image:
-    """Synthesise ``target`` from ``images`` (contrast -> image; the first input used gives the output grid).
+    """Synthesize ``target`` from ``images`` (contrast -> image; the first input used gives the output grid).
 
     intensity "scaled" returns the target on the typical intensity scale of the training data; "normalised" keeps
     the model's normalised units (mean 1 inside the brain for mean normalisation).
     """
     target = target or checkpoint.targets[0]
     if target not in checkpoint.targets:
-        raise ValueError(f"{checkpoint.family} ({checkpoint.task}) does not synthesise {target}")
+        raise ValueError(f"{checkpoint.family} ({checkpoint.task}) does not synthesize {target}")
     model = checkpoint.build()
     # A target is never its own input, nor does its acquired image shape the brain mask or the crop.
     used = model.usable_inputs([c for c in images if c != target])

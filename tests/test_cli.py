@@ -192,7 +192,7 @@ def test_a_multimodal_model_fine_tunes_from_one_trained_for_more_contrasts(mni_c
     assert "the checkpoint has no encoder for T1C nor decoder for T1" in err, err
 
 
-def test_add_output_trains_a_new_decoder_alone_and_synthesises_with_it(mni_crops, crop_folds, trained, tmp_path,
+def test_add_output_trains_a_new_decoder_alone_and_synthesizes_with_it(mni_crops, crop_folds, trained, tmp_path,
                                                                         capsys):
     import torch
 

@@ -158,7 +158,7 @@ def test_multimodal_predicts_from_every_subset(small):
 
 
 def test_multimodal_brasyn_completes_every_missing_contrast(subjects, small):
-    """A BraSyn-style model (inputs = targets, input dropout) synthesises each contrast from every non-empty subset
+    """A BraSyn-style model (inputs = targets, input dropout) synthesizes each contrast from every non-empty subset
     of the others; a target is never its own input."""
     model = create("multimodal", CONTRASTS, CONTRASTS, input_dropout=0.5, **ONE_STEP)
     model.fit(subjects[:2], [], _settings())

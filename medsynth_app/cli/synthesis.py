@@ -37,7 +37,7 @@ def installed_choice(family: str, inputs: list[str], target: str | None):
         offered, (path, checkpoint) = next(iter(offers.items()))
         return (*weights.find(family, offered, inputs), offered)
     if not offers:
-        raise ValueError(f"no installed {family} checkpoint synthesises anything from {join(inputs)}; "
+        raise ValueError(f"no installed {family} checkpoint synthesizes anything from {join(inputs)}; "
                          "see `medsynth models`")
     raise ValueError(f"{family} has checkpoints for several targets from {join(inputs)}: choose one with "
                      f"--target ({', '.join(sorted(offers))})")

@@ -2,8 +2,7 @@
 
 "Training" keeps up to ``max_atlases`` training subjects: their prepared input and target arrays cropped to the brain
 mask's bounding box (the padding of the prepared grid is dropped) and stored as float16 (relative rounding 5e-4, far
-below the images' noise), so an atlas costs 2 bytes per voxel and contrast of its brain box (MNI 1 mm, T1->T2: about
-10 MB per atlas). Nothing is downsampled.
+below the images' noise), so an atlas costs 2 bytes per voxel and contrast of its brain box. Nothing is downsampled.
 
 Synthesis: every atlas is put on the subject's prepared grid by aligning the brains' bounding boxes (per-axis scale
 and shift, trilinear; the same landmark-style correspondence as the lsdn/cdn coordinates, exact for subjects already

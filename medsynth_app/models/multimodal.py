@@ -8,7 +8,7 @@ early stopping on validation (here: mean PSNR of whole validation volumes, patie
 Beyond the paper:
 - ``input_dropout`` p: at every training batch each input is dropped with probability p (at least one is kept), so
   one model serves every subset of its inputs (BraSyn-style). Inputs and targets may overlap (T1,T1C,T2,FLAIR ->
-  T1,T1C,T2,FLAIR): a target is never synthesised from itself at prediction time.
+  T1,T1C,T2,FLAIR): a target is never synthesized from itself at prediction time.
 - ``axes`` trains on slices along several axes; ``predict_axes`` (default: ``axes``) predicts slice-wise along each
   and averages, e.g. [0, 1, 2] averages the sagittal, coronal and axial predictions (Sec. VI-I shows an axially
   trained model transfers to coronal slices). Both keep, per study, the planes whose two voxel spacings are within
@@ -71,8 +71,7 @@ def _activate_output_heads(net: MultimodalSynthesisNet, dataset: SliceDataset, i
 
     Each decoder ends in a 1x1 convolution with ReLU (authors' code) initialised Glorot-uniform with a zero bias:
     for some seeds most pixels start below zero and the first Adam steps silence the rest, leaving a decoder that
-    outputs 0 everywhere for good (T1+T2 -> FLAIR, seed 2: 7 % of the output's pixels above zero at initialisation
-    on 16 slices of a training subject, every output 0 after the first epoch, on two folds). On ``probe`` slices
+    outputs 0 everywhere for good (docs/deep_models.md). On ``probe`` slices
     spread over the training set (fused and individual decodings, brain pixels), a head active on fewer than half of
     the pixels gets its bias shifted so that half are (a data-dependent initialisation, as in Kraehenbuehl et al.,
     ICLR 2016); a head active on half or more keeps the authors' init."""
@@ -245,11 +244,11 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
 
     def add_output(self, target: str, train: list[PreparedSubject], validation: list[PreparedSubject],
                    settings: TrainSettings) -> dict:
-        """Add a decoder synthesising ``target`` to this trained model and train it alone (paper Sec. VI-E): the
+        """Add a decoder synthesizing ``target`` to this trained model and train it alone (paper Sec. VI-E): the
         encoders and the existing decoders are frozen, the new decoder is optimised on c1 + c2 + c3 of ``target``
         with Adam. ``target`` is appended to ``self.targets``; save with `Checkpoint.from_model` as usual."""
         if target in self.targets:
-            raise ValueError(f"multimodal: already synthesises {target}")
+            raise ValueError(f"multimodal: already synthesizes {target}")
         seed_everything(settings.seed)
         decoder = self.net.add_output(target)
         self.targets.append(target)
@@ -280,7 +279,7 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
         names = [c for c in self.inputs if c in available and c != target]
         if not names:
             raise ValueError(f"multimodal: subject {subject.id} holds none of {join(self.inputs)} "
-                             f"to synthesise {target} from (a target is never its own input)")
+                             f"to synthesize {target} from (a target is never its own input)")
         axes = sampled_planes(subject.spacing, _axes(axes if axes is not None
                                                      else (self.hparams["predict_axes"] or self.hparams["axes"])))
         lesion_channel = self.hparams["lesion_channel"]

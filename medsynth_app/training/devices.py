@@ -29,9 +29,7 @@ def resolve_device(name: str | None = "auto") -> torch.device:
 
 def native_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 in hardware: a CUDA GPU with bf16 support, a CPU with AVX-512 BF16 or
-    AMX. Elsewhere torch emulates it, several times slower than float32 (a multimodal training step, 16 crops of
-    96x96 through two encoders and a decoder, on one core of an AVX2-only AMD EPYC: 11 s in float32, 76 s under
-    bfloat16 autocast)."""
+    AMX. Elsewhere torch emulates it, several times slower than float32 (docs/deep_models.md)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
