@@ -20,27 +20,25 @@ def _input_pairs(items: list[str]) -> list[tuple[str, str]]:
 
 
 def installed_choice(family: str, inputs: list[str], target: str | None):
-    """(path, checkpoint, target) of the installed ``family`` checkpoint for ``inputs`` and ``target``; without a
-    target, the only target any of its checkpoints offers for these inputs, or an error listing the choices."""
+    """(path, checkpoint, target) of the installed ``family`` checkpoint for ``inputs`` and ``target``. Without a
+    target: the only target offered by the family's checkpoints taking exactly these inputs (else by those taking
+    more, for families that accept a subset), or an error listing the choices."""
     from .. import weights
     from ..task import join
 
     if target:
         return (*weights.find(family, target, inputs), target)
-    offers = {}
-    for path, checkpoint in weights.installed():
-        if checkpoint.family == family and set(inputs) <= set(checkpoint.inputs):
-            for offered in checkpoint.targets:
-                if offered not in inputs:
-                    offers.setdefault(offered, (path, checkpoint))
+    installed = [c for _, c in weights.installed() if c.family == family]
+    exact = [c for c in installed if sorted(c.inputs) == sorted(inputs)]
+    wider = [c for c in installed if set(inputs) <= set(c.inputs)]
+    offers = sorted({t for c in exact or wider for t in c.targets if t not in inputs})
     if len(offers) == 1:
-        offered, (path, checkpoint) = next(iter(offers.items()))
-        return (*weights.find(family, offered, inputs), offered)
+        return (*weights.find(family, offers[0], inputs), offers[0])
     if not offers:
         raise ValueError(f"no installed {family} checkpoint synthesizes anything from {join(inputs)}; "
                          "see `medsynth models`")
     raise ValueError(f"{family} has checkpoints for several targets from {join(inputs)}: choose one with "
-                     f"--target ({', '.join(sorted(offers))})")
+                     f"--target ({', '.join(offers)})")
 
 
 def cmd_synthesize(args) -> int:
