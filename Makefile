@@ -1,6 +1,7 @@
 # `make demo` and `make test` each create .venv when missing, install MedSynth into it, and run.
-# `make benchmark` regenerates docs/benchmarks.md, its figures and the README's table (hours on a CPU; resumes from
-# the per-fold result files kept in docs/benchmark_results/runs).
+# `make benchmark` runs the research harness beside the package (benchmarks/, `python -m benchmarks`) and regenerates
+# docs/benchmarks.md and its figures (hours on a CPU; resumes from the per-fold result files kept in
+# docs/benchmark_results/runs). The README's short table is checked against those files by tests/test_docs_tables.py.
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -27,8 +28,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -o faulthandler_timeout=900 tests
 
 benchmark: $(STAMP)
-	$(VENV)/bin/medsynth benchmark --studies $(BENCHMARK_DATA) --out $(BENCHMARK_OUT) --secondary \
-		--report docs/benchmarks.md --readme README.md
+	$(PY) -m benchmarks --studies $(BENCHMARK_DATA) --out $(BENCHMARK_OUT) --secondary --report docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

@@ -18,6 +18,7 @@ from .atomic import atomic_write
 from .models import create
 from .models.base import SynthesisModel
 from .normalization import IntensityNorm
+from .task import Task
 
 FORMAT = "medsynth-checkpoint/1"
 
@@ -65,7 +66,7 @@ class Checkpoint:
 
     @property
     def task(self) -> str:
-        return f"{'+'.join(self.inputs)}->{'+'.join(self.targets)}"
+        return str(Task(self.inputs, self.targets))
 
     def summary(self) -> dict:
         """Everything but the weights (for listings and model cards)."""
@@ -76,7 +77,7 @@ class Checkpoint:
     @classmethod
     def from_model(cls, model: SynthesisModel, **fields) -> Checkpoint:
         return cls(family=model.family, inputs=list(model.inputs), targets=list(model.targets),
-                   hparams=_plain(model.hparams), state=model.state_dict(), **fields)
+                   hparams=_plain(model.recorded_hparams()), state=model.state_dict(), **fields)
 
 
 def _plain(value):

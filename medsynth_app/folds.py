@@ -1,9 +1,13 @@
-"""The subject-wise folds and cohorts of EVALUATION.md (committed as data/folds.json)."""
+"""The subject-wise folds and cohorts of the evaluation protocol (EVALUATION.md; packaged as data/folds.json, or any
+folds file given by path), and the one rule that holds validation studies out of a training set."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
 
 from .studies import Study
 
@@ -14,13 +18,15 @@ DEFAULT_FOLDS = Path(__file__).parent / "data" / "folds.json"
 class Folds:
     folds: dict[str, list[str]]
     cohorts: dict[str, list[str]]
+    left_out_cohorts: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Folds:
         path = Path(path or DEFAULT_FOLDS)
         try:
             data = json.loads(path.read_text())
-            return cls({str(k): list(v) for k, v in data["folds"].items()}, dict(data.get("cohorts", {})))
+            return cls({str(k): list(v) for k, v in data["folds"].items()}, dict(data.get("cohorts", {})),
+                       dict(data.get("left_out_cohorts", {})))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path}: not a folds file ({err})") from None
 
@@ -45,3 +51,25 @@ class Folds:
         train = [by_id[i] for i in self.train_ids(fold) if i in by_id]
         test = [by_id[i] for i in self.test_ids(fold) if i in by_id]
         return train, test
+
+
+def validation_split(studies: Sequence[Study], share: float = 0.0, count: int | None = None,
+                     named: Sequence[str] | None = None) -> tuple[list[Study], list[Study]]:
+    """(train, validation), both in the order given: the ``named`` studies, or ``count`` of them (else a ``share``,
+    at least one when the share is positive), never all. The studies held out are evenly spaced over the given order,
+    first and last included (a single one: the middle one), so that validation spans the cohorts of a list sorted by
+    id or by fold."""
+    studies = list(studies)
+    if named is not None:
+        unknown = [i for i in named if i not in {s.id for s in studies}]
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)} not among the training studies")
+        return [s for s in studies if s.id not in named], [s for s in studies if s.id in named]
+    if count is None:
+        count = max(1, int(round(len(studies) * share))) if share > 0 else 0
+    count = min(count, len(studies) - 1) if len(studies) > 1 else 0
+    if count == 1:
+        picked = {len(studies) // 2}
+    else:
+        picked = {int(i) for i in np.linspace(0, len(studies) - 1, count).round()} if count else set()
+    return ([s for i, s in enumerate(studies) if i not in picked], [s for i, s in enumerate(studies) if i in picked])

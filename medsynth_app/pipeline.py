@@ -1,4 +1,4 @@
-"""End-to-end operations on studies: train, synthesise, evaluate. The CLI and the server call these."""
+"""End-to-end operations on studies: train, synthesize, evaluate. The CLI and the server call these."""
 from __future__ import annotations
 
 import dataclasses
@@ -18,6 +18,8 @@ from .models import TrainSettings, create, fine_tunes, finishing_hparams
 from .normalization import IntensityNorm
 from .preprocessing import PreparedSubject, prepare, restore
 from .studies import Study
+from .task import Task, join
+from .training.schedule import SCHEDULE_SETTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ def prepare_study(
     """Read a study's ``contrasts`` (and masks) and prepare them on the grid of ``reference``."""
     missing = [c for c in contrasts if c not in study.images]
     if missing:
-        raise ValueError(f"study {study.id} lacks {'+'.join(missing)} (has {'+'.join(study.contrasts)})")
+        raise ValueError(f"study {study.id} lacks {join(missing)} (has {join(study.contrasts)})")
     images = {c: read_image(study.images[c]) for c in contrasts}
     return prepare(
         images,
@@ -135,7 +137,7 @@ def train(
         try:
             state = model.starting_weights(init.state, init.inputs, init.targets)
         except ValueError as err:
-            raise ValueError(f"cannot fine-tune {family} {'+'.join(inputs)}->{'+'.join(targets)} from a "
+            raise ValueError(f"cannot fine-tune {family} {Task(inputs, targets)} from a "
                              f"{init.family} {init.task} checkpoint: {err}") from None
         settings = dataclasses.replace(settings, initial_state=state)
 
@@ -143,7 +145,7 @@ def train(
         return model.training_contrasts(study.contrasts)
 
     if not any(contrasts_of(s) for s in studies):
-        raise ValueError(f"no study has {'+'.join(dict.fromkeys([*inputs, *targets]))}; cannot train {family}")
+        raise ValueError(f"no study has {join(dict.fromkeys([*inputs, *targets]))}; cannot train {family}")
     started = time.time()
     train_subjects, val_subjects, skipped = _prepare_split(studies, validation, contrasts_of, targets, normalisation,
                                                            settings.progress)
@@ -192,7 +194,7 @@ def finish(checkpoint: Checkpoint, studies: Sequence[Study], validation: Sequenc
 
 def _check_fine_tuning(init: Checkpoint, family: str, inputs: Sequence[str], targets: Sequence[str],
                        normalisation: str) -> None:
-    wanted = f"{family} {'+'.join(inputs)}->{'+'.join(targets)}"
+    wanted = f"{family} {Task(inputs, targets)}"
     if init.family != family:
         raise ValueError(f"cannot fine-tune {wanted} from a {init.family} {init.task} checkpoint: the family must be "
                          "the same")
@@ -217,7 +219,7 @@ def add_output(
     settings: TrainSettings | None = None,
     hparams: Mapping | None = None,
 ) -> Checkpoint:
-    """A new checkpoint that also synthesises ``target``: a decoder added to the trained model and trained alone,
+    """A new checkpoint that also synthesizes ``target``: a decoder added to the trained model and trained alone,
     everything else frozen (multimodal, Chartsias et al. Sec. VI-E); on the studies holding the inputs and ``target``.
     ``hparams`` may change how the decoder is trained (ADD_OUTPUT_HPARAMS), not the trained architecture."""
     settings = settings or TrainSettings()
@@ -228,7 +230,8 @@ def add_output(
     if fixed:
         raise ValueError(f"adding an output keeps the trained {', '.join(fixed)}; only "
                          f"{', '.join(ADD_OUTPUT_HPARAMS)} may change")
-    model.hparams.update(hparams or {})
+    model.schedule = model.schedule.updated(hparams or {})
+    model.hparams.update({k: v for k, v in (hparams or {}).items() if k not in SCHEDULE_SETTINGS})
     contrasts = [*checkpoint.inputs, target]
     normalisation = checkpoint.preprocessing.get("normalisation", "mean")
     started = time.time()
@@ -236,7 +239,7 @@ def add_output(
                                                            lambda s: contrasts if s.has(contrasts) else [],
                                                            [target], normalisation, settings.progress)
     if not train_subjects:
-        raise ValueError(f"no usable study has {'+'.join(contrasts)} to train a {target} decoder")
+        raise ValueError(f"no usable study has {join(contrasts)} to train a {target} decoder")
     summary = model.add_output(target, train_subjects, val_subjects, settings)
     _record_run(summary, model, [target], train_subjects, val_subjects, skipped, settings.seed, started)
     norm = IntensityNorm.typical([s.norms[target] for s in train_subjects]).to_dict()
@@ -264,14 +267,14 @@ def synthesize(
     lesion_mask: sitk.Image | None = None,
     intensity: str = "scaled",
 ) -> sitk.Image:
-    """Synthesise ``target`` from ``images`` (contrast -> image; the first input used gives the output grid).
+    """Synthesize ``target`` from ``images`` (contrast -> image; the first input used gives the output grid).
 
     intensity "scaled" returns the target on the typical intensity scale of the training data; "normalised" keeps
     the model's normalised units (mean 1 inside the brain for mean normalisation).
     """
     target = target or checkpoint.targets[0]
     if target not in checkpoint.targets:
-        raise ValueError(f"{checkpoint.family} ({checkpoint.task}) does not synthesise {target}")
+        raise ValueError(f"{checkpoint.family} ({checkpoint.task}) does not synthesize {target}")
     model = checkpoint.build()
     # A target is never its own input, nor does its acquired image shape the brain mask or the crop.
     used = model.usable_inputs([c for c in images if c != target])

@@ -1,4 +1,4 @@
-"""`medsynth benchmark` on crops of three real MS subjects: per-fold result files, resume, report, figures, README."""
+"""`python -m benchmarks` on crops of three real MS subjects: per-fold result files, resume, report, figures."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,13 +11,20 @@ import torch
 from gates import assert_beats_trivial, trivial_scores
 
 from medsynth_app import pipeline
-from medsynth_app.benchmark.plan import Comparison, Plan, Task
-from medsynth_app.benchmark.report import comparison_lines, data_set_table, readme_table
+from benchmarks.__main__ import main as run_benchmarks
+from benchmarks.plan import Comparison, Plan
+from benchmarks.report import README_ROWS, README_TASKS, comparison_lines, data_set_table, readme_table
 from medsynth_app.checkpoint import load_checkpoint
-from medsynth_app.cli import main
 from medsynth_app.metrics import paired_ttest
 from medsynth_app.studies import find_studies
-from medsynth_app.training.engine import native_bfloat16
+from medsynth_app.task import Task
+from medsynth_app.training.devices import native_bfloat16
+
+def main(argv: list[str]) -> int:
+    """The harness's command line, given the arguments after ``benchmark``."""
+    assert argv[0] == "benchmark"
+    return run_benchmarks(argv[1:])
+
 
 MODELS = [
     {"name": "linear", "family": "linear"},
@@ -40,11 +47,8 @@ def bench(mni_crops, tmp_path_factory):
     folds = root / "folds.json"
     folds.write_text(json.dumps({"cohorts": {"MS": ["patient"]},
                                  "folds": {"1": ["patient07"], "2": ["patient19"], "3": ["patient26"]}}))
-    readme = root / "README.md"
-    readme.write_text("# x\n<!-- benchmark-table:start -->\nOLD-TABLE\n<!-- benchmark-table:end -->\ntail\n")
     args = ["benchmark", "--studies", str(mni_crops), "--out", str(root / "out"), "--plan", str(plan), "--folds",
-            str(folds), "--timing-repeats", "1", "--report", str(root / "docs" / "benchmarks.md"), "--readme",
-            str(readme), "--quiet"]
+            str(folds), "--timing-repeats", "1", "--report", str(root / "docs" / "benchmarks.md"), "--quiet"]
     assert main(args) == 0
     return root, args
 
@@ -152,9 +156,6 @@ def test_report_numbers_are_the_means_of_the_result_files(bench):
     for figure in ("T1_to_T2_montage.png", "T1_to_T2_boxplots.png"):
         path = root / "docs" / "figures" / "benchmark" / figure
         assert path.stat().st_size > 10_000 and f"figures/benchmark/{figure}" in report
-    readme = (root / "README.md").read_text()
-    assert "OLD-TABLE" not in readme and readme.endswith("tail\n")
-    assert f"{task['models']['LSDN-1']['summary']['pooled']['psnr']['mean']:.2f}" in readme
 
 
 def test_data_set_table_averages_each_sets_paired_differences_to_the_baseline():
@@ -293,31 +294,30 @@ def test_a_claim_with_a_partial_run_is_checked_on_the_subjects_both_models_were_
                     "n = 3).")
 
 
-def test_the_readme_table_has_a_column_per_task_that_two_models_finished():
-    def model(psnr, complete=True):
-        return {"complete": complete, "summary": {"pooled": {"psnr": {"mean": psnr}, "ssim": {"mean": 0.5}}}}
+def test_the_readme_table_gives_each_chosen_entry_on_the_folds_and_says_what_is_not_measured():
+    def model(psnr, n, complete=True):
+        return {"complete": complete, "folds": ["1", "2", "3"] if complete else ["2", "3"],
+                "summary": {"pooled": {"psnr": {"mean": psnr, "n": n}, "ssim": {"mean": 0.5}}}}
 
-    summary = {"tasks": {"T1->T2": {"models": {"replica": model(19.0), "synnet": model(18.5, complete=False)}},
-                         "T1->FLAIR": {"models": {"multimodal": model(19.3)}},
-                         "T2->T1": {"models": {"replica": model(21.0), "synnet-L2": model(18.0, complete=False),
-                                               "mp": model(17.2)}}}}
-    tasks = [Task.parse(t) for t in ("T1->T2", "T1->FLAIR", "T2->T1")]
-    head, _, *rows = readme_table(summary, tasks)
-    assert head == "| model | T2->T1 PSNR / SSIM |"
-    assert rows == ["| replica | 21.00 / 0.500 |", "| mp | 17.20 / 0.500 |"]
-    # rows follow the plan's order, not the order the tasks list the models in; models the plan does not name last
-    summary["tasks"]["T1->T2"]["models"]["synnet"]["complete"] = True
-    summary["tasks"]["T2->T1"]["models"]["extra"] = model(16.0)
-    head, _, *rows = readme_table(summary, tasks, order=["mp", "synnet", "replica"])
-    assert head == "| model | T1->T2 PSNR / SSIM | T2->T1 PSNR / SSIM |"
-    assert [row.split(" | ")[0] for row in rows] == ["| mp", "| synnet", "| replica", "| extra"]
+    first, second = README_ROWS[0][0], README_ROWS[1][0]
+    summary = {"tasks": {README_TASKS[0]: {"models": {first: model(21.0, 18), second: model(19.5, 13, False)}},
+                         README_TASKS[1]: {"models": {first: model(18.0, 18)}}},
+               "left_out_cohorts": {first: "20.00 / 0.500 (n=4)"}}
+    head, _, *rows = readme_table(summary)
+    assert head == f"| model | benchmark entry | {README_TASKS[0]} on the folds | {README_TASKS[1]} on the folds | " \
+                   "left-out cohorts |"
+    assert rows[0] == f"| {README_ROWS[0][1]} | `{first}` | 21.00 / 0.500 (n=18) | 18.00 / 0.500 (n=18) | " \
+                      "20.00 / 0.500 (n=4) |"
+    assert rows[1] == f"| {README_ROWS[1][1]} | `{second}` | 19.50 / 0.500 (n=13), 2 of 3 folds | not yet measured | " \
+                      "not yet measured |"
+    assert len(rows) == len(README_ROWS)
 
 
 def test_peak_memory_of_a_timing_process_is_its_own_not_its_parents():
     import subprocess
     import sys
 
-    code = "from medsynth_app.benchmark.timing import peak_resident_kib; print(peak_resident_kib())"
+    code = "from benchmarks.timing import peak_resident_kib; print(peak_resident_kib())"
 
     def child_peak_kib() -> int:
         return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)

@@ -42,3 +42,26 @@ def test_wrong_inputs_fail_with_a_clear_message():
         model.usable_inputs(["T2", "FLAIR"])
     with pytest.raises(ValueError, match="T2 is both an input and a target"):
         create("linear", ["T1", "T2"], ["T2"])
+
+
+SHIPPED = sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "apps" / "medsynth" / "model").glob("*.pt"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_checkpoint_loads_builds_and_keeps_its_training_schedule(path):
+    """Checkpoints written before the schedule became its own settings object carry it among their hparams: they
+    still load and build, and `Schedule.of` reads the schedule they trained with from there."""
+    from medsynth_app.models import TrainSettings
+    from medsynth_app.training.schedule import SCHEDULE_SETTINGS, Schedule, amp_mode
+
+    checkpoint = load_checkpoint(path)
+    model = checkpoint.build()
+    assert model.family == checkpoint.family and list(model.targets) == checkpoint.targets
+    if model.trains_on_a_schedule:
+        assert set(model.hparams).isdisjoint(SCHEDULE_SETTINGS)  # architecture and loss apart from the schedule
+        assert model.recorded_hparams() == {**checkpoint.hparams, **{k: v for k, v in model.recorded_hparams().items()
+                                                                      if k not in checkpoint.hparams}}
+    schedule = Schedule.of(TrainSettings(), model.schedule)
+    for key, value in checkpoint.hparams.items():
+        if key in SCHEDULE_SETTINGS and value is not None:
+            assert getattr(schedule, key) == (amp_mode(value) if key == "amp" else value), key

@@ -201,7 +201,7 @@ def test_a_multimodal_model_fine_tunes_from_one_trained_for_more_contrasts(mni_c
     assert "the checkpoint has no encoder for T1C nor decoder for T1" in err, err
 
 
-def test_add_output_trains_a_new_decoder_alone_and_synthesises_with_it(mni_crops, crop_folds, trained, tmp_path,
+def test_add_output_trains_a_new_decoder_alone_and_synthesizes_with_it(mni_crops, crop_folds, trained, tmp_path,
                                                                         capsys):
     import torch
 
@@ -221,10 +221,10 @@ def test_add_output_trains_a_new_decoder_alone_and_synthesises_with_it(mni_crops
     assert {k for k in new.state if k not in old.state} and all(
         k.startswith("net.decoders.FLAIR.") for k in new.state if k not in old.state)
     added = new.training["added_outputs"]["FLAIR"]
-    assert added["subjects"] == ["patient26"] and added["validation_subjects"] == ["patient19"]
+    assert added["subjects"] == ["patient19"] and added["validation_subjects"] == ["patient26"]
     assert added["slice_size"] == [32, 32]
-    # one step gates no quality; the recorded validation scores must be the new decoder's own on patient19
-    [row] = pipeline.evaluate(new, [s for s in find_studies(mni_crops) if s.id == "patient19"], "FLAIR",
+    # one step gates no quality; the recorded validation scores must be the new decoder's own on patient26
+    [row] = pipeline.evaluate(new, [s for s in find_studies(mni_crops) if s.id == "patient26"], "FLAIR",
                               progress=False)
     assert added["validation"]["FLAIR"]["psnr"] == pytest.approx(row["psnr"], abs=1e-3)
     assert added["validation"]["FLAIR"]["ssim"] == pytest.approx(row["ssim"], abs=1e-4)
@@ -320,3 +320,52 @@ def test_finish_recomputes_a_cae3d_checkpoints_batch_norm_statistics_on_its_trai
     assert main(["finish", "--weights", str(trained), "--studies", str(partial), "--hparam", "precise_bn=2",
                  "--out", str(finished)]) == 2
     assert f"{trained} trained on studies not under {partial}: patient19" in capsys.readouterr().err
+
+
+def test_help_version_and_argument_errors_answer_without_loading_heavy_libraries():
+    """`medsynth --help`, `--version` and argument errors import neither torch, MONAI, SimpleITK nor numpy."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys\nfrom medsynth_app.cli import main\n"
+            "for argv in (['--version'], ['--help'], ['synthesize'], ['train', '--help'], ['evaluate', '--cv']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as done:\n        assert done.code in (0, 2), done.code\n"
+            "print('LOADED:' + ','.join(m for m in ('torch', 'monai', 'SimpleITK', 'numpy', 'nibabel', 'scipy')"
+            " if m in sys.modules))")
+    root = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])})
+    assert done.stdout.strip().splitlines()[-1] == "LOADED:"
+    assert "medsynth 0.1.0" in done.stdout and "the following arguments are required" in done.stderr
+
+
+def test_installed_packages_add_subcommands_through_entry_points(tmp_path, monkeypatch, capsys):
+    (tmp_path / "medsynth_hello.py").write_text(
+        "def register(subparsers):\n"
+        "    p = subparsers.add_parser('hello', help='greet')\n"
+        "    p.add_argument('--name', default='world')\n"
+        "    p.set_defaults(func=lambda args: print(f'hello {args.name}') or 0)\n")
+    info = tmp_path / "medsynth_hello-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: medsynth-hello\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[medsynth.commands]\nhello = medsynth_hello:register\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["hello", "--name", "MRI"]) == 0
+    assert capsys.readouterr().out == "hello MRI\n"
+
+
+def test_synthesize_with_a_family_picks_its_only_target_or_lists_the_choices(trained, mni_crops, monkeypatch,
+                                                                             tmp_path, capsys):
+    monkeypatch.setenv("MEDSYNTH_WEIGHTS", str(trained.parent))
+    subject = mni_crops / "patient07"
+    out = tmp_path / "flair.nii.gz"
+    assert main(["synthesize", "--model", "linear", "--input", f"T1={subject / 'T1.nii.gz'}",
+                 "--input", f"T2={subject / 'T2.nii.gz'}", "--out", str(out)]) == 0
+    assert f"SYNTHETIC FLAIR by linear from T1+T2, weights {trained}" in capsys.readouterr().out
+    assert main(["synthesize", "--model", "multimodal", "--input", f"T2={subject / 'T2.nii.gz'}",
+                 "--out", str(tmp_path / "x.nii.gz")]) == 2  # shipped: the any-subset model alone takes T2
+    err = capsys.readouterr().err
+    assert "multimodal has checkpoints for several targets from T2: choose one with --target (FLAIR, T1, T1C)" in err
+    assert not (tmp_path / "x.nii.gz").exists()

@@ -15,7 +15,7 @@ from medsynth_app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medsynth_app.models import TrainSettings, create
 from medsynth_app.pipeline import prepare_study, synthesize
 from medsynth_app.studies import find_studies
-from medsynth_app.training import engine
+from medsynth_app.training import devices
 from medsynth_app.training.datasets import SliceDataset
 from medsynth_app.training.engine import seed_everything
 from medsynth_app.training.inference import predict_tiled
@@ -158,7 +158,7 @@ def test_multimodal_predicts_from_every_subset(small):
 
 
 def test_multimodal_brasyn_completes_every_missing_contrast(subjects, small):
-    """A BraSyn-style model (inputs = targets, input dropout) synthesises each contrast from every non-empty subset
+    """A BraSyn-style model (inputs = targets, input dropout) synthesizes each contrast from every non-empty subset
     of the others; a target is never its own input."""
     model = create("multimodal", CONTRASTS, CONTRASTS, input_dropout=0.5, **ONE_STEP)
     model.fit(subjects[:2], [], _settings())
@@ -414,7 +414,7 @@ def test_a_network_trained_in_bfloat16_predicts_in_it(family, subjects, monkeypa
     only (correlation above 0.99 over the brain; measured 0.9987-0.99996 over five seeds). The shipped checkpoints
     move by under 0.02 dB PSNR (`medsynth_app.training.inference`). The CPU is declared bfloat16-capable so that the
     bfloat16 path runs on every machine (emulated where the CPU lacks it)."""
-    monkeypatch.setattr(engine, "native_bfloat16", lambda device: True)
+    monkeypatch.setattr(devices, "native_bfloat16", lambda device: True)
     hparams = {k: v for k, v in FAMILIES[family].items() if k != "max_steps_per_epoch"}
     torch.manual_seed(0)
     trained = create(family, ["T1", "T2"], ["FLAIR"], **hparams, amp="bf16")

@@ -22,8 +22,9 @@ import torch.multiprocessing as mp
 from medsynth_app.models import TrainSettings, create
 from medsynth_app.pipeline import _record_run, prepare_study, seconds_before_resumption
 from medsynth_app.studies import find_studies
-from medsynth_app.training import engine
-from medsynth_app.training.engine import default_partial_path, scheduled_lr
+from medsynth_app.training import devices, engine
+from medsynth_app.training.partial import default_partial_path
+from medsynth_app.training.schedule import Schedule, scheduled_lr
 from medsynth_app.training import (PatchDataset, SliceDataset, brain_slices, load_partial, predict_slices,
                                    resolve_device)
 from medsynth_app.training.datasets import sampled_planes
@@ -352,7 +353,7 @@ def test_per_study_sampling_draws_every_study_equally_often(sampling):
 
     summary = engine.train_network(torch.nn.Linear(1, 1), _StudyNumbers([300, 30]), loss,
                                    _settings(batch_size=33), identity={"family": "toy"}, lr=0.01,
-                                   hparams={"sampling": sampling})
+                                   schedule=Schedule(sampling=sampling))
     assert summary["sampling"] == sampling and len(drawn) == 330
     small = drawn.count(1.0)
     assert small == 30 if sampling == "uniform" else 130 <= small <= 200
@@ -369,7 +370,7 @@ def test_bf16_mixed_precision_trains_float32_weights_close_to_a_float32_run(subj
     """amp=bf16 runs the network under bfloat16 autocast on the CPU: the same seed's weights differ from the float32
     run's (the arithmetic changed) but only slightly, and stay float32; an unknown mode is refused. The CPU is
     declared bfloat16-capable so that the autocast path runs on every machine (emulated where the CPU lacks it)."""
-    monkeypatch.setattr(engine, "native_bfloat16", lambda device: True)
+    monkeypatch.setattr(devices, "native_bfloat16", lambda device: True)
     full, full_summary = _adam_synnet_run(subjects)
     half, half_summary = _adam_synnet_run(subjects, amp="bf16")
     assert full_summary["mixed_precision"] is None and half_summary["mixed_precision"] == "bfloat16"
@@ -377,23 +378,23 @@ def test_bf16_mixed_precision_trains_float32_weights_close_to_a_float32_run(subj
     assert all(v.dtype == a[k].dtype for k, v in b.items())
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
     assert half_summary["history"][0]["loss"] == pytest.approx(full_summary["history"][0]["loss"], rel=0.05)
-    assert half.hparams["amp"] == "bf16"
+    assert half.schedule.amp == "bf16"
     with pytest.raises(ValueError, match="amp must be one of auto, bf16, off"):
         create("synnet", ["T1"], ["T2"], amp="fp8")
 
 
 def test_bf16_falls_back_to_float32_where_the_cpu_has_no_native_bfloat16(subjects, monkeypatch, caplog):
-    """Emulated bfloat16 is several times slower than float32 (`engine.native_bfloat16`): without it, amp=bf16 trains
+    """Emulated bfloat16 is several times slower than float32 (`devices.native_bfloat16`): without it, amp=bf16 trains
     exactly the float32 run, says so in the log and records float32 in the summary, and predicts in float32."""
-    monkeypatch.setattr(engine, "native_bfloat16", lambda device: False)
+    monkeypatch.setattr(devices, "native_bfloat16", lambda device: False)
     full, full_summary = _adam_synnet_run(subjects)
-    with caplog.at_level("WARNING", logger=engine.__name__):
+    with caplog.at_level("WARNING", logger=devices.__name__):
         fallback, fallback_summary = _adam_synnet_run(subjects, amp="bf16")
     assert "amp bf16: cpu has no native bfloat16, training in float32 instead" in caplog.text
-    assert fallback_summary["mixed_precision"] is None and fallback.hparams["amp"] == "bf16"
+    assert fallback_summary["mixed_precision"] is None and fallback.schedule.amp == "bf16"
     a, b = full.state_dict(), fallback.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert engine.inference_dtype(torch.device("cpu"), "bf16") is None
+    assert devices.inference_dtype(torch.device("cpu"), "bf16") is None
 
 
 def test_default_partial_file_is_removed_after_a_finished_run(subjects):

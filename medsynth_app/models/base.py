@@ -9,6 +9,8 @@ from typing import Callable, ClassVar, Sequence
 import numpy as np
 
 from ..preprocessing import PreparedSubject
+from ..task import join
+from ..training.schedule import SCHEDULE_SETTINGS, Schedule
 
 _REGISTRY: dict[str, type["SynthesisModel"]] = {}
 
@@ -37,6 +39,8 @@ class SynthesisModel(abc.ABC):
     description: ClassVar[str]
     fine_tunes: ClassVar[bool] = False  # fit starts from TrainSettings.initial_state when it is given
     finishing_hparams: ClassVar[tuple[str, ...]] = ()  # the hyperparameters of `finish` alone
+    trains_on_a_schedule: ClassVar[bool] = False  # its training reads `schedule` (the deep families)
+    schedule: Schedule = Schedule()  # set by `create` for the families that train on a schedule
 
     def __init__(self, inputs: Sequence[str], targets: Sequence[str], **hparams) -> None:
         if not inputs or not targets:
@@ -48,6 +52,10 @@ class SynthesisModel(abc.ABC):
         self.targets = list(targets)
         self.hparams = hparams
 
+    def recorded_hparams(self) -> dict:
+        """The hyperparameters a checkpoint records: the family's, and its training schedule where it has one."""
+        return {**self.hparams, **(self.schedule.hparams() if self.trains_on_a_schedule else {})}
+
     def usable_inputs(self, available: Sequence[str]) -> list[str]:
         """The inputs this model will use out of ``available``; raises ValueError naming what is missing.
 
@@ -55,7 +63,7 @@ class SynthesisModel(abc.ABC):
         """
         missing = [c for c in self.inputs if c not in available]
         if missing:
-            raise ValueError(f"{self.family} needs {'+'.join(self.inputs)}; missing {'+'.join(missing)}")
+            raise ValueError(f"{self.family} needs {join(self.inputs)}; missing {join(missing)}")
         return list(self.inputs)
 
     def training_contrasts(self, available: Sequence[str]) -> list[str]:
@@ -120,11 +128,20 @@ def finishing_hparams(family: str) -> tuple[str, ...]:
 
 
 def create(family: str, inputs: Sequence[str], targets: Sequence[str], **hparams) -> SynthesisModel:
+    """A ``family`` model; for a family that trains on a schedule, the schedule settings among ``hparams`` become its
+    `Schedule` and the others go to its constructor."""
     cls = _family(family)
+    schedule = None
+    if cls.trains_on_a_schedule:
+        schedule = Schedule.from_hparams(hparams)
+        hparams = {k: v for k, v in hparams.items() if k not in SCHEDULE_SETTINGS}
     parameters = inspect.signature(cls.__init__).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         known = [name for name in parameters if name not in ("self", "inputs", "targets")]
         unknown = sorted(set(hparams) - set(known))
         if unknown:
             raise ValueError(f"{family}: unknown hyperparameter {', '.join(unknown)} (known: {', '.join(known)})")
-    return cls(inputs, targets, **hparams)
+    model = cls(inputs, targets, **hparams)
+    if schedule is not None:
+        model.schedule = schedule
+    return model

@@ -47,10 +47,12 @@ from ..networks.cae3d import LAYOUTS, ConvAutoencoder3D
 from ..preprocessing import PreparedSubject
 from ..training.common import learning_rate, recalibrate_batch_norm, typical_data_range, validation_scores
 from ..training.datasets import PatchDataset
-from ..training.engine import (NetworkWeights, amp_mode, lr_schedule_name, resumable_hparams, sampling_name,
-                               seed_everything, train_network)
+from ..training.engine import seed_everything, train_network
 from ..training.inference import predict_tiled
+from ..training.network_weights import NetworkWeights
+from ..training.schedule import resumable_hparams
 from .base import SynthesisModel, TrainSettings, register
+from ..task import join
 
 
 class PerTargetAutoencoders(nn.Module):
@@ -81,9 +83,7 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
 
     def __init__(self, inputs: Sequence[str], targets: Sequence[str], depth: str = "base", features: int = 32,
                  intensity_scale: float = 3.0, patch_output: int = 16, step: int = 16, tile: int = 32,
-                 patience: int = 10, min_delta: float = 0.0, max_steps_per_epoch: int | None = None,
-                 amp: str = "auto", lr_schedule: str = "constant", sampling: str = "uniform",
-                 inference_batch: int = 2, validate_every: int = 1, patch_jitter: int = 0,
+                 inference_batch: int = 2, patch_jitter: int = 0,
                  parity_average: bool = False, bn_momentum: float = 0.1, input_noise: float = 0.0,
                  ssim_weight: float = 0.0, precise_bn: int = 0):
         if depth not in LAYOUTS:
@@ -96,12 +96,8 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
             raise ValueError("cae3d: intensity_scale must be > 0, step >= 1, patch_jitter, input_noise, ssim_weight "
                              "and precise_bn >= 0 and bn_momentum in (0, 1]")
         super().__init__(inputs, targets, depth=depth, features=int(features), intensity_scale=float(intensity_scale),
-                         patch_output=int(patch_output), step=int(step), tile=int(tile), patience=int(patience),
-                         min_delta=float(min_delta),
-                         max_steps_per_epoch=None if max_steps_per_epoch is None else int(max_steps_per_epoch),
-                         amp=amp_mode(amp), lr_schedule=lr_schedule_name(lr_schedule),
-                         sampling=sampling_name(sampling), inference_batch=int(inference_batch),
-                         validate_every=int(validate_every), patch_jitter=int(patch_jitter),
+                         patch_output=int(patch_output), step=int(step), tile=int(tile),
+                         inference_batch=int(inference_batch), patch_jitter=int(patch_jitter),
                          parity_average=bool(parity_average), bn_momentum=float(bn_momentum),
                          input_noise=float(input_noise), ssim_weight=float(ssim_weight), precise_bn=int(precise_bn))
         self.device = "auto"
@@ -133,10 +129,10 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
         summary = train_network(
             self.net, dataset, loss, settings,
             identity={"family": self.family, "inputs": list(self.inputs), "targets": list(self.targets),
-                      "hparams": resumable_hparams(hp, self.finishing_hparams)},
+                      "hparams": resumable_hparams(self.recorded_hparams(), self.finishing_hparams)},
             lr=learning_rate(settings, 1e-3), optimizer="adam",  # Keras' Adam defaults (the paper's library)
             validate=(lambda: validation_scores(self.predict, validation, self.targets)) if validation else None,
-            hparams=hp)
+            schedule=self.schedule)
         summary.update(patch_input=dataset.input_size, patch_output=dataset.output_size,
                        validation_metric="mean PSNR" if validation else "training loss (no validation subject)")
         summary.update(self.finish(train, validation, settings))
@@ -185,7 +181,7 @@ class ConvAutoencoder3DModel(NetworkWeights, SynthesisModel):
             raise ValueError(f"cae3d: not trained for {target} (trained: {', '.join(self.targets)})")
         missing = [c for c in self.inputs if c not in subject.images]
         if missing:
-            raise ValueError(f"cae3d: subject {subject.id} lacks {'+'.join(missing)}")
+            raise ValueError(f"cae3d: subject {subject.id} lacks {join(missing)}")
         volume = np.stack([subject.images[c] for c in self.inputs])
         out = self.predict_volume(volume, subject.mask)[self.targets.index(target)]
         return np.where(subject.mask, out, 0).astype(np.float32)

@@ -34,11 +34,12 @@ from ..networks.shrinkconnect import shrink, shrink_connect
 from ..patches import patch_windows
 from ..preprocessing import PreparedSubject
 from .base import SynthesisModel, TrainSettings, register
+from ..task import join
 
 logger = logging.getLogger(__name__)
 
 VARIANTS = {"LSDN-1": (200, 20), "LSDN-2": (400, 40)}
-PREDICT_CHUNK = 262144  # voxels whose features are gathered at once when synthesising (27 floats each per input)
+PREDICT_CHUNK = 262144  # voxels whose features are gathered at once when synthesizing (27 floats each per input)
 
 
 def bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -59,8 +60,8 @@ def box_coordinates(index: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 @contextlib.contextmanager
 def single_thread():
-    """Run small-batch SGD on one torch thread: with batches of 100 voxels the OpenMP threads only synchronise, and
-    on a shared 2-core CPU two threads made a [30-200-20-1] SGD step 30-60x slower (49 ms against 0.8 ms)."""
+    """Run small-batch SGD on one torch thread: with batches of 100 voxels the OpenMP threads only synchronise
+    (docs/deep_models.md)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -135,7 +136,7 @@ class _VoxelNetwork(SynthesisModel):
     def _windows(self, subject: PreparedSubject) -> list[np.ndarray]:
         missing = [c for c in self.inputs if c not in subject.images]
         if missing:
-            raise ValueError(f"{self.family}: subject {subject.id} lacks {'+'.join(missing)}")
+            raise ValueError(f"{self.family}: subject {subject.id} lacks {join(missing)}")
         return [patch_windows(subject.images[c], 1) for c in self.inputs]
 
     def _sample(self, subjects, windows, target: str, per_subject: int, rng: np.random.Generator):
@@ -164,8 +165,7 @@ class _VoxelNetwork(SynthesisModel):
         epochs = hp["epochs"] if hp["epochs"] is not None else settings.epochs
         # The paper's rate 0.25 is per sample (its gradients are derived for one sample, eq. 1 averaged over N only
         # in the objective): a step on the mean loss of a batch of B voxels is taken with B x 0.25, which equals B
-        # per-sample steps taken at one point. With 0.25 on the batch mean, LSDN-1 was still near the mean
-        # predictor after 4 epochs (17.6 dB against 20.8 dB on the test crops).
+        # per-sample steps taken at one point; 0.25 on the batch mean leaves LSDN-1 near the mean predictor.
         lr = (settings.learning_rate if settings.learning_rate is not None else hp["lr"]) * hp["batch_size"]
         torch.manual_seed(settings.seed)
         rng = np.random.default_rng(settings.seed)

@@ -2,8 +2,7 @@
 
 "Training" keeps up to ``max_atlases`` training subjects: their prepared input and target arrays cropped to the brain
 mask's bounding box (the padding of the prepared grid is dropped) and stored as float16 (relative rounding 5e-4, far
-below the images' noise), so an atlas costs 2 bytes per voxel and contrast of its brain box (MNI 1 mm, T1->T2: about
-10 MB per atlas). Nothing is downsampled.
+below the images' noise), so an atlas costs 2 bytes per voxel and contrast of its brain box. Nothing is downsampled.
 
 Synthesis: every atlas is put on the subject's prepared grid by aligning the brains' bounding boxes (per-axis scale
 and shift, trilinear; the same landmark-style correspondence as the lsdn/cdn coordinates, exact for subjects already
@@ -23,6 +22,7 @@ from ..baselines import modality_propagation
 from ..preprocessing import PreparedSubject
 from .base import SynthesisModel, TrainSettings, register
 from .lsdn import bounding_box
+from ..task import join
 
 
 def align_boxes(volume: np.ndarray, subject_mask: np.ndarray) -> np.ndarray:
@@ -60,7 +60,7 @@ class ModalityPropagationModel(SynthesisModel):
         for subject in chosen:
             missing = [c for c in [*self.inputs, *self.targets] if c not in subject.images]
             if missing:
-                raise ValueError(f"mp: training subject {subject.id} lacks {'+'.join(missing)}")
+                raise ValueError(f"mp: training subject {subject.id} lacks {join(missing)}")
             first, last = bounding_box(subject.mask)
             box = tuple(slice(a, b + 1) for a, b in zip(first, last))
             self.atlases.append({c: subject.images[c][box].astype(np.float16) for c in [*self.inputs, *self.targets]})
@@ -73,7 +73,7 @@ class ModalityPropagationModel(SynthesisModel):
             raise ValueError(f"mp: no atlas holds {target}")
         missing = [c for c in self.inputs if c not in subject.images]
         if missing:
-            raise ValueError(f"mp: subject {subject.id} lacks {'+'.join(missing)}")
+            raise ValueError(f"mp: subject {subject.id} lacks {join(missing)}")
         atlases = [([align_boxes(a[c], subject.mask) for c in self.inputs], align_boxes(a[target], subject.mask))
                    for a in self.atlases]
         hp = self.hparams

@@ -8,7 +8,7 @@ early stopping on validation (here: mean PSNR of whole validation volumes, patie
 Beyond the paper:
 - ``input_dropout`` p: at every training batch each input is dropped with probability p (at least one is kept), so
   one model serves every subset of its inputs (BraSyn-style). Inputs and targets may overlap (T1,T1C,T2,FLAIR ->
-  T1,T1C,T2,FLAIR): a target is never synthesised from itself at prediction time.
+  T1,T1C,T2,FLAIR): a target is never synthesized from itself at prediction time.
 - ``axes`` trains on slices along several axes; ``predict_axes`` (default: ``axes``) predicts slice-wise along each
   and averages, e.g. [0, 1, 2] averages the sagittal, coronal and axial predictions (Sec. VI-I shows an axially
   trained model transfers to coronal slices). Both keep, per study, the planes whose two voxel spacings are within
@@ -37,10 +37,12 @@ from ..networks.multimodal import FUSIONS, MultimodalSynthesisNet
 from ..preprocessing import PreparedSubject
 from ..training.common import learning_rate, typical_data_range, unique, validation_scores
 from ..training.datasets import SliceDataset, sampled_planes
-from ..training.engine import (NetworkWeights, amp_mode, lr_schedule_name, resumable_hparams, sampling_name,
-                               seed_everything, train_network)
+from ..training.engine import seed_everything, train_network
 from ..training.inference import predict_slices
+from ..training.network_weights import NetworkWeights
+from ..training.schedule import resumable_hparams
 from .base import SynthesisModel, TrainSettings, register
+from ..task import join
 
 
 def _axes(value) -> tuple[int, ...]:
@@ -69,8 +71,7 @@ def _activate_output_heads(net: MultimodalSynthesisNet, dataset: SliceDataset, i
 
     Each decoder ends in a 1x1 convolution with ReLU (authors' code) initialised Glorot-uniform with a zero bias:
     for some seeds most pixels start below zero and the first Adam steps silence the rest, leaving a decoder that
-    outputs 0 everywhere for good (T1+T2 -> FLAIR, seed 2: 7 % of the output's pixels above zero at initialisation
-    on 16 slices of a training subject, every output 0 after the first epoch, on two folds). On ``probe`` slices
+    outputs 0 everywhere for good (docs/deep_models.md). On ``probe`` slices
     spread over the training set (fused and individual decodings, brain pixels), a head active on fewer than half of
     the pixels gets its bias shifted so that half are (a data-dependent initialisation, as in Kraehenbuehl et al.,
     ICLR 2016); a head active on half or more keeps the authors' init."""
@@ -115,10 +116,8 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
     def __init__(self, inputs: Sequence[str], targets: Sequence[str], latent_channels: int = 16, fusion: str = "max",
                  lesion_channel: bool = False, input_dropout: float = 0.0, axes=(2,), predict_axes=None,
                  min_brain: float = 0.1, crop: int | None = None, c1_weight: float = 1.0, c2_weight: float = 1.0,
-                 c3_weight: float = 1.0, patience: int = 10, min_delta: float = 0.0,
-                 max_steps_per_epoch: int | None = None, amp: str = "auto", lr_schedule: str = "constant",
-                 sampling: str = "uniform", inference_batch: int = 16, incomplete_studies: bool = False,
-                 validate_every: int = 1, ssim_weight: float = 0.0):
+                 c3_weight: float = 1.0, inference_batch: int = 16, incomplete_studies: bool = False,
+                 ssim_weight: float = 0.0):
         # Inputs and targets may overlap (a BraSyn-style model completes any missing contrast of T1/T1C/T2/FLAIR),
         # so the base class's no-overlap check is not applied.
         if not inputs or not targets:
@@ -138,12 +137,8 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
                             predict_axes=list(_axes(predict_axes)) if predict_axes is not None else None,
                             min_brain=float(min_brain), crop=None if crop is None else int(crop),
                             c1_weight=float(c1_weight), c2_weight=float(c2_weight),
-                            c3_weight=float(c3_weight), patience=int(patience), min_delta=float(min_delta),
-                            max_steps_per_epoch=None if max_steps_per_epoch is None else int(max_steps_per_epoch),
-                            amp=amp_mode(amp), lr_schedule=lr_schedule_name(lr_schedule),
-                            sampling=sampling_name(sampling), inference_batch=int(inference_batch),
-                            incomplete_studies=bool(incomplete_studies), validate_every=int(validate_every),
-                            ssim_weight=float(ssim_weight))
+                            c3_weight=float(c3_weight), inference_batch=int(inference_batch),
+                            incomplete_studies=bool(incomplete_studies), ssim_weight=float(ssim_weight))
         self.device = "auto"  # inference device of a loaded model; a trained one stays where it was trained
         self.net = self._build()
 
@@ -157,8 +152,8 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
         """Every trained input found in ``available`` (any non-empty subset works)."""
         used = [c for c in self.inputs if c in available]
         if not used:
-            raise ValueError(f"multimodal needs at least one of {'+'.join(self.inputs)}; got "
-                             f"{'+'.join(available) or 'nothing'}")
+            raise ValueError(f"multimodal needs at least one of {join(self.inputs)}; got "
+                             f"{join(available) or 'nothing'}")
         return used
 
     def training_contrasts(self, available: Sequence[str]) -> list[str]:
@@ -236,11 +231,11 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
         summary = train_network(
             self.net, dataset, self._loss(targets, channels, train), settings,
             identity={"family": tag, "inputs": list(self.inputs), "targets": list(targets),
-                      "hparams": resumable_hparams(hp, self.finishing_hparams)},
+                      "hparams": resumable_hparams(self.recorded_hparams(), self.finishing_hparams)},
             lr=lr, optimizer="adam", parameters=parameters,
             validate=(lambda: validation_scores(self.predict, validation, targets)) if validation else None,
             find_unused_parameters=hp["input_dropout"] > 0 or hp["incomplete_studies"] or tag != "multimodal",
-            hparams=hp)
+            schedule=self.schedule)
         summary["validation_metric"] = "mean PSNR" if validation else "training loss (no validation subject)"
         summary["slice_size"] = list(dataset.size)
         if shifts:
@@ -249,11 +244,11 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
 
     def add_output(self, target: str, train: list[PreparedSubject], validation: list[PreparedSubject],
                    settings: TrainSettings) -> dict:
-        """Add a decoder synthesising ``target`` to this trained model and train it alone (paper Sec. VI-E): the
+        """Add a decoder synthesizing ``target`` to this trained model and train it alone (paper Sec. VI-E): the
         encoders and the existing decoders are frozen, the new decoder is optimised on c1 + c2 + c3 of ``target``
         with Adam. ``target`` is appended to ``self.targets``; save with `Checkpoint.from_model` as usual."""
         if target in self.targets:
-            raise ValueError(f"multimodal: already synthesises {target}")
+            raise ValueError(f"multimodal: already synthesizes {target}")
         seed_everything(settings.seed)
         decoder = self.net.add_output(target)
         self.targets.append(target)
@@ -283,8 +278,8 @@ class MultimodalModel(NetworkWeights, SynthesisModel):
         available = [c for c in (inputs if inputs is not None else subject.images) if c in subject.images]
         names = [c for c in self.inputs if c in available and c != target]
         if not names:
-            raise ValueError(f"multimodal: subject {subject.id} holds none of {'+'.join(self.inputs)} "
-                             f"to synthesise {target} from (a target is never its own input)")
+            raise ValueError(f"multimodal: subject {subject.id} holds none of {join(self.inputs)} "
+                             f"to synthesize {target} from (a target is never its own input)")
         axes = sampled_planes(subject.spacing, _axes(axes if axes is not None
                                                      else (self.hparams["predict_axes"] or self.hparams["axes"])))
         lesion_channel = self.hparams["lesion_channel"]

@@ -25,6 +25,7 @@ import torch
 from ..baselines import ReplicaForest, replica_features
 from ..preprocessing import PreparedSubject
 from .base import SynthesisModel, TrainSettings, register
+from ..task import join
 
 _ALLOWED_MODULES = ("sklearn.", "numpy", "scipy.")
 _ALLOWED_BUILTINS = {"slice", "tuple", "list", "dict", "set", "frozenset", "int", "float", "complex", "bytearray"}
@@ -69,7 +70,7 @@ class ReplicaModel(SynthesisModel):
     def _features(self, subject: PreparedSubject) -> np.ndarray:
         missing = [c for c in self.inputs if c not in subject.images]
         if missing:
-            raise ValueError(f"replica: subject {subject.id} lacks {'+'.join(missing)}")
+            raise ValueError(f"replica: subject {subject.id} lacks {join(missing)}")
         hp = self.hparams
         return replica_features([subject.images[c] for c in self.inputs], subject.mask, subject.spacing,
                                 hp["smoothing_mm"], hp["window_mm"], hp["context_mm"])

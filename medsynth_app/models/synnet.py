@@ -19,10 +19,12 @@ from ..networks.synnet import SynNet
 from ..preprocessing import PreparedSubject
 from ..training.common import learning_rate, validation_scores
 from ..training.datasets import SliceDataset
-from ..training.engine import (NetworkWeights, amp_mode, lr_schedule_name, resumable_hparams, sampling_name,
-                               seed_everything, train_network)
+from ..training.engine import seed_everything, train_network
 from ..training.inference import predict_slices
+from ..training.network_weights import NetworkWeights
+from ..training.schedule import resumable_hparams
 from .base import SynthesisModel, TrainSettings, register
+from ..task import join
 
 OPTIMIZERS = {"sgd": 0.01, "adam": 1e-3}  # default learning rates
 
@@ -37,10 +39,8 @@ class SynNetModel(NetworkWeights, SynthesisModel):
     def __init__(self, inputs: Sequence[str], targets: Sequence[str], loss: str = "joint", features: int = 64,
                  depth: int = 4, optimizer: str = "adam", momentum: float = 0.9, weight_decay: float = 1e-4,
                  l2_weight: float = 10.0, ssim_weight: float = 5.0, tv_weight: float = 0.5,
-                 edge_weight: float = 10.0, min_brain: float = 0.1, crop: int | None = None, patience: int = 10,
-                 min_delta: float = 0.0, max_steps_per_epoch: int | None = None, amp: str = "auto",
-                 lr_schedule: str = "constant", sampling: str = "uniform", inference_batch: int = 16,
-                 validate_every: int = 1):
+                 edge_weight: float = 10.0, min_brain: float = 0.1, crop: int | None = None,
+                 inference_batch: int = 16):
         if loss not in SYNNET_LOSSES:
             raise ValueError(f"synnet: loss must be one of {', '.join(SYNNET_LOSSES)}, not {loss!r}")
         if optimizer not in OPTIMIZERS:
@@ -49,11 +49,7 @@ class SynNetModel(NetworkWeights, SynthesisModel):
                          momentum=float(momentum), weight_decay=float(weight_decay), l2_weight=float(l2_weight),
                          ssim_weight=float(ssim_weight), tv_weight=float(tv_weight), edge_weight=float(edge_weight),
                          min_brain=float(min_brain), crop=None if crop is None else int(crop),
-                         patience=int(patience), min_delta=float(min_delta),
-                         max_steps_per_epoch=None if max_steps_per_epoch is None else int(max_steps_per_epoch),
-                         amp=amp_mode(amp), lr_schedule=lr_schedule_name(lr_schedule),
-                         sampling=sampling_name(sampling), inference_batch=int(inference_batch),
-                         validate_every=int(validate_every))
+                         inference_batch=int(inference_batch))
         self.device = "auto"
         self.net = self._build()
 
@@ -83,11 +79,11 @@ class SynNetModel(NetworkWeights, SynthesisModel):
         summary = train_network(
             self.net, dataset, loss, settings,
             identity={"family": self.family, "inputs": list(self.inputs), "targets": list(self.targets),
-                      "hparams": resumable_hparams(hp, self.finishing_hparams)},
+                      "hparams": resumable_hparams(self.recorded_hparams(), self.finishing_hparams)},
             lr=learning_rate(settings, OPTIMIZERS[hp["optimizer"]]), optimizer=hp["optimizer"],
             optimizer_options=options,
             validate=(lambda: validation_scores(self.predict, validation, self.targets)) if validation else None,
-            hparams=hp)
+            schedule=self.schedule)
         summary.update(variant=self.variant, loss=hp["loss"], slice_size=list(dataset.size),
                        validation_metric="mean PSNR" if validation else "training loss (no validation subject)")
         return summary
@@ -97,7 +93,7 @@ class SynNetModel(NetworkWeights, SynthesisModel):
             raise ValueError(f"synnet: not trained for {target} (trained: {', '.join(self.targets)})")
         missing = [c for c in self.inputs if c not in subject.images]
         if missing:
-            raise ValueError(f"synnet: subject {subject.id} lacks {'+'.join(missing)}")
+            raise ValueError(f"synnet: subject {subject.id} lacks {join(missing)}")
         net, device, dtype = self._for_inference()
         out = predict_slices(net, [subject.images[c] for c in self.inputs], 2, device, self.hparams["inference_batch"],
                              dtype=dtype)[self.targets.index(target)]

@@ -168,8 +168,7 @@ def predict(net: Network, s: Tensor | np.ndarray, x: Tensor | np.ndarray | None 
             batch_size: int = 8192) -> Tensor:
     """Network output (N, p_K) in (0, 1), computed in batches without autograd; x is None for VDN/CDN.
 
-    Batches of a few thousand voxels keep the (batch, p_2) intermediates in cache: on 2 CPU threads LSDN-1 over 1.6 M
-    voxels took 1.5 s with 8192 and 13 s with 65536.
+    Batches of a few thousand voxels keep the (batch, p_2) intermediates in cache (docs/deep_models.md).
     """
     dtype = net.layers[0].weight.dtype
     s = torch.as_tensor(s, dtype=dtype)

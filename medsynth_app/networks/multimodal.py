@@ -211,7 +211,7 @@ class MultimodalSynthesisNet(nn.Module):
         decode_individual: bool = True,
         present: Mapping[str, Tensor] | None = None,
     ) -> MultimodalOutput:
-        """Synthesise from any non-empty subset of the trained inputs.
+        """Synthesize from any non-empty subset of the trained inputs.
 
         Args:
             images: input contrast name -> (B, 1, H, W) slice, H and W divisible by 4, all the same shape; a missing

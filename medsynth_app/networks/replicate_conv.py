@@ -51,9 +51,7 @@ class _ReplicatePad2d(torch.autograd.Function):
 
 
 def replicate_pad2d(x: Tensor, p: int) -> Tensor:
-    """``F.pad(x, (p, p, p, p), mode="replicate")`` of a (B, C, H, W) tensor, in the same memory layout (p >= 1).
-    A multimodal CPU training step (16 crops of 96x96, two of four inputs present, float32, two threads) took 15.7 s
-    padded by sliced assignments, 14.3 s with this function."""
+    """``F.pad(x, (p, p, p, p), mode="replicate")`` of a (B, C, H, W) tensor, in the same memory layout (p >= 1)."""
     return _ReplicatePad2d.apply(x, p)
 
 

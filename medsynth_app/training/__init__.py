@@ -3,9 +3,12 @@ patches built from PreparedSubjects, slice-wise and tiled inference, the trainin
 EVALUATION.md metrics, early stopping, best weights, resumable partial files, seeds, device selection, mixed
 precision on CUDA) and multi-process data-parallel training under torchrun."""
 from .datasets import PatchDataset, SliceDataset, brain_slices
+from .devices import resolve_device
 from .distributed import DistContext
-from .engine import load_partial, resolve_device, seed_everything, train_network
+from .engine import seed_everything, train_network
+from .partial import load_partial
+from .schedule import Schedule
 from .inference import predict_slices, predict_tiled
 
 __all__ = ["DistContext", "load_partial", "PatchDataset", "SliceDataset", "brain_slices", "predict_slices",
-           "predict_tiled", "resolve_device", "seed_everything", "train_network"]
+           "predict_tiled", "resolve_device", "Schedule", "seed_everything", "train_network"]

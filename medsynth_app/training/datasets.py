@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..preprocessing import PreparedSubject
+from ..task import join
 
 
 def channel_arrays(subject: PreparedSubject, channels: Sequence[str], missing_ok: bool = False) -> list[np.ndarray]:
@@ -25,7 +26,7 @@ def channel_arrays(subject: PreparedSubject, channels: Sequence[str], missing_ok
         elif name not in subject.images and missing_ok:
             arrays.append(None)
         elif name not in subject.images:
-            raise ValueError(f"subject {subject.id} lacks {name} (has {'+'.join(subject.images)})")
+            raise ValueError(f"subject {subject.id} lacks {name} (has {join(subject.images)})")
         else:
             arrays.append(subject.images[name])
     return arrays

@@ -2,13 +2,8 @@
 
 Precision: a network trained under bfloat16 autocast (``amp`` "bf16") also predicts under it where the device computes
 bfloat16 natively (a CPU with AVX-512 BF16 or AMX, a CUDA GPU with bf16 support); otherwise, and for every other
-``amp``, inference runs in float32. The weights and the returned volume stay float32. Measured on the checkpoints
-shipped on 2026-12-03 and mni patient26 (whole volume, one thread of a 2-core AMD EPYC with AVX-512 BF16), float32 ->
-bfloat16 PSNR / SSIM: SynNet T1+T2 -> FLAIR 21.388 / 0.6360 -> 21.385 / 0.6357, SynNet T1 -> T2 20.686 / 0.7115 ->
-20.699 / 0.7120, multimodal T1+T2 -> FLAIR 19.602 / 0.3942 -> 19.598 / 0.3939, multimodal T1 -> T2 19.457 / 0.5580 ->
-19.444 / 0.5575, cae3d T1 -> T2 18.046 / 0.4238 -> 18.049 / 0.4236; with `inference_network` and the networks' own
-savings (SynNet's unpooling outside autocast, multimodal's `replicate_pad2d`) the seconds of `pipeline.synthesize`
-went 11.8 -> 4.3, 6.8 -> 2.4, 23.4 -> 7.2, 13.8 -> 4.6 and 9.0 -> 2.4.
+``amp``, inference runs in float32. The weights and the returned volume stay float32. What bfloat16 changes in the
+scores and the seconds of the shipped checkpoints: docs/deep_models.md.
 """
 from __future__ import annotations
 
@@ -32,9 +27,8 @@ def inference_network(net: nn.Module) -> nn.Module:
     """An eval-mode copy of ``net`` for prediction, with the same outputs to float rounding; ``net`` is untouched.
 
     In every ``nn.Sequential``, a convolution followed by a batch norm becomes one convolution (the norm's running
-    statistics and affine folded into its weights: about 20 % less time per SynNet forward pass on the CPU), and a
-    ReLU or LeakyReLU right after a convolution runs in place (the convolution's output has no other reader; a new
-    activation tensor per layer took another 20 % of SynNet's CPU time). Large freed tensors stay in the process
+    statistics and affine folded into its weights), and a ReLU or LeakyReLU right after a convolution runs in place
+    (the convolution's output has no other reader). Large freed tensors stay in the process
     heap for the next batch (`keep_freed_memory`)."""
     keep_freed_memory()
     network = copy.deepcopy(net).eval()
@@ -64,9 +58,8 @@ def predict_slices(run: Callable[[torch.Tensor], torch.Tensor], arrays: Sequence
                    dtype: torch.dtype | None = None) -> np.ndarray:
     """Apply ``run`` ((B, C, H, W) tensor on ``device`` -> (B, T, H, W)) to every slice along ``axis`` of the C
     co-registered volumes ``arrays``, under ``dtype`` autocast when given; returns (T, I, J, K) float32. Slices are
-    padded (centred, zeros) to multiples of ``divisor`` and cropped back. Batches go in channels-last: the
-    convolutions then run 1.5-2x faster on the CPU (SynNet MISO, 144x176x144 volume: 52 s -> 30 s under load, PSNR
-    equal to 1e-5 dB) and on GPUs."""
+    padded (centred, zeros) to multiples of ``divisor`` and cropped back. Batches go in channels-last, the faster
+    layout for convolutions on CPUs and GPUs."""
     volume = np.stack(arrays).astype(np.float32, copy=False)  # (C, I, J, K)
     n = volume.shape[1 + axis]
     h, w = (s for a, s in enumerate(volume.shape[1:]) if a != axis)

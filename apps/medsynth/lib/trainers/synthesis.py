@@ -13,8 +13,8 @@
 * with ``pretrained`` true (the default, as in MONAI Label's BasicTrainTask) the network families start from the
   weights of the served checkpoint of the same task (fine-tuning, ``pipeline.train(init=...)``); the others, and
   ``pretrained`` false, train from scratch;
-* a share ``val_split`` of the studies (at least one when there are two or more) is held out for validation, chosen
-  reproducibly from ``seed``;
+* a share ``val_split`` of the studies (at least one when there are two or more) is held out for validation, by the
+  library's one rule (``folds.validation_split``);
 * ``pipeline.train`` runs with ``TrainSettings(on_epoch=...)``: every epoch the progress (epoch, total_epochs,
   best_metric, total_time) is written to ``model/train_stats_<family>.json``, which the server's ``/info``
   ``train_stats`` reads (MONAI Label runs training in a subprocess: the file is how the two talk);
@@ -38,13 +38,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Tuple
 
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.train import TrainTask
@@ -52,6 +51,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from medsynth_app.atomic import atomic_write
 from medsynth_app.checkpoint import save_checkpoint
 from medsynth_app.contrasts import CONTRASTS, canonical_contrast
+from medsynth_app.folds import validation_split
 from medsynth_app.imageio import is_synthetic_file
 from medsynth_app.models import TrainSettings, fine_tunes
 from medsynth_app.pipeline import train as pipeline_train
@@ -110,18 +110,6 @@ def datastore_studies(datastore) -> Tuple[List[Study], Dict[str, str]]:
         if study.images:
             kept.append(study)
     return kept, skipped
-
-
-def split_studies(studies: Sequence[Study], val_split: float, seed: int) -> Tuple[List[Study], List[Study]]:
-    """(train, validation): a reproducible ``val_split`` share of the studies, at least one when there are two or
-    more, never all of them."""
-    ordered = sorted(studies, key=lambda s: s.id)
-    if len(ordered) < 2 or val_split <= 0:
-        return list(ordered), []
-    n_val = min(len(ordered) - 1, max(1, int(round(len(ordered) * val_split))))
-    random.Random(seed).shuffle(ordered)
-    validation = sorted(ordered[:n_val], key=lambda s: s.id)
-    return sorted(ordered[n_val:], key=lambda s: s.id), validation
 
 
 class SynthesisTrainTask(TrainTask):
@@ -266,7 +254,7 @@ class SynthesisTrainTask(TrainTask):
                 raise TrainRequestError(
                     f"no study of the datastore has {'+'.join([*inputs, target])} acquired "
                     f"(studies have: {'; '.join(have)}); cannot train {self.family} {'+'.join(inputs)}->{target}")
-            train_set, val_set = split_studies(usable, val_split, seed)
+            train_set, val_set = validation_split(sorted(usable, key=lambda s: s.id), share=val_split)
             if hasattr(datastore, "study_contrasts"):  # a PACS: download only the series of the studies used
                 publish(stage="downloading")
                 for study in [*train_set, *val_set]:

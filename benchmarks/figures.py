@@ -10,7 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .plan import Entry, Task  # noqa: E402
+from medsynth_app.task import Task  # noqa: E402
+
+from .plan import Entry  # noqa: E402
 
 
 def _show(ax, image: np.ndarray, vmax: float, cmap: str = "gray"):

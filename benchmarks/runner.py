@@ -23,16 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import pipeline
-from ..atomic import atomic_write
-from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from ..folds import Folds
-from ..metrics import json_ready
-from ..models import TrainSettings, finishing_hparams
-from ..preprocessing import PreparedSubject
-from ..studies import Study
+from medsynth_app import pipeline
+from medsynth_app.atomic import atomic_write
+from medsynth_app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from medsynth_app.folds import Folds, validation_split
+from medsynth_app.metrics import json_ready
+from medsynth_app.models import TrainSettings, finishing_hparams
+from medsynth_app.preprocessing import PreparedSubject
+from medsynth_app.studies import Study
 from .machine import describe_device
-from .plan import Entry, Task
+from medsynth_app.task import Task, join
+
+from .plan import Entry
 from .timing import measure_in_subprocess
 
 logger = logging.getLogger(__name__)
@@ -131,7 +133,7 @@ class Benchmark:
         for task in tasks:
             usable = [s for s in self.studies if s.has(task.contrasts)]
             if not usable:
-                logger.warning("no study holds %s; task %s skipped", "+".join(task.contrasts), task.name)
+                logger.warning("no study holds %s; task %s skipped", join(task.contrasts), task.name)
                 continue
             for entry in entries:
                 for fold in self.folds.folds:
@@ -145,7 +147,7 @@ class Benchmark:
         if result_path.exists():
             return json.loads(result_path.read_text())
         train, test = self.folds.split([s for s in self.studies if s.has(task.contrasts)], fold)
-        validation = [train.pop(len(train) // 2)] if entry.validation and len(train) > 1 else []
+        train, validation = validation_split(train, count=1 if entry.validation else 0)
         self._say(f"{task.name} {entry.name} fold {fold}: training on {len(train)} studies"
                   f"{f' (+1 validation: {validation[0].id})' if validation else ''}, testing on {len(test)}")
         members = [self._member(task, entry, fold, seed, train, validation) for seed in entry.seeds]
@@ -161,8 +163,8 @@ class Benchmark:
         self._tag_cohorts(rows)
         subsets = {}
         for subset in task.input_subsets() if entry.subsets else []:
-            self._say(f"{task.name} {entry.name} fold {fold}: testing with {'+'.join(subset)} only")
-            subsets["+".join(subset)] = self._tag_cohorts(
+            self._say(f"{task.name} {entry.name} fold {fold}: testing with {join(subset)} only")
+            subsets[join(subset)] = self._tag_cohorts(
                 pipeline.evaluate(members, test, task.target, subset, progress=self.progress))
         result = {"task": task.name, "model": entry.name, "family": entry.family, "fold": fold,
                   "epochs": entry.epochs, "lr": entry.lr, "batch_size": entry.batch_size, "hparams": entry.hparams,

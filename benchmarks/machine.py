@@ -21,7 +21,7 @@ def describe_device(device: str = "auto") -> str:
     change the seconds several-fold (docs/deep_models.md), so the CPU's capabilities are part of its name."""
     import torch
 
-    from ..training.engine import native_bfloat16, resolve_device
+    from medsynth_app.training.devices import native_bfloat16, resolve_device
 
     resolved = resolve_device(device)
     if resolved.type == "cuda":

@@ -1,46 +1,16 @@
 """What the benchmark runs: tasks ("T1+T2->FLAIR") and model entries (a family with its schedule), read from
-``medsynth_app/data/benchmark.json`` or a copy of it."""
+``benchmarks/plan.json`` or a copy of it. An entry may ``extend`` an earlier one (its fields, with its hyperparameters
+updated by the entry's own) and says in ``reason`` why it is there."""
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..contrasts import canonical_contrast
-from ..models import TrainSettings, families, finishing_hparams
+from medsynth_app.models import TrainSettings, families, finishing_hparams
+from medsynth_app.task import Task
 
-DEFAULT_PLAN = Path(__file__).resolve().parents[1] / "data" / "benchmark.json"
-
-
-@dataclass(frozen=True)
-class Task:
-    inputs: tuple[str, ...]
-    target: str
-
-    @classmethod
-    def parse(cls, text: str) -> Task:
-        left, arrow, right = text.partition("->")
-        if not arrow or not left.strip() or not right.strip():
-            raise ValueError(f"a task reads INPUT[+INPUT...]->TARGET, e.g. T1+T2->FLAIR; got {text!r}")
-        return cls(tuple(canonical_contrast(c) for c in left.split("+") if c.strip()), canonical_contrast(right))
-
-    @property
-    def name(self) -> str:
-        return f"{'+'.join(self.inputs)}->{self.target}"
-
-    @property
-    def slug(self) -> str:
-        """The task's name as a file name: T1+T2_to_FLAIR."""
-        return f"{'+'.join(self.inputs)}_to_{self.target}"
-
-    @property
-    def contrasts(self) -> list[str]:
-        return [*self.inputs, self.target]
-
-    def input_subsets(self) -> list[tuple[str, ...]]:
-        """Every proper non-empty subset of the inputs, largest first: T1+T1C+T2 -> T1+T1C, T1+T2, T1C+T2, T1, ..."""
-        return [c for n in range(len(self.inputs) - 1, 0, -1) for c in itertools.combinations(self.inputs, n)]
+DEFAULT_PLAN = Path(__file__).resolve().parent / "plan.json"
 
 
 @dataclass(frozen=True)
@@ -49,7 +19,7 @@ class Entry:
     of each fold's training subjects for early stopping (EVALUATION.md), for the families that stop early; ``lr``
     overrides the family's paper learning rate (None keeps it); ``batch_size`` is the training batch; ``subsets``
     also tests each fold's model with every proper non-empty subset of the task's inputs (families that accept
-    missing inputs). ``finishes``: an earlier entry whose fold checkpoints this one takes and gives the family's
+    missing inputs). ``reason``: one line, why the entry is in the plan. ``finishes``: an earlier entry whose fold checkpoints this one takes and gives the family's
     finishing step (`SynthesisModel.finish`, the last step of its fit) with its own finishing hyperparameters,
     instead of training again: what training with those would have given."""
 
@@ -63,6 +33,7 @@ class Entry:
     batch_size: int = TrainSettings.batch_size
     seeds: tuple[int, ...] = (TrainSettings.seed,)
     finishes: Entry | None = None
+    reason: str = ""
 
     @property
     def slug(self) -> str:
@@ -70,6 +41,7 @@ class Entry:
 
 
 def _entry(m: dict, earlier: dict[str, Entry]) -> Entry:
+    reason = str(m.get("reason", ""))
     if "finishes" in m:
         base = earlier.get(str(m["finishes"]))
         if base is None:
@@ -79,12 +51,24 @@ def _entry(m: dict, earlier: dict[str, Entry]) -> Entry:
         if foreign:
             raise ValueError(f"{m['name']}: {', '.join(foreign)} not a finishing hyperparameter of {base.family} "
                              f"(those are: {', '.join(finishing_hparams(base.family)) or 'none'})")
-        return replace(base, name=str(m["name"]), hparams={**base.hparams, **own}, finishes=base)
-    return Entry(name=str(m["name"]), family=str(m["family"]), epochs=int(m.get("epochs", 10)),
-                 hparams=dict(m.get("hparams", {})), validation=bool(m.get("validation", False)),
-                 subsets=bool(m.get("subsets", False)), lr=float(m["lr"]) if m.get("lr") is not None else None,
-                 batch_size=int(m.get("batch_size", TrainSettings.batch_size)),
-                 seeds=tuple(int(seed) for seed in m.get("seeds", [TrainSettings.seed])))
+        return replace(base, name=str(m["name"]), hparams={**base.hparams, **own}, finishes=base, reason=reason)
+    if "extends" in m:
+        base = earlier.get(str(m["extends"]))
+        if base is None:
+            raise ValueError(f"{m['name']}: extends {m['extends']!r}, which is not an earlier entry")
+        changed = {key: value for key, value in _fields(m).items() if key in m and key != "hparams"}
+        return replace(base, name=str(m["name"]), hparams={**base.hparams, **dict(m.get("hparams", {}))},
+                       reason=reason, **changed)
+    return Entry(name=str(m["name"]), family=str(m["family"]), reason=reason, **_fields(m))
+
+
+def _fields(m: dict) -> dict:
+    """The entry fields ``m`` sets, read with their defaults."""
+    return {"epochs": int(m.get("epochs", 10)), "hparams": dict(m.get("hparams", {})),
+            "validation": bool(m.get("validation", False)), "subsets": bool(m.get("subsets", False)),
+            "lr": float(m["lr"]) if m.get("lr") is not None else None,
+            "batch_size": int(m.get("batch_size", TrainSettings.batch_size)),
+            "seeds": tuple(int(seed) for seed in m.get("seeds", [TrainSettings.seed]))}
 
 
 @dataclass(frozen=True)

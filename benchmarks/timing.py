@@ -1,8 +1,8 @@
-"""Seconds to synthesise one volume end to end (read, preprocess, predict, write; EVALUATION.md "Times"), median of
+"""Seconds to synthesize one volume end to end (read, preprocess, predict, write; EVALUATION.md "Times"), median of
 N runs, and the peak resident memory of the process doing it.
 
 The measurement runs in a fresh Python process per model, so that its peak memory is that model's alone:
-``python -m medsynth_app.benchmark.timing --weights W --input T1=FILE ... --target T2 --repeats 5 --json OUT``.
+``python -m benchmarks.timing --weights W --input T1=FILE ... --target T2 --repeats 5 --json OUT``.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def peak_resident_kib() -> int:
@@ -32,9 +34,9 @@ def peak_resident_kib() -> int:
 def measure(weights: str, inputs: dict[str, str], target: str, repeats: int, scratch: Path) -> dict:
     import torch
 
-    from .. import pipeline
-    from ..checkpoint import load_checkpoint
-    from ..imageio import read_image, write_image
+    from medsynth_app import pipeline
+    from medsynth_app.checkpoint import load_checkpoint
+    from medsynth_app.imageio import read_image, write_image
 
     checkpoint = load_checkpoint(weights)
     seconds = []
@@ -57,9 +59,11 @@ def measure_in_subprocess(weights: Path, inputs: dict[str, Path], target: str, r
     """`measure` in a new process; device "cpu" hides any GPU from it, otherwise inference picks CUDA when present."""
     scratch.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {}))
+    # the harness sits beside the installed library, not in it: the child imports it from the repository root
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPOSITORY), env.get("PYTHONPATH", "")) if p)
     with tempfile.TemporaryDirectory(dir=scratch) as work:
         out = Path(work) / "timing.json"
-        command = [sys.executable, "-m", "medsynth_app.benchmark.timing", "--weights", str(weights),
+        command = [sys.executable, "-m", "benchmarks.timing", "--weights", str(weights),
                    "--target", target, "--repeats", str(repeats), "--scratch", work,
                    "--json", str(out), *[f"--input={c}={p}" for c, p in inputs.items()]]
         done = subprocess.run(command, capture_output=True, text=True, env=env)

@@ -1,23 +1,29 @@
 """The benchmark report: markdown tables (docs/benchmarks.md) with their summary JSON beside it (docs/benchmarks.json),
-figures, and the README's table, all derived from the per-fold result files of `runner` and nothing else."""
+figures, and the README's short table, all derived from the per-fold result files of `runner` and nothing else. The
+README is never rewritten: its table is checked against `readme_table` by the tests."""
 from __future__ import annotations
 
 import json
 import os
-import re
-import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ..folds import Folds
-from ..metrics import paired_ttest, summarise
+from medsynth_app.folds import Folds
+from medsynth_app.metrics import paired_ttest, summarise
 from .figures import box_plots, montage
-from .plan import Comparison, Entry, Task
+from medsynth_app.task import Task, join
 
-README_START, README_END = "<!-- benchmark-table:start -->", "<!-- benchmark-table:end -->"
+from .plan import Comparison, Entry
+
+# The README's short table: the forest, the served default and the best entry of each other deep family, as
+# (benchmark entry, what the README calls it).
+README_ROWS = (("replica", "forest (REPLICA-style), the baseline"),
+               ("multimodal-3view-balanced", "multimodal, the served default ¹"),
+               ("synnet-long", "synnet"),
+               ("cae3d-xlong-ssim0.05-precise-bn", "cae3d"))
+README_TASKS = ("T1+T2->FLAIR", "T1->T2")
 
 
 def collect(out: Path, task: Task, entry: Entry, folds: Folds) -> dict | None:
@@ -40,6 +46,7 @@ def collect(out: Path, task: Task, entry: Entry, folds: Folds) -> dict | None:
             "train_seconds": [runs[f]["train_seconds"] for f in sorted(runs)],
             "training": {f: runs[f]["training"] for f in sorted(runs)},
             "devices": sorted({run["device"] for run in runs.values()} | ({timing["device"]} if timing else set())),
+            "finished": max(run.get("finished", "") for run in runs.values()),
             "timing": timing}
 
 
@@ -182,8 +189,8 @@ def subset_lines(task: Task, result: dict, dedicated: dict[str, dict | None]) ->
     if not result["subsets"]:
         return []
     full = {"rows": result["rows"]}
-    lines = [f"| inputs at test time | n | PSNR (dB) | SSIM | ΔPSNR vs {'+'.join(task.inputs)} | "
-             f"ΔSSIM vs {'+'.join(task.inputs)} | trained for the subset: PSNR / SSIM | ΔPSNR / ΔSSIM vs it |",
+    lines = [f"| inputs at test time | n | PSNR (dB) | SSIM | ΔPSNR vs {join(task.inputs)} | "
+             f"ΔSSIM vs {join(task.inputs)} | trained for the subset: PSNR / SSIM | ΔPSNR / ΔSSIM vs it |",
              "|---|---|---|---|---|---|---|---|"]
     for name, rows in result["subsets"].items():
         summary, this = summarise(rows), {"rows": rows}
@@ -228,18 +235,32 @@ def comparison_lines(results: dict[str, dict], comparison: Comparison) -> list[s
 
 
 def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: tuple[str, ...], folds: Folds,
-                 report: Path, command: str, readme: Path | None = None,
-                 comparisons: tuple[Comparison, ...] = ()) -> dict:
+                 report: Path, comparisons: tuple[Comparison, ...] = ()) -> dict:
+    """Write ``report`` (markdown), its summary JSON beside it and the figures; returns the summary."""
+    text, summary = render_report(out, tasks, entries, baselines, folds, report, comparisons, draw=True)
+    report = Path(report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(text)
+    # beside the report it describes: a run of a few tasks or models reporting elsewhere leaves the full summary alone
+    report.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=float))
+    return summary
+
+
+def render_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: tuple[str, ...], folds: Folds,
+                  report: Path, comparisons: tuple[Comparison, ...] = (), draw: bool = False) -> tuple[str, dict]:
+    """(markdown text of the report at ``report``, summary) from the result files under ``out``. ``draw``: also draw
+    the figures it links (else it links those already there)."""
     report = Path(report)
     figures_dir = report.parent / "figures" / "benchmark"
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"generated": time.strftime("%Y-%m-%d %H:%M"), "command": command, "tasks": {}}
+    summary: dict = {"tasks": {}}
+    finished: list[str] = []
     body: list[str] = []
     devices: set[str] = set()
     for task in tasks:
         results = {e.name: r for e in entries if (r := collect(out, task, e, folds)) is not None}
         if not results:
             continue
+        finished += [r["finished"] for r in results.values()]
         devices |= {d for r in results.values() for d in r["devices"]}
         baseline = best_baseline(results, baselines)
         cohorts = sorted({c for r in results.values() for c in r["summary"] if c != "pooled"})
@@ -273,9 +294,13 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
         # every model with results, the figure made when the folds ran is kept (its column titles name its models).
         kept = figures_dir / f"{stem}_montage.png"
         shown = [e for e in entries if e.name in results]
-        made = kept if kept.exists() and not all((slices / e.slug).is_dir() for e in shown) else \
-            montage(task, slices, shown, kept)
-        box_plots(task, results, figures_dir / f"{stem}_boxplots.png")
+        if draw:
+            figures_dir.mkdir(parents=True, exist_ok=True)
+            made = kept if kept.exists() and not all((slices / e.slug).is_dir() for e in shown) else \
+                montage(task, slices, shown, kept)
+            box_plots(task, results, figures_dir / f"{stem}_boxplots.png")
+        else:
+            made = kept if kept.exists() else None
         relative = lambda p: os.path.relpath(p, report.parent)  # noqa: E731
         if made:
             body += [f"![{task.name}: inputs, acquired target, the models whose slices it was drawn from, absolute "
@@ -287,11 +312,11 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
             body += ["ShrinkConnect (eqs. 9-12):", "", *shrink, ""]
         for entry in entries:
             if entry.name in results:
-                dedicated = {"+".join(subset): collect(out, Task(subset, task.target), entry, folds)
+                dedicated = {join(subset): collect(out, Task(subset, task.target), entry, folds)
                              for subset in task.input_subsets()}
                 lines = subset_lines(task, results[entry.name], dedicated)
                 if lines:
-                    body += [f"{entry.name} trained on {'+'.join(task.inputs)}, tested with missing inputs (each "
+                    body += [f"{entry.name} trained on {join(task.inputs)}, tested with missing inputs (each "
                              "subset scored in its own brain mask, as its own task):", "", *lines, "",
                              "Δ: paired t-tests over the test subjects both sides were scored on (the folds a "
                              "partial run finished).", ""]
@@ -302,51 +327,30 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
         missing = [e.name for e in entries if e.name not in results]
         if missing:
             body += [f"Not run for this task yet: {', '.join(missing)}.", ""]
+    summary["generated"] = max(finished, default="")[:10]
     header = ["# Benchmarks", "",
-              f"Generated by `{command}` on {summary['generated']} from the per-fold result files; do not edit by "
-              "hand. Protocol: the three subject-wise folds, metrics and brain masks of EVALUATION.md (normalised "
-              "volumes, brain mask). Every number is a test number: each fold's model never saw its test subjects.",
+              f"Generated by `python -m benchmarks` (`make benchmark`) from the per-fold result files, the last of "
+              f"them finished on {summary['generated'] or '–'}; do not edit by hand. Protocol: the three subject-wise "
+              "folds, metrics and brain masks of EVALUATION.md (normalised volumes, brain mask). Every number is a "
+              "test number: each fold's model never saw its test subjects.",
               "", f"Devices (each result file names its own): {'; '.join(sorted(devices)) or 'none'}. "
-              "Schedules (epochs, samples) are those of the benchmark plan `medsynth_app/data/benchmark.json`, sized "
+              "Schedules (epochs, samples) are those of the benchmark plan `benchmarks/plan.json`, sized "
               "for a 2-core CPU; GPU numbers appear here only when the benchmark was run on a GPU.", ""]
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(header + body).rstrip() + "\n")
-    # beside the report it describes: a run of a few tasks or models reporting elsewhere leaves the full summary alone
-    report.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=float))
-    if readme is not None:
-        update_readme(Path(readme), summary, tasks, os.path.relpath(report, Path(readme).parent),
-                      [e.name for e in entries])
-    return summary
+    return "\n".join(header + body).rstrip() + "\n", summary
 
 
-def readme_table(summary: dict, tasks: list[Task], order: Sequence[str] = ()) -> list[str]:
-    """Pooled PSNR / SSIM of every model that finished every fold, one column per task that at least two models
-    finished, rows in ``order`` (the plan's) where it names them. A task run for one model alone compares with
-    nothing, and a partial run is not a pooled result: the report holds both."""
-    def complete(t: Task) -> list[str]:
-        return [m for m, r in summary["tasks"].get(t.name, {}).get("models", {}).items() if r["complete"]]
-
-    shown = [t for t in tasks if len(complete(t)) >= 2]
-    rank = {name: i for i, name in enumerate(order)}
-    names = sorted(dict.fromkeys(m for t in shown for m in complete(t)), key=lambda name: rank.get(name, len(rank)))
-    lines = ["| model | " + " | ".join(f"{t.name} PSNR / SSIM" for t in shown) + " |", "|---|" + "---|" * len(shown)]
-    for name in names:
+def readme_table(summary: dict) -> list[str]:
+    """The README's short table: pooled PSNR / SSIM on the folds of each README_ROWS entry for README_TASKS, and on
+    left-out cohorts ("not yet measured" until the summary holds leave-one-cohort-out results)."""
+    lines = ["| model | benchmark entry | " + " | ".join(f"{t} on the folds" for t in README_TASKS)
+             + " | left-out cohorts |", "|---|---|" + "---|" * len(README_TASKS) + "---|"]
+    for entry, label in README_ROWS:
         cells = []
-        for t in shown:
-            model = summary["tasks"][t.name]["models"].get(name)
-            cells.append(_pair(model["summary"]["pooled"]) if model and model["complete"] else "–")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        for task in README_TASKS:
+            model = summary["tasks"].get(task, {}).get("models", {}).get(entry)
+            cells.append(f"{_pair(model['summary']['pooled'])} (n={_n(model['summary']['pooled'])})"
+                         + ("" if model["complete"] else f", {len(model['folds'])} of 3 folds")
+                         if model else "not yet measured")
+        held_out = summary.get("left_out_cohorts", {}).get(entry)
+        lines.append(f"| {label} | `{entry}` | " + " | ".join(cells) + f" | {held_out or 'not yet measured'} |")
     return lines
-
-
-def update_readme(readme: Path, summary: dict, tasks: list[Task], report_link: str,
-                  order: Sequence[str] = ()) -> None:
-    """Replace the table between the README's benchmark markers (the markers must be there)."""
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{readme}: no {README_START} ... {README_END} markers for the benchmark table")
-    table = "\n".join([*readme_table(summary, tasks, order), "",
-                       f"Pooled test subjects of the three folds, mean PSNR (dB) / SSIM; generated "
-                       f"{summary['generated']} by `{summary['command']}` (details: [{report_link}]({report_link}))."])
-    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
-    readme.write_text(pattern.sub(lambda _: f"{README_START}\n{table}\n{README_END}", text))
