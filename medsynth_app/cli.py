@@ -1,5 +1,5 @@
 """The ``medsynth`` command line: studies, train, add-output, finish, synthesize, evaluate, models, benchmark,
-demo-data, demo."""
+demo-data, and the commands of installed packages (entry-point group ``medsynth.commands``: demo, serve)."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
@@ -287,13 +288,6 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from .demo import run_demo
-
-    run_demo(Path(args.out))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medsynth", description="MRI contrast synthesis")
     parser.add_argument("--version", action="version", version=f"medsynth {__version__}")
@@ -423,9 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_benchmark)
 
-    p = sub.add_parser("demo", help="synthesise FLAIR for a demo study end to end")
-    p.add_argument("--out", default="demo_output")
-    p.set_defaults(func=cmd_demo)
+    for entry in entry_points(group="medsynth.commands"):  # installed packages add commands: demo, serve, ...
+        entry.load()(sub)
     return parser
 
 

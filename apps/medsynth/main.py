@@ -11,11 +11,13 @@ Label's radiology sample app (main.py, lib/configs, lib/infers, lib/trainers).
 """
 from __future__ import annotations
 
+import atexit
 import importlib
 import inspect
 import logging
 import os
 import pkgutil
+import shutil
 import sys
 import tempfile
 from typing import Dict
@@ -63,6 +65,11 @@ def discover_configs() -> Dict[str, type]:
 class MyApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         self.model_dir = os.path.join(app_dir, "model")
+        # The app's own temporary folder (mode 0700): MONAI Label keeps uploaded files and results in the process's
+        # temporary folder, and only files there are admitted as request images besides the datastore and sessions.
+        self.temp_dir = tempfile.mkdtemp(prefix="medsynth-app-")
+        tempfile.tempdir = self.temp_dir
+        atexit.register(shutil.rmtree, self.temp_dir, True)
         max_upload_mb = float(conf.get("max_upload_mb") or DEFAULT_MAX_UPLOAD_MB)
         if install_upload_limit(int(max_upload_mb * 2**20)):
             logger.info("+++ Upload limit: %g MB per request", max_upload_mb)
@@ -142,7 +149,7 @@ class MyApp(MONAILabelApp):
         roots = [sessions.store_path] if sessions is not None else []
         if any(os.path.commonpath([real, os.path.realpath(r)]) == os.path.realpath(r) for r in roots):
             return
-        # a file uploaded with the request, which MONAI Label keeps as tempfile.NamedTemporaryFile in the temp dir
-        if os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()) and os.path.basename(real).startswith("tmp"):
+        # a file uploaded with the request, which MONAI Label keeps as tempfile.NamedTemporaryFile in the app's folder
+        if os.path.dirname(real) == os.path.realpath(self.temp_dir):
             return
-        raise HTTPException(404, f"image {image!r} is not an image of the datastore, a session or an uploaded file")
+        raise HTTPException(404, "the image is not an image of the datastore, a session or an uploaded file")
