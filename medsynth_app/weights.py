@@ -16,10 +16,13 @@ import os
 import threading
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .contrasts import CONTRASTS
+
+if TYPE_CHECKING:
+    from .models.base import SynthesisModel
 
 ENTRY_POINT_GROUP = "medsynth.weight_folders"
 logger = logging.getLogger(__name__)
@@ -106,13 +109,16 @@ def installed(extra: Iterable[str | os.PathLike] = ()) -> list[tuple[Path, Check
 
 
 def choose(checkpoints: Sequence[tuple[Path, Checkpoint]], target: str, available: Sequence[str],
-           name: str | None = None) -> tuple[Path, Checkpoint, list[str]]:
+           name: str | None = None,
+           model_for: Callable[[Path, Checkpoint], SynthesisModel] | None = None) -> tuple[Path, Checkpoint, list[str]]:
     """(path, checkpoint, inputs it uses) for synthesising ``target`` from the ``available`` contrasts: the one
     named ``name``, else the one using the most of them, and of those the one trained for the fewest inputs (a model
     trained for exactly these inputs before one trained to accept any subset). CheckpointError says why none fits;
-    UnknownCheckpointError when ``name`` is not among ``checkpoints``."""
+    UnknownCheckpointError when ``name`` is not among ``checkpoints``. ``model_for(path, checkpoint)`` gives the
+    model asked which inputs it uses (a server passes its kept models); by default an untrained one is made."""
     from .models import create
 
+    model_for = model_for or (lambda _, c: create(c.family, c.inputs, c.targets, **c.hparams))
     candidates = list(checkpoints)
     if name:
         candidates = [(p, c) for p, c in candidates if p.name == str(name)]
@@ -126,7 +132,7 @@ def choose(checkpoints: Sequence[tuple[Path, Checkpoint]], target: str, availabl
             reasons.append(f"{path.name} does not synthesise {target}")
             continue
         try:
-            used = create(ckpt.family, ckpt.inputs, ckpt.targets, **ckpt.hparams).usable_inputs(available)
+            used = model_for(path, ckpt).usable_inputs(available)
         except ValueError as err:
             reasons.append(str(err))
             continue

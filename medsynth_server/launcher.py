@@ -82,7 +82,7 @@ def _wait_until_up(proc: subprocess.Popen, url: str, log: IO[bytes], log_path: P
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with status {proc.returncode}:\n{tail()}")
         try:
-            if requests.get(f"{url}/info/", timeout=5).status_code == 200:
+            if requests.get(f"{url}/info/", timeout=5).status_code in (200, 401):  # 401: up, authentication on
                 return
         except requests.RequestException:
             pass

@@ -51,3 +51,7 @@ def sim_cohort(tmp_path_factory) -> Path:
 def random_volume(shape=(20, 24, 16), seed=0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.random(shape).astype(np.float32)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes minutes (builds and installs the wheel); run by default")

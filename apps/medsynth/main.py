@@ -33,6 +33,7 @@ except ImportError:  # pragma: no cover - depends on how the server was started
 import lib.configs  # noqa: E402  (MONAI Label puts the app folder on sys.path only while it loads this file)
 import lib.trainers  # noqa: E402,F401  (imported now for the same reason: trainers are built after loading)
 from lib.infers.synthesis import TASK_TYPE  # noqa: E402
+from lib.token_check import install as install_token_check  # noqa: E402
 from lib.upload_limit import install as install_upload_limit  # noqa: E402
 
 from fastapi import HTTPException  # noqa: E402
@@ -70,6 +71,8 @@ class MyApp(MONAILabelApp):
         self.temp_dir = tempfile.mkdtemp(prefix="medsynth-app-")
         tempfile.tempdir = self.temp_dir
         atexit.register(shutil.rmtree, self.temp_dir, True)
+        if install_token_check():
+            logger.info("+++ Authentication on: bearer tokens verified with RS256")
         max_upload_mb = float(conf.get("max_upload_mb") or DEFAULT_MAX_UPLOAD_MB)
         if install_upload_limit(int(max_upload_mb * 2**20)):
             logger.info("+++ Upload limit: %g MB per request", max_upload_mb)

@@ -30,16 +30,15 @@ import numpy as np
 import SimpleITK as sitk
 from fastapi import HTTPException
 from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.utils.others.generic import name_to_device
 
-from medsynth_app.checkpoint import Checkpoint
+from medsynth_app.checkpoint import Checkpoint, CheckpointError
 from medsynth_app.contrasts import BRAIN_MASK, CONTRASTS, LESION_MASK, canonical_contrast, has_image_extension, parse_name
 from medsynth_app.imageio import WRITE_EXTENSIONS, read_image, write_image
-from medsynth_app.checkpoint import CheckpointError
 from medsynth_app.models.base import SynthesisModel
 from medsynth_app.pipeline import provenance_for, synthesize
 from medsynth_app.studies import find_studies
 from medsynth_app.weights import UnknownCheckpointError, choose
-from monailabel.utils.others.generic import name_to_device
 
 logger = logging.getLogger(__name__)
 
@@ -147,9 +146,9 @@ class SynthesisInferTask(BasicInferTask):
         for name, image_id in self._explicit_inputs(req.get("inputs")).items():
             files[name] = self._resolve_id(image_id)
 
-        path, ckpt, used = self._choose(target, files, study_id, req.get("checkpoint"))
-        loaded = time.time()
         device = name_to_device(req.get("device"))
+        loaded = time.time()
+        path, ckpt, used = self._choose(target, files, study_id, req.get("checkpoint"), device)
         model = self._model(path, ckpt, device)
         load_seconds = round(time.time() - loaded, 3)
         if session_dir:  # the first input (in T1 T1C T2 PD FLAIR DWI order) gives the output grid
@@ -286,11 +285,13 @@ class SynthesisInferTask(BasicInferTask):
             files[contrast] = image_path
         return prefix or "", contrast, files
 
-    def _choose(self, target: str, files: Dict[str, Path], study_id: str, checkpoint: Any = None):
+    def _choose(self, target: str, files: Dict[str, Path], study_id: str, checkpoint: Any = None,
+                device: str = "cpu"):
         """(path, checkpoint, inputs used): the library's rule (``medsynth_app.weights.choose``) over this family's
-        served checkpoints."""
+        served checkpoints, asking the kept models which inputs they use."""
         try:
-            return choose(self.checkpoints, target, list(files), checkpoint)
+            return choose(self.checkpoints, target, list(files), checkpoint,
+                          model_for=lambda p, c: self._model(p, c, device))
         except UnknownCheckpointError as err:
             raise SynthesisRequestError(f"model {self.family}: {err}", 404) from None
         except CheckpointError as err:

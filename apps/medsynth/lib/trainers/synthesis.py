@@ -2,7 +2,7 @@
 
 ``POST /train/<family>`` with params ``{"target": "FLAIR", "inputs": ["T1", "T2"], "epochs": 10}`` (optional
 ``val_split`` (0.2), ``seed``, ``batch_size``, ``learning_rate``, ``device``, ``hparams``, ``pretrained``,
-``multi_gpu``, ``gpus``) trains the family on the studies of the datastore that hold the target and every input
+``multi_gpu``, ``gpus``, ``promote``) trains the family on the studies of the datastore that hold the target and every input
 (multimodal with the hparam ``incomplete_studies``: the target and any of the inputs):
 
 * studies are the datastore images grouped by file-name prefix (``sub01_T1``, ``sub01_T2``: the flat datastore,
@@ -14,22 +14,29 @@
 * a share ``val_split`` of the studies (at least one when there are two or more) is held out for validation, chosen
   reproducibly from ``seed``;
 * ``pipeline.train`` runs with ``TrainSettings(on_epoch=...)``: every epoch the progress (epoch, total_epochs,
-  best_metric, total_time) is written to ``model/train_stats_<family>.json``, which the server's ``/info``
-  ``train_stats`` reads (MONAI Label runs training in a subprocess: the file is how the two talk);
-* on success the checkpoint is saved atomically (``checkpoint.save_checkpoint``) into the app's ``model`` folder under
-  the name of the task it retrains (``linear_T1+T2_to_FLAIR.pt``): the infer task sees the file change and serves it
-  without restart. On failure or stop nothing is written and the previous weights stay served.
+  best_metric, total_time) is written to ``train_stats_<family>.json`` of the user model folder, which the server's
+  ``/info`` ``train_stats`` reads (MONAI Label runs training in a subprocess: the file is how the two talk); it holds
+  counts of studies, never their ids;
+* on success the checkpoint is saved atomically as a new version of the task it retrains
+  (``<user models>/versions/linear_T1+T2_to_FLAIR/v0003.pt``, ``medsynth_app.checkpoint_versions``), never into the
+  app's ``model`` folder (the shipped weights). It becomes the served default (``served/linear_T1+T2_to_FLAIR.pt``)
+  when ``promote`` is ``always``, or ``auto`` (the default) and it validates better than the served checkpoint on
+  this run's validation studies (or nothing serves that task yet); the infer task sees the change and serves it
+  without restart. ``medsynth model-versions --restore`` serves the previous one again. On failure or stop nothing
+  is written and the previous weights stay served.
 
 Stopping: ``DELETE /train/`` kills the training subprocess (SIGKILL, MONAI Label's own behaviour); the checkpoint is
 only ever replaced by an atomic rename, so a kill leaves the previous one intact, and ``stats()`` reports a run whose
 process is gone as STOPPED. A SIGTERM (or SIGINT) sent to the training process is honoured more gently: the family is
 asked to stop at the end of the current epoch (``on_epoch`` returns True) and nothing is saved.
 
-Multi-GPU: with ``multi_gpu`` true (the default, as in MONAI Label's BasicTrainTask) and two or more visible GPUs,
-the task re-launches MONAI Label's training entry point under ``torchrun --nproc_per_node=<GPUs>``; every rank joins
-the NCCL process group and trains on ``cuda:<LOCAL_RANK>`` with ``TrainSettings.extra["distributed"]`` set, and
-rank 0 alone writes the stats and the checkpoint. Families that do not use ``torch.distributed`` themselves train the
-same model on every rank. Without GPUs (or with one) training just runs in the subprocess.
+Multi-GPU: ``gpus`` ("all" or indices such as "0,1") chooses the GPUs, in synchronous and asynchronous runs alike.
+With ``multi_gpu`` true (the default, as in MONAI Label's BasicTrainTask), two or more GPUs and a family that trains
+one network data-parallel (synnet, multimodal, cae3d), the task re-launches MONAI Label's training entry point under
+``torchrun --nproc_per_node=<GPUs>`` with exactly those GPUs visible (CUDA_VISIBLE_DEVICES); in each rank the
+training engine's ``DistContext`` sets the device of its LOCAL_RANK and then joins the process group, and rank 0
+alone writes the stats and the checkpoint. Closed-form and voxel-wise families run once, on the first GPU asked for;
+so does every family with one GPU. Without GPUs training just runs in the subprocess.
 """
 from __future__ import annotations
 
