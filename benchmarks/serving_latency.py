@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -77,8 +78,10 @@ def main() -> None:
             rows.append({"family": family, "where": "library", "cold_s": round(cold, 2),
                          "warm_median_s": round(statistics.median(warm), 2), "warm_s": [round(t, 2) for t in warm]})
             print(json.dumps(rows[-1]), flush=True)
+        # the server computes with as many threads as this process (the launcher's default is 2)
+        threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
         with running_server(datastore, scratch / "server", conf_models=",".join(families),
-                            conf={"user_models": str(scratch / "user_models")}) as url:
+                            conf={"user_models": str(scratch / "user_models")}, env=threads) as url:
             for family in families:
                 cold, warm = server_seconds(url, family, "bench_T1", scratch, args.repeats)
                 rows.append({"family": family, "where": "server", "cold_s": round(cold, 2),

@@ -77,7 +77,8 @@ def test_the_wheel_carries_the_app_its_weights_and_the_slicer_module(wheel):
         if not tracked:  # not a git checkout
             tracked = [str(p.relative_to(ROOT)) for p in (ROOT / source).rglob("*") if p.is_file()
                        and "__pycache__" not in p.parts]
-        missing = [t for t in tracked if f"{packaged}/{Path(t).relative_to(source).as_posix()}" not in names]
+        missing = [t for t in tracked if f"{packaged}/{Path(t).relative_to(source).as_posix()}" not in names
+                   and not Path(t).name.startswith(".")]  # .gitignore
         assert not missing, f"not in the wheel: {missing}"
     assert "medsynth_server/app/model/linear_T1+T2_to_FLAIR.pt" in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()

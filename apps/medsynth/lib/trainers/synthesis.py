@@ -60,6 +60,7 @@ from medsynth_app.imageio import is_synthetic_file
 from medsynth_app.models import TrainSettings, create, fine_tunes
 from medsynth_app.pipeline import evaluate, trainable_studies
 from medsynth_app.pipeline import train as pipeline_train
+from medsynth_app.training.distributed import env_rank
 from medsynth_app.training.engine import NetworkWeights
 from medsynth_app.studies import Study
 from medsynth_app.weights import checkpoint_name
@@ -247,7 +248,7 @@ class SynthesisTrainTask(TrainTask):
             return False  # the single-process run reports the problem
 
     def _train(self, req: Dict[str, Any], datastore) -> Dict[str, Any]:
-        rank = int(os.environ.get("RANK", "0") or 0)  # under torchrun the engine's DistContext joins the group
+        rank = env_rank()  # under torchrun the engine's DistContext joins the process group
         started = time.time()
         stats: Dict[str, Any] = {"status": RUNNING, "family": self.family, "pid": os.getpid(),
                                  "start_ts": time.strftime("%Y-%m-%d %H:%M:%S"), "epoch": 0, "total_epochs": 0,
