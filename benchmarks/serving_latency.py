@@ -8,6 +8,7 @@ For each model family (its checkpoint for T1+T2 -> FLAIR):
   (cold: the first call, checkpoint load and model build included; warm: the median of the next ``--repeats``);
 - server: ``POST /infer/<family>?image=<study>_T1&output=image`` to a local server started on the study (cold: the
   first request after start; warm: the median of the next ``--repeats``), the response body written to disk.
+Library and server calls alternate, so that both see the same load of the machine.
 Prints one JSON object per family and a markdown table for docs/benchmarks.md.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -23,36 +25,39 @@ from pathlib import Path
 INPUTS, TARGET = ("T1", "T2"), "FLAIR"
 
 
-def library_seconds(family: str, files: dict[str, Path], out: Path, repeats: int) -> tuple[float, list[float]]:
-    from medsynth_app.imageio import read_image, write_image
-    from medsynth_app.pipeline import provenance_for, synthesize
-    from medsynth_app.weights import find
+class Library:
+    """``pipeline.synthesize`` from the files to a written NIfTI in this process, the model built on the first call."""
 
-    times, model = [], None
-    for i in range(repeats + 1):
+    def __init__(self, family: str, files: dict[str, Path], out: Path):
+        self.family, self.files, self.out, self.model, self.calls = family, files, out, None, 0
+
+    def __call__(self) -> float:
+        from medsynth_app.imageio import read_image, write_image
+        from medsynth_app.pipeline import provenance_for, synthesize
+        from medsynth_app.weights import find
+
         started = time.perf_counter()
-        if model is None:
-            _, checkpoint = find(family, TARGET, list(INPUTS))
-            model = checkpoint.build()
-        images = {c: read_image(files[c]) for c in INPUTS}
-        image = synthesize(checkpoint, images, TARGET, model=model)
-        write_image(image, out / f"library_{family}_{i}.nii.gz", provenance_for(checkpoint, list(INPUTS), TARGET))
-        times.append(time.perf_counter() - started)
-    return times[0], times[1:]
+        if self.model is None:
+            _, self.checkpoint = find(self.family, TARGET, list(INPUTS))
+            self.model = self.checkpoint.build()
+        images = {c: read_image(self.files[c]) for c in INPUTS}
+        image = synthesize(self.checkpoint, images, TARGET, model=self.model)
+        self.calls += 1
+        write_image(image, self.out / f"library_{self.family}_{self.calls}.nii.gz",
+                    provenance_for(self.checkpoint, list(INPUTS), TARGET))
+        return time.perf_counter() - started
 
 
-def server_seconds(url: str, family: str, image_id: str, out: Path, repeats: int) -> tuple[float, list[float]]:
+def server_seconds(url: str, family: str, image_id: str, out: Path) -> float:
     import requests
 
-    times = []
-    for i in range(repeats + 1):
-        started = time.perf_counter()
-        response = requests.post(f"{url}/infer/{family}", params={"image": image_id, "output": "image"},
-                                 files={"params": (None, json.dumps({"target": TARGET}))}, timeout=900)
-        response.raise_for_status()
-        (out / f"server_{family}_{i}.nii.gz").write_bytes(response.content)
-        times.append(time.perf_counter() - started)
-    return times[0], times[1:]
+    started = time.perf_counter()
+    response = requests.post(f"{url}/infer/{family}", params={"image": image_id, "output": "image"},
+                             files={"params": (None, json.dumps({"target": TARGET}))}, timeout=900)
+    if response.status_code != 200:
+        raise RuntimeError(f"{family}: HTTP {response.status_code}: {response.text}")
+    (out / f"server_{family}.nii.gz").write_bytes(response.content)
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -71,23 +76,23 @@ def main() -> None:
         scratch = Path(scratch)
         datastore = scratch / "datastore"
         datastore.mkdir()
-        for contrast, path in files.items():
-            (datastore / f"bench_{contrast}.nii.gz").symlink_to(path)
-        for family in families:
-            cold, warm = library_seconds(family, files, scratch, args.repeats)
-            rows.append({"family": family, "where": "library", "cold_s": round(cold, 2),
-                         "warm_median_s": round(statistics.median(warm), 2), "warm_s": [round(t, 2) for t in warm]})
-            print(json.dumps(rows[-1]), flush=True)
+        for contrast, path in files.items():  # copies: the datastore resolves links to their target's name
+            shutil.copy(path, datastore / f"bench_{contrast}.nii.gz")
         # the server computes with as many threads as this process (the launcher's default is 2)
         threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
         with running_server(datastore, scratch / "server", conf_models=",".join(families),
                             conf={"user_models": str(scratch / "user_models")}, env=threads) as url:
-            for family in families:
-                cold, warm = server_seconds(url, family, "bench_T1", scratch, args.repeats)
-                rows.append({"family": family, "where": "server", "cold_s": round(cold, 2),
-                             "warm_median_s": round(statistics.median(warm), 2),
-                             "warm_s": [round(t, 2) for t in warm]})
-                print(json.dumps(rows[-1]), flush=True)
+            for family in families:  # library and server calls alternate: both see the same machine load
+                library = Library(family, files, scratch)
+                times = {"library": [], "server": []}
+                for _ in range(args.repeats + 1):
+                    times["library"].append(library())
+                    times["server"].append(server_seconds(url, family, "bench_T1", scratch))
+                for where, seconds in times.items():
+                    rows.append({"family": family, "where": where, "cold_s": round(seconds[0], 2),
+                                 "warm_median_s": round(statistics.median(seconds[1:]), 2),
+                                 "warm_s": [round(t, 2) for t in seconds[1:]]})
+                    print(json.dumps(rows[-1]), flush=True)
     print("\n| model | library cold (s) | library warm (s) | server cold (s) | server warm (s) | warm server / library |")
     print("|---|---|---|---|---|---|")
     for family in families:

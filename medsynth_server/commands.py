@@ -7,13 +7,10 @@ import argparse
 import os
 from pathlib import Path
 
+from .resources import medsynth_home, user_models
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-
-
-def medsynth_home() -> Path:
-    """Where the deployment keeps what it writes: $MEDSYNTH_HOME, else ~/.medsynth."""
-    return Path(os.environ.get("MEDSYNTH_HOME") or Path.home() / ".medsynth")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -39,10 +36,9 @@ def serve_command(args: argparse.Namespace) -> tuple[str, list[str], dict[str, s
         raise ValueError("MONAI Label (the `monailabel` package) is not installed in this Python")
     work = Path(args.work or medsynth_home() / "server").resolve()
     work.mkdir(parents=True, exist_ok=True)
-    user_models = Path(args.user_models or medsynth_home() / "models").resolve()
     argv = [*exe, "start_server", "--app", str(APP_DIR), "--studies", str(args.studies), "--host", args.host,
             "--port", str(args.port), "--log_config", str(log_config(work)), "--conf", "models", args.models,
-            "--conf", "user_models", str(user_models)]
+            "--conf", "user_models", str(Path(args.user_models or user_models()).resolve())]
     for key, value in args.conf:
         argv += ["--conf", key, value]
     return exe[0], argv, server_env(work)
@@ -63,7 +59,8 @@ def register_serve(subparsers) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--models", default="all", help="model families to serve: all, or a comma list")
     p.add_argument("--user-models", help="versioned folder for checkpoints trained through the server "
-                                         "(default $MEDSYNTH_HOME/models, MEDSYNTH_HOME being ~/.medsynth)")
+                                         "(default $MEDSYNTH_USER_MODELS, else $MEDSYNTH_HOME/models, "
+                                         "MEDSYNTH_HOME being ~/.medsynth)")
     p.add_argument("--work", help="sessions and logs (default $MEDSYNTH_HOME/server)")
     p.add_argument("--conf", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                    help="more MONAI Label --conf pairs for the app")
@@ -73,7 +70,7 @@ def register_serve(subparsers) -> None:
 def run_model_versions(args: argparse.Namespace) -> int:
     from medsynth_app.checkpoint_versions import CheckpointVersions
 
-    versions = CheckpointVersions(Path(args.user_models or medsynth_home() / "models"))
+    versions = CheckpointVersions(Path(args.user_models or user_models()))
     if args.restore:
         restored = versions.restore_previous(args.restore)
         print(f"{args.restore}: now serving {restored.name if restored else 'the shipped checkpoint'}")
@@ -90,7 +87,8 @@ def run_model_versions(args: argparse.Namespace) -> int:
 def register_model_versions(subparsers) -> None:
     p = subparsers.add_parser("model-versions", help="list the checkpoints trained through the server, or restore "
                                                      "the one served before")
-    p.add_argument("--user-models", help="the server's user model folder (default $MEDSYNTH_HOME/models)")
+    p.add_argument("--user-models", help="the server's user model folder (default $MEDSYNTH_USER_MODELS, else "
+                                         "$MEDSYNTH_HOME/models)")
     p.add_argument("--restore", metavar="CHECKPOINT", help="serve the version of CHECKPOINT (file name, e.g. "
                                                            "linear_T1+T2_to_FLAIR.pt) served before the current one")
     p.set_defaults(func=run_model_versions)

@@ -2,6 +2,7 @@
 (``medsynth_server/app``, ``medsynth_server/slicer``, see setup.py), or their source folders in a checkout."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
@@ -20,3 +21,15 @@ SHIPPED_WEIGHTS = APP_DIR / "model"
 def weight_folders() -> list[Path]:
     """The shipped weights, for the library's checkpoint store (entry point of ``medsynth.weight_folders``)."""
     return [SHIPPED_WEIGHTS]
+
+
+def medsynth_home() -> Path:
+    """Where the deployment keeps what it writes (trained models, server logs, sessions): $MEDSYNTH_HOME, else
+    ~/.medsynth."""
+    return Path(os.environ.get("MEDSYNTH_HOME") or Path.home() / ".medsynth")
+
+
+def user_models() -> Path:
+    """The versioned folder of checkpoints trained through the server: $MEDSYNTH_USER_MODELS, else
+    $MEDSYNTH_HOME/models."""
+    return Path(os.environ.get("MEDSYNTH_USER_MODELS") or medsynth_home() / "models")

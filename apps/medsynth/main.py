@@ -1,13 +1,15 @@
 """MedSynth MONAI Label app: serves the installed MedSynth checkpoints as "synthesis" infer tasks and retrains them
 from the datastore with one "synthesis" train task per family.
 
-    monailabel start_server --app apps/medsynth --studies <flat datastore> [--conf models linear]
+    monailabel start_server --app apps/medsynth --studies <flat datastore> --host 127.0.0.1 [--conf models linear]
+        [--conf user_models DIR]
 
-``--conf max_upload_mb`` caps every request body (default 1024). ``--conf models`` is "all" (default) or a comma list
-of families; a family is a module of ``lib/configs`` holding a
+``--conf max_upload_mb`` caps every request body (default 1024). ``--conf user_models`` is the versioned folder
+trained checkpoints go to (lib/family_config.user_models_dir); the app's ``model`` folder is never written.
+``--conf models`` is "all" (default) or a comma list of families; a family is a module of ``lib/configs`` holding a
 TaskConfig subclass. Every selected family gets an infer task serving its installed checkpoints (``medsynth
-models``; 404 while it has none, until its trainer writes one) and a trainer (``POST /train/<family>``). Mirrors the layout of MONAI
-Label's radiology sample app (main.py, lib/configs, lib/infers, lib/trainers).
+models``; 404 while it has none, until its trainer writes one) and a trainer (``POST /train/<family>``). Mirrors the
+layout of MONAI Label's radiology sample app (main.py, lib/configs, lib/infers, lib/trainers).
 """
 from __future__ import annotations
 

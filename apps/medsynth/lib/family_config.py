@@ -16,7 +16,6 @@ logged as an error and the weights loaded from it before keep being served.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -28,6 +27,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from medsynth_app.checkpoint import Checkpoint
 from medsynth_app.checkpoint_versions import CheckpointVersions
 from medsynth_app.weights import CheckpointStore
+from medsynth_server.resources import user_models
 
 from lib.infers.synthesis import SynthesisInferTask
 from lib.trainers.synthesis import SynthesisTrainTask
@@ -39,10 +39,7 @@ def user_models_dir(conf: Dict[str, str]) -> Path:
     """The versioned folder of checkpoints trained through the server: ``--conf user_models DIR``, else
     $MEDSYNTH_USER_MODELS, else $MEDSYNTH_HOME/models (MEDSYNTH_HOME defaulting to ~/.medsynth). Never the app's
     ``model`` folder, which holds the shipped, version-controlled weights."""
-    folder = conf.get("user_models") or os.environ.get("MEDSYNTH_USER_MODELS")
-    if not folder:
-        folder = Path(os.environ.get("MEDSYNTH_HOME") or Path.home() / ".medsynth") / "models"
-    return Path(folder).expanduser().resolve()
+    return Path(conf.get("user_models") or user_models()).expanduser().resolve()
 
 
 class SynthesisTaskConfig(TaskConfig):
