@@ -1,8 +1,9 @@
 """`medsynth demo`: FLAIR from T1+T2 for one study through a local MONAI Label server and the Slicer module's client.
 
 Uses the first suitable study under $MEDSYNTH_DATA when set, else builds the simulated demo cohort; lays it out as a
-flat datastore, starts the shipped MONAI Label app on 127.0.0.1 with the shipped weights, uploads T1+T2 as a session and infers as
-the Slicer module does, then writes the synthetic NIfTI, a PNG montage and the metrics against the acquired FLAIR.
+flat datastore, starts the shipped MONAI Label app on 127.0.0.1 with the shipped weights, uploads T1+T2 as a session
+and infers as the Slicer module does, then writes the synthetic NIfTI, a PNG montage and the metrics against the
+acquired FLAIR.
 """
 from __future__ import annotations
 

@@ -44,6 +44,11 @@ def library_root() -> str:
     return str(Path(medsynth_app.__file__).resolve().parents[1])
 
 
+def isolated_env(work: Path) -> dict[str, str]:
+    """Environment giving a local server a user model folder under ``work``, not the user's own."""
+    return {"MEDSYNTH_HOME": str(work / "home"), "MEDSYNTH_USER_MODELS": ""}
+
+
 def server_env(work: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -119,7 +124,8 @@ def running_server(datastore: Path, work: Path, conf_models: str = "all", host: 
                    env: Mapping[str, str] | None = None) -> Iterator[str]:
     """Start ``monailabel start_server`` on a free port of ``host`` serving ``datastore``; yields its URL; kills its
     process group on exit. FileNotFoundError when the launcher is missing; RuntimeError with the log's tail when
-    the server does not come up. ``conf`` adds ``--conf`` pairs, ``env`` environment variables of the server."""
+    the server does not come up. ``conf`` adds ``--conf`` pairs, ``env`` environment variables of the server. The
+    server keeps what it writes (trained models) under ``work`` unless ``conf`` or ``env`` say otherwise."""
     exe = launcher()
     if not exe:
         raise FileNotFoundError("MONAI Label is not installed")
@@ -134,7 +140,8 @@ def running_server(datastore: Path, work: Path, conf_models: str = "all", host: 
     if progress:
         progress(f"starting the MONAI Label server at {url} (log: {log_path})")
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(work, env), cwd=work,
+        environment = server_env(work, {**isolated_env(work), **(env or {})})
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=work,
                                 start_new_session=True)
         try:
             _wait_until_up(proc, url, log, log_path, startup_seconds, progress)

@@ -2,8 +2,8 @@
 
 ``POST /train/<family>`` with params ``{"target": "FLAIR", "inputs": ["T1", "T2"], "epochs": 10}`` (optional
 ``val_split`` (0.2), ``seed``, ``batch_size``, ``learning_rate``, ``device``, ``hparams``, ``pretrained``,
-``multi_gpu``, ``gpus``, ``promote``) trains the family on the studies of the datastore that hold the target and every input
-(multimodal with the hparam ``incomplete_studies``: the target and any of the inputs):
+``multi_gpu``, ``gpus``, ``promote``) trains the family on the studies of the datastore that hold the target and
+every input (multimodal with the hparam ``incomplete_studies``: the target and any of the inputs):
 
 * studies are the datastore images grouped by file-name prefix (``sub01_T1``, ``sub01_T2``: the flat datastore,
   ``medsynth_app.contrasts.parse_name``, as the infer task does); images marked SYNTHETIC are never training material;
