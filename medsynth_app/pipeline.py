@@ -15,6 +15,7 @@ from .checkpoint import Checkpoint
 from .imageio import Provenance, read_image
 from .metrics import region_metrics
 from .models import TrainSettings, create, fine_tunes, finishing_hparams
+from .models.base import SynthesisModel
 from .normalization import IntensityNorm
 from .preprocessing import PreparedSubject, prepare, restore
 from .studies import Study
@@ -266,16 +267,18 @@ def synthesize(
     brain_mask: sitk.Image | None = None,
     lesion_mask: sitk.Image | None = None,
     intensity: str = "scaled",
+    model: SynthesisModel | None = None,
 ) -> sitk.Image:
     """Synthesize ``target`` from ``images`` (contrast -> image; the first input used gives the output grid).
 
     intensity "scaled" returns the target on the typical intensity scale of the training data; "normalised" keeps
-    the model's normalised units (mean 1 inside the brain for mean normalisation).
+    the model's normalised units (mean 1 inside the brain for mean normalisation). ``model``: the checkpoint's model
+    already built (a server keeps it between requests); built from ``checkpoint`` when None.
     """
     target = target or checkpoint.targets[0]
     if target not in checkpoint.targets:
         raise ValueError(f"{checkpoint.family} ({checkpoint.task}) does not synthesize {target}")
-    model = checkpoint.build()
+    model = model or checkpoint.build()
     # A target is never its own input, nor does its acquired image shape the brain mask or the crop.
     used = model.usable_inputs([c for c in images if c != target])
     subject = prepare(

@@ -37,6 +37,7 @@ def missing_test_dependencies() -> list[str]:
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes minutes (builds and installs the wheel); run by default")
     missing = missing_test_dependencies()
     if missing:
         raise pytest.UsageError("test dependencies are missing; install them, the tests do not skip them:\n  "

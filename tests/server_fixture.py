@@ -1,6 +1,6 @@
-"""A real MedSynth MONAI Label server (apps/medsynth) for tests, and its flat datastore of real crops.
+"""A real MedSynth MONAI Label server (the shipped app) for tests, and its flat datastore of real crops.
 
-The server itself is started by :func:`medsynth_app.serving.running_server`; this helper keeps the tests' defaults
+The server itself is started by :func:`medsynth_server.launcher.running_server`; this helper keeps the tests' defaults
 (the ``linear`` family only) and is imported by several test modules, so that they do not import each other. Each
 test module starts at most one server (a module-scoped fixture around :func:`running_server`), and the server's
 whole process group is killed when the module is done.
@@ -14,9 +14,11 @@ from typing import ContextManager, Mapping
 
 import SimpleITK as sitk
 
-from medsynth_app import serving
-from medsynth_app.serving import APP, REPO, STARTUP_SECONDS, free_port, launcher  # noqa: F401 - used by test modules
-from medsynth_app.slicer_lib import SLICER_MODULE_DIR, import_medsynth_lib  # noqa: F401 - used by test modules
+from medsynth_server import launcher as serving
+from medsynth_server.launcher import STARTUP_SECONDS, free_port, launcher  # noqa: F401 - used by test modules
+from medsynth_server.resources import APP_DIR as APP  # noqa: F401 - used by test modules
+from medsynth_server.resources import SLICER_MODULE_DIR  # noqa: F401 - used by test modules
+from medsynth_server.slicer_lib import import_medsynth_lib  # noqa: F401 - used by test modules
 
 # SimpleITK (i, j, k): centred left-right, from the back of the head (j = 0, so the crop reaches the background),
 # through the ventricles; 80x96x24 voxels.
@@ -46,7 +48,7 @@ def copy_app(folder: Path) -> Path:
 
 def running_server(datastore: Path, work: Path, conf_models: str = "linear", app: Path = APP,
                    conf: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> ContextManager[str]:
-    """:func:`medsynth_app.serving.running_server` on 127.0.0.1, serving only ``linear`` unless told otherwise."""
+    """:func:`medsynth_server.launcher.running_server` on 127.0.0.1, serving only ``linear`` unless told otherwise."""
     return serving.running_server(datastore, work, conf_models=conf_models, app=app, conf=conf, env=env)
 
 

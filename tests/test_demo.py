@@ -3,19 +3,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
 from gates import assert_beats_trivial
 
-from medsynth_app import demo, serving
 from medsynth_app.cli import main
 from medsynth_app.comparison import prepare_comparison
 from medsynth_app.imageio import is_synthetic_file
-from medsynth_app.slicer_lib import import_medsynth_lib
+from medsynth_server import demo, launcher
+from medsynth_server.resources import APP_DIR
+from medsynth_server.slicer_lib import import_medsynth_lib
 
 
 def _app_files() -> dict[str, tuple[int, int]]:
@@ -25,11 +24,11 @@ def _app_files() -> dict[str, tuple[int, int]]:
     are left out.
     """
     found = {}
-    for folder, dirs, files in os.walk(serving.APP):
-        dirs[:] = [d for d in dirs if d != "__pycache__" and not (folder == str(serving.APP) and d in ("logs", "bin"))]
+    for folder, dirs, files in os.walk(APP_DIR):
+        dirs[:] = [d for d in dirs if d != "__pycache__" and not (folder == str(APP_DIR) and d in ("logs", "bin"))]
         for name in [*dirs, *files]:
             stat = os.stat(os.path.join(folder, name), follow_symlinks=False)
-            found[os.path.relpath(os.path.join(folder, name), serving.APP)] = (stat.st_size, stat.st_mtime_ns)
+            found[os.path.relpath(os.path.join(folder, name), APP_DIR)] = (stat.st_size, stat.st_mtime_ns)
     return found
 
 
@@ -98,7 +97,7 @@ def test_demo_stops_its_server_and_leaves_the_app_folder_alone(demo_run):
 
 
 def test_demo_without_the_launcher_is_a_one_line_error(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(serving, "launcher", lambda: None)
+    monkeypatch.setattr(launcher, "launcher", lambda: None)
     assert main(["demo", "--out", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and "monailabel" in error
@@ -120,8 +119,3 @@ def test_demo_prefers_replica_then_lsdn_then_linear():
     with pytest.raises(demo.DemoError, match="linear"):
         demo.choose_model(model_choices({"mp": entry("T1", "T2")}))
 
-
-def test_library_imports_neither_monailabel_nor_the_slicer_package():
-    code = ("import sys, medsynth_app.demo, medsynth_app.serving; "
-            "assert not {'monailabel', 'MedSynthLib'} & set(sys.modules), sorted(sys.modules)")
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(serving.REPO)})

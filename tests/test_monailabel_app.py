@@ -145,3 +145,43 @@ def test_save_keeps_the_synthetic_under_labels_synthetic_target_only(server, dat
     assert image.GetPixelID() == sitk.sitkFloat32 and image.GetMetaData("descrip").startswith("SYNTHETIC FLAIR")
     assert not list((datastore / "labels" / "final").glob("*"))  # never a training label
     assert {p.name: p.read_bytes() for p in datastore.glob("*.nii.gz")} == before  # image folder untouched
+
+
+def test_info_names_no_subject_and_no_path(server, datastore):
+    """/info answers whoever reaches the port: no subject or study id, no file path of the server."""
+    text = requests.get(f"{server}/info/", timeout=30).text
+    for secret in ("sub01", "sub02", "patient07", str(datastore), "/tmp/", "/root", "/home/", "site-packages"):
+        assert secret not in text, secret
+    info = json.loads(text)
+    flair = info["models"]["linear"]["checkpoints"]["FLAIR"][0]
+    assert isinstance(flair["training_subjects"], int) and isinstance(flair["validation_subjects"], int)
+
+
+def test_a_server_path_outside_the_datastore_is_refused_as_image(server, datastore, tmp_path):
+    """Only datastore ids, sessions and files uploaded with the request are images: not a file elsewhere on the
+    server, even one in the system's temporary folder named like an upload."""
+    import tempfile
+
+    outside = Path(tempfile.gettempdir()) / f"tmp{tmp_path.name}.nii.gz"
+    shutil.copy(datastore / "sub01_T1.nii.gz", outside)
+    try:
+        for image in (str(outside), str(datastore / "sub01_T1.nii.gz")):
+            response = _infer(server, image, {"target": "FLAIR"}, output="json")
+            assert response.status_code == 404, (image, response.status_code, response.text)
+            assert str(outside.parent) not in response.text and str(datastore) not in response.text
+    finally:
+        outside.unlink()
+
+
+def test_the_device_param_is_honoured_and_the_model_is_built_once(server):
+    def infer() -> dict:
+        response = requests.post(f"{server}/infer/synnet", params={"image": "sub01_T1", "output": "json"},
+                                 files={"params": (None, json.dumps({"target": "FLAIR", "device": "cpu"}))},
+                                 timeout=600)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    first, again = infer(), infer()
+    assert first["device"] == again["device"] == "cpu"
+    # the first request builds the network (tens of milliseconds at least), the next one takes the kept model
+    assert first["latencies"]["model"] > 0.01 and again["latencies"]["model"] < 0.005, (first, again)

@@ -1,6 +1,6 @@
 """Training through the MONAI Label app (apps/medsynth): a real `monailabel start_server` on a COPY of the app folder
-(training writes its checkpoint into the copy's model/, never over the shipped weights), on a flat datastore of
-real crops of three open_ms_data subjects.
+(training writes versions into a user model folder, never into the app's model/), on a flat datastore of real crops
+of three open_ms_data subjects.
 
 MONAI Label runs a training in a subprocess that re-creates the app (~5 s); `DELETE /train/` kills it. The module's
 last step stops any training before the server's process group is killed.
@@ -27,8 +27,7 @@ from server_fixture import copy_app, import_medsynth_lib, running_server
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
 
-REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "apps" / "medsynth"
+from server_fixture import APP  # noqa: E402
 MNI = SHARED / "open_ms_data" / "mni"
 SUBJECTS = {"sub01": "patient07", "sub02": "patient19", "sub03": "patient26"}
 # SimpleITK (i, j, k): centred left-right, from the back of the head (j = 0, background) through the ventricles.
@@ -95,12 +94,29 @@ def shipped() -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(datastore, acquired, app_copy, shipped, tmp_path_factory):
+def user_models(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("user_models")
+
+
+@pytest.fixture(scope="module")
+def app_files(app_copy) -> dict:
+    """sha256 of the app copy's shipped weights, taken before the server starts."""
+    return {p: _sha256(p) for p in sorted((app_copy / "model").glob("*.pt"))}
+
+
+@pytest.fixture(scope="module")
+def server(datastore, acquired, app_copy, app_files, shipped, user_models, tmp_path_factory):
     try:  # the family list of --conf models selects trainers too
-        with running_server(datastore, tmp_path_factory.mktemp("server"), conf_models="all", app=app_copy) as url:
+        with running_server(datastore, tmp_path_factory.mktemp("server"), conf_models="all", app=app_copy,
+                            conf={"user_models": str(user_models)}) as url:
             yield url
     except RuntimeError as err:
         pytest.fail(str(err))
+
+
+def _served(user_models: Path, name: str) -> Path:
+    """The served version of checkpoint ``name`` in the user model folder."""
+    return user_models / "served" / name
 
 
 def _infer_flair(url: str, tmp_path: Path, tag: str) -> np.ndarray:
@@ -150,18 +166,20 @@ def test_info_lists_the_trainer(server):
     assert "linear" in info["train_stats"]
 
 
-def test_train_replaces_the_checkpoint_and_inference_serves_it(server, app_copy, datastore, tmp_path):
+def test_train_writes_a_version_and_inference_serves_it_when_asked(server, app_copy, app_files, user_models,
+                                                                   datastore, tmp_path):
     from medsynth_app.checkpoint import load_checkpoint
 
-    ckpt_path = app_copy / "model" / FLAIR_CKPT
-    before_mtime = ckpt_path.stat().st_mtime_ns
+    ckpt_path = _served(user_models, FLAIR_CKPT)
+    assert not ckpt_path.exists()
     before_output = _infer_flair(server, tmp_path, "before")
 
-    task = _start(server, {"target": "FLAIR", "inputs": ["T1", "T2"], "epochs": 1})
+    task = _start(server, {"target": "FLAIR", "inputs": ["T1", "T2"], "epochs": 1, "promote": "always"})
     done = _wait(server, task["id"])
     assert done["status"] == "DONE", done.get("details")
 
-    assert ckpt_path.stat().st_mtime_ns != before_mtime
+    assert ckpt_path.resolve() == user_models / "versions" / "linear_T1+T2_to_FLAIR" / "v0001.pt"
+    assert {p: _sha256(p) for p in sorted((app_copy / "model").glob("*.pt"))} == app_files  # shipped untouched
     ckpt = load_checkpoint(ckpt_path)
     assert ckpt.inputs == ["T1", "T2"] and ckpt.targets == ["FLAIR"]
     assert len(ckpt.training["subjects"]) == 2 and len(ckpt.training["validation_subjects"]) == 1
@@ -178,6 +196,8 @@ def test_train_replaces_the_checkpoint_and_inference_serves_it(server, app_copy,
 
     stats = _train_stats(server)
     assert stats["status"] == "DONE" and stats["target"] == "FLAIR" and stats["checkpoint"] == FLAIR_CKPT
+    assert stats["version"] == "v0001.pt" and stats["promoted"] is True
+    assert stats["training_studies"] == 2 and stats["validation_studies"] == 1  # counts: no subject ids in /info
     assert stats["epoch"] == stats["total_epochs"] == 1  # linear is closed-form: one pass whatever was asked
     assert stats["best_metric"] == pytest.approx(ckpt.training["validation"]["FLAIR"]["psnr"])
     assert stats["total_time"] > 0 and stats["created"] == ckpt.created
@@ -189,6 +209,42 @@ def test_train_replaces_the_checkpoint_and_inference_serves_it(server, app_copy,
     after_output = _infer_flair(server, tmp_path, "after")
     assert after_output.shape == before_output.shape
     assert not np.allclose(after_output, before_output)
+
+
+def test_the_served_default_moves_only_to_a_better_checkpoint_and_can_be_restored(server, user_models, tmp_path):
+    """promote "auto" (the default) serves a new version only when it validates better than the served one on the
+    run's validation studies; `medsynth model-versions --restore` serves the previous one again."""
+    from medsynth_app.checkpoint import load_checkpoint
+    from medsynth_app.cli import main
+
+    def train(**params) -> dict:
+        response = requests.post(f"{server}/train/linear", params={"run_sync": "true"}, timeout=300,
+                                 json={"target": "FLAIR", "inputs": ["T1", "T2"], **params})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    link = _served(user_models, FLAIR_CKPT)
+    # a deliberately poor fit (ridge 1e6 shrinks every coefficient), served because asked
+    poor = train(hparams={"ridge": 1e6}, promote="always")
+    assert poor["promoted"] is True and link.resolve().name == poor["version"]
+    poor_output = _infer_flair(server, tmp_path, "poor")
+    better = train(hparams={"ridge": 1e-3})
+    assert better["promoted"] is True, better["message"]
+    assert better["validation_psnr"] > better["served_validation_psnr"] + 1
+    assert link.resolve().name == better["version"]
+    same = train(hparams={"ridge": 1e-3})  # the same fit again: not better, kept as a version only
+    assert same["promoted"] is False and "not served" in same["message"]
+    assert same["validation_psnr"] == pytest.approx(same["served_validation_psnr"])
+    assert link.resolve().name == better["version"] and (link.parent.parent / "versions" / "linear_T1+T2_to_FLAIR"
+                                                         / same["version"]).is_file()
+    never = train(promote="never")
+    assert never["promoted"] is False and link.resolve().name == better["version"]
+
+    assert main(["model-versions", "--user-models", str(user_models), "--restore", FLAIR_CKPT]) == 0
+    assert link.resolve().name == poor["version"]
+    served = requests.get(f"{server}/info/", timeout=60).json()["models"]["linear"]["checkpoints"]["FLAIR"][0]
+    assert served["created"] == load_checkpoint(link).created
+    np.testing.assert_array_equal(_infer_flair(server, tmp_path, "restored"), poor_output)
 
 
 # One short epoch per family, on the crops (hyper-parameters shrunk so that each runs in seconds).
@@ -210,15 +266,16 @@ def test_every_family_has_a_trainer(server):
 
 
 @pytest.mark.parametrize("family", sorted(TINY))
-def test_one_epoch_of_every_trainer_is_served_without_restart(server, app_copy, datastore, family, tmp_path):
+def test_one_epoch_of_every_trainer_is_served_without_restart(server, user_models, datastore, family, tmp_path):
     from medsynth_app.checkpoint import load_checkpoint
 
     response = requests.post(f"{server}/train/{family}", params={"run_sync": "true"}, timeout=900,
                              json={"target": "T2", "inputs": ["T1"], "epochs": 1, "hparams": TINY[family],
-                                   "pretrained": False})  # the served weights have the full architecture
+                                   "pretrained": False,  # the served weights have the full architecture
+                                   "promote": "always"})
     assert response.status_code == 200, response.text
     ckpt_name = f"{family}_T1_to_T2.pt"
-    ckpt = load_checkpoint(app_copy / "model" / ckpt_name)
+    ckpt = load_checkpoint(_served(user_models, ckpt_name))
     assert ckpt.family == family and ckpt.inputs == ["T1"] and ckpt.targets == ["T2"]
     assert len(ckpt.training["subjects"]) == 2 and set(ckpt.training["validation"]["T2"]) >= {"psnr", "ssim"}
     # One tiny epoch gates no quality. What is served is the new checkpoint: its voxels are the library's synthesis
@@ -245,7 +302,7 @@ def test_one_epoch_of_every_trainer_is_served_without_restart(server, app_copy, 
     assert image.GetPixelID() == sitk.sitkFloat32 and image.GetSize() == tuple(CROP_SIZE)
 
 
-def test_multimodal_retrains_on_incomplete_studies_when_asked(server, app_copy):
+def test_multimodal_retrains_on_incomplete_studies_when_asked(server, user_models):
     """sub04 lacks T2: a multimodal T1+T2 -> FLAIR training leaves it out, unless ``incomplete_studies`` is set; then
     it trains (or validates) on T1 -> FLAIR with the others."""
     from medsynth_app.checkpoint import load_checkpoint
@@ -253,9 +310,9 @@ def test_multimodal_retrains_on_incomplete_studies_when_asked(server, app_copy):
     def studies_used(hparams: dict) -> list:
         response = requests.post(f"{server}/train/multimodal", params={"run_sync": "true"}, timeout=900,
                                  json={"target": "FLAIR", "inputs": ["T1", "T2"], "epochs": 1, "pretrained": False,
-                                       "hparams": {**TINY["multimodal"], "crop": 32, **hparams}})
+                                       "hparams": {**TINY["multimodal"], "crop": 32, **hparams}, "promote": "always"})
         assert response.status_code == 200, response.text
-        training = load_checkpoint(app_copy / "model" / "multimodal_T1+T2_to_FLAIR.pt").training
+        training = load_checkpoint(_served(user_models, "multimodal_T1+T2_to_FLAIR.pt")).training
         return sorted(training["subjects"] + training["validation_subjects"])
 
     assert studies_used({}) == ["sub01", "sub02", "sub03"]
@@ -265,17 +322,17 @@ def test_multimodal_retrains_on_incomplete_studies_when_asked(server, app_copy):
     assert response.status_code == 422 and "no_such" in response.json()["detail"], response.text
 
 
-def test_retraining_starts_from_the_served_weights_unless_pretrained_is_false(server, app_copy):
+def test_retraining_starts_from_the_served_weights_unless_pretrained_is_false(server, user_models):
     """MONAI Label's ``pretrained`` (default true): a network family fine-tunes its served checkpoint, validated
     first as epoch 0. At learning rate 0 the retrained convolutions are the served ones; with ``pretrained`` false
     they are fresh."""
     from medsynth_app.checkpoint import load_checkpoint
 
-    path = app_copy / "model" / "synnet_T1_to_T2.pt"
+    path = _served(user_models, "synnet_T1_to_T2.pt")
 
     def retrain(**params) -> dict:
         response = requests.post(f"{server}/train/synnet", params={"run_sync": "true"}, timeout=900,
-                                 json={"target": "T2", "inputs": ["T1"], "epochs": 1, **params})
+                                 json={"target": "T2", "inputs": ["T1"], "epochs": 1, "promote": "always", **params})
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -312,12 +369,13 @@ def test_training_without_a_study_holding_the_target_fails_with_a_message(server
     assert "no study of the datastore has T1+PD" in response.json()["detail"]
 
 
-def test_delete_stops_a_running_training_and_keeps_the_weights(server, app_copy):
-    ckpt_path = app_copy / "model" / FLAIR_CKPT
+def test_delete_stops_a_running_training_and_keeps_the_weights(server, user_models):
+    ckpt_path = _served(user_models, FLAIR_CKPT)
+    versions = user_models / "versions" / "linear_T1+T2_to_FLAIR"
     # The linear fit itself takes ~2 s on these crops: stop it once the trainer reports it is fitting. Should the
     # fit win the race and finish before DELETE arrives, try again (the test is about stopping, not about timing).
     for attempt in range(3):
-        signature = (ckpt_path.stat().st_mtime_ns, _sha256(ckpt_path))
+        signature = (ckpt_path.resolve(), _sha256(ckpt_path), sorted(versions.glob("*.pt")))
         previous_pid = _train_stats(server).get("pid")
         task = _start(server, {"target": "FLAIR", "inputs": ["T1", "T2"]})
         deadline = time.time() + 90
@@ -340,14 +398,15 @@ def test_delete_stops_a_running_training_and_keeps_the_weights(server, app_copy)
             time.sleep(0.5)
         stats = _train_stats(server)
         assert stats["status"] == "STOPPED" and "ended before finishing" in stats["message"]
-        assert (ckpt_path.stat().st_mtime_ns, _sha256(ckpt_path)) == signature  # the previous weights are kept
+        # the previous weights are kept, and no version was added
+        assert (ckpt_path.resolve(), _sha256(ckpt_path), sorted(versions.glob("*.pt"))) == signature
         assert requests.get(f"{server}/train/", params={"check_if_running": "true"}, timeout=30).status_code == 404
         break
     else:
         pytest.fail("every training finished before DELETE /train/ reached it")
 
 
-def test_the_slicer_modules_client_trains_and_follows_progress(server, app_copy):
+def test_the_slicer_modules_client_trains_and_follows_progress(server, user_models):
     """The module's training section: start through MedSynthLib's client, poll the progress text it shows, stop."""
     from medsynth_app.checkpoint import load_checkpoint
 
@@ -356,9 +415,9 @@ def test_the_slicer_modules_client_trains_and_follows_progress(server, app_copy)
     from MedSynthLib.logic import describe_training
 
     client = MedSynthClient(server)
-    ckpt_path = app_copy / "model" / "linear_T1_to_T2.pt"
-    before = _sha256(ckpt_path)
-    started = client.start_training("linear", {"target": "T2", "inputs": ["T1"]})
+    ckpt_path = _served(user_models, "linear_T1_to_T2.pt")
+    before = _sha256(ckpt_path) if ckpt_path.exists() else None
+    started = client.start_training("linear", {"target": "T2", "inputs": ["T1"], "promote": "always"})
     seen, deadline = [], time.time() + TRAIN_SECONDS
     while True:
         stats = (client.info().get("train_stats") or {}).get("linear")
@@ -374,37 +433,55 @@ def test_the_slicer_modules_client_trains_and_follows_progress(server, app_copy)
     assert client.stop_training() == {} and client.training_status(running_only=True) is None
 
 
-def test_multi_gpu_relaunches_under_torchrun(monkeypatch, tmp_path):
-    """Two GPUs and multi_gpu: the task runs MONAI Label's train entry point under torchrun (no GPU here, so the
-    launch is intercepted)."""
+def test_gpus_choose_the_devices_and_only_network_families_run_under_torchrun(monkeypatch, tmp_path):
+    """``gpus`` "0,1" with multi_gpu: a network family runs MONAI Label's train entry point under torchrun with
+    exactly those GPUs visible; a closed-form family never runs copies of itself; one GPU is the device of a
+    single-process run. No GPU here, so the launch and the training are intercepted."""
+    from medsynth_app.checkpoint_versions import CheckpointVersions
+
     sys.path.insert(0, str(APP))
     try:
         from lib.trainers import synthesis as trainer_module
     finally:
         sys.path.remove(str(APP))
 
-    class Config:
-        family, name, model_dir, checkpoints = "linear", "linear", str(tmp_path), []
+    def task_for(family: str):
+        class Config:
+            name, model_dir, checkpoints, user_models = family, str(tmp_path), [], CheckpointVersions(tmp_path)
 
-        def refresh(self):
-            return False
+            def refresh(self):
+                return False
 
-    launched = []
-    monkeypatch.setattr(trainer_module, "_world_size", lambda gpus: 2)
+        Config.family = family
+        return trainer_module.SynthesisTrainTask(Config())
+
+    launched, trained = [], []
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(trainer_module.subprocess, "run",
-                        lambda cmd, **kw: launched.append(cmd) or subprocess.CompletedProcess(cmd, 0))
-    task = trainer_module.SynthesisTrainTask(Config())
-    task({"model": "linear", "target": "FLAIR", "inputs": ["T1", "T2"], "multi_gpu": True}, datastore=None)
-    [cmd] = launched
+                        lambda cmd, env, **kw: launched.append((cmd, env)) or subprocess.CompletedProcess(cmd, 0))
+    synnet = task_for("synnet")
+    synnet({"model": "synnet", "target": "T2", "inputs": ["T1"], "multi_gpu": True, "gpus": "2,3"}, datastore=None)
+    [(cmd, env)] = launched
     assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
     assert cmd[6:9] == ["monailabel.interfaces.utils.app", "-m", "train"]
-    assert json.loads(cmd[-1])["target"] == "FLAIR"
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3"
+    request = json.loads(cmd[-1])
+    assert request["target"] == "T2" and request["device"] == "cuda"  # each rank takes cuda:<LOCAL_RANK>
+
     launched.clear()
+    for family, gpus, device in (("linear", "2,3", "cuda:2"), ("synnet", "1", "cuda:1"), ("synnet", "all", "auto")):
+        task = task_for(family)
+        # the config's default device is the drop-down ["auto", "cpu", "cuda"]: its first item
+        monkeypatch.setattr(task, "_train", lambda req, datastore: trained.append(
+            req["device"] if isinstance(req["device"], str) else req["device"][0]) or {})
+        task({"model": family, "target": "T2", "inputs": ["T1"], "multi_gpu": True, "gpus": gpus}, datastore=None)
+        assert not launched, family  # linear is closed-form: no identical copies; one GPU: one process
+        assert trained.pop() == device
+
+    linear = task_for("linear")
     with pytest.raises(trainer_module.TrainRequestError, match="no study of the datastore has T1\\+T2\\+FLAIR"):
-        task({"model": "linear", "target": "FLAIR", "inputs": ["T1", "T2"], "multi_gpu": False}, datastore=_Empty())
-    assert not launched  # multi_gpu false: trains in this process (and fails here: an empty datastore)
-    assert task.stats()["status"] == "FAILED"
+        linear({"model": "linear", "target": "FLAIR", "inputs": ["T1", "T2"], "multi_gpu": False}, datastore=_Empty())
+    assert linear.stats()["status"] == "FAILED"
 
 
 class _Empty:

@@ -33,7 +33,7 @@ from medsynth_app.studies import find_studies
 from medsynth_app.metrics import psnr, ssim
 from medsynth_app.pipeline import synthesize
 from medsynth_app.preprocessing import prepare
-from medsynth_app.weights import SHIPPED_DIR
+from medsynth_server.resources import SHIPPED_WEIGHTS as SHIPPED_DIR
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
 

@@ -110,7 +110,8 @@ def test_memory_does_not_grow_over_sequential_requests(server):
 
 
 def test_inference_keeps_working_while_training_runs(server):
-    task = requests.post(f"{server}/train/linear", json={"target": "FLAIR", "inputs": ["T1", "T2"]}, timeout=60)
+    task = requests.post(f"{server}/train/linear", json={"target": "FLAIR", "inputs": ["T1", "T2"], "promote": "never"},
+                         timeout=60)  # the shipped weights stay served: the next test damages them
     assert task.status_code == 200, task.text
     try:
         during = infer(server)

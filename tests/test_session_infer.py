@@ -28,7 +28,7 @@ def task():
         sys.path.remove(str(APP))
     from medsynth_app.weights import installed
 
-    checkpoints = [(p, c) for p, c in installed() if c.family == "linear" and p.parent.name == "model"
+    checkpoints = [(p, c) for p, c in installed([APP / "model"]) if c.family == "linear" and p.parent.name == "model"
                    and p.parent.parent == APP]
     yield SynthesisInferTask("linear", checkpoints)
     for name in set(sys.modules) - before:  # the app's generic package name `lib` must not linger

@@ -1,21 +1,25 @@
 """MedSynth MONAI Label app: serves the installed MedSynth checkpoints as "synthesis" infer tasks and retrains them
 from the datastore with one "synthesis" train task per family.
 
-    monailabel start_server --app apps/medsynth --studies <flat datastore> [--conf models linear]
+    monailabel start_server --app apps/medsynth --studies <flat datastore> --host 127.0.0.1 [--conf models linear]
+        [--conf user_models DIR]
 
-``--conf max_upload_mb`` caps every request body (default 1024). ``--conf models`` is "all" (default) or a comma list
-of families; a family is a module of ``lib/configs`` holding a
+``--conf max_upload_mb`` caps every request body (default 1024). ``--conf user_models`` is the versioned folder
+trained checkpoints go to (lib/family_config.user_models_dir); the app's ``model`` folder is never written.
+``--conf models`` is "all" (default) or a comma list of families; a family is a module of ``lib/configs`` holding a
 TaskConfig subclass. Every selected family gets an infer task serving its installed checkpoints (``medsynth
-models``; 404 while it has none, until its trainer writes one) and a trainer (``POST /train/<family>``). Mirrors the layout of MONAI
-Label's radiology sample app (main.py, lib/configs, lib/infers, lib/trainers).
+models``; 404 while it has none, until its trainer writes one) and a trainer (``POST /train/<family>``). Mirrors the
+layout of MONAI Label's radiology sample app (main.py, lib/configs, lib/infers, lib/trainers).
 """
 from __future__ import annotations
 
+import atexit
 import importlib
 import inspect
 import logging
 import os
 import pkgutil
+import shutil
 import sys
 import tempfile
 from typing import Dict
@@ -33,6 +37,7 @@ import lib.trainers  # noqa: E402,F401  (imported now for the same reason: train
 from lib.dicomweb import datastore_for  # noqa: E402
 from lib.infers.synthesis import TASK_TYPE  # noqa: E402
 from lib.error_bodies import install as install_error_bodies  # noqa: E402
+from lib.token_check import install as install_token_check  # noqa: E402
 from lib.upload_limit import install as install_upload_limit  # noqa: E402
 from lib.uploads import local_datastore, sessions  # noqa: E402
 
@@ -67,6 +72,13 @@ def discover_configs() -> Dict[str, type]:
 class MyApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         self.model_dir = os.path.join(app_dir, "model")
+        # The app's own temporary folder (mode 0700): MONAI Label keeps uploaded files and results in the process's
+        # temporary folder, and only files there are admitted as request images besides the datastore and sessions.
+        self.temp_dir = tempfile.mkdtemp(prefix="medsynth-app-")
+        tempfile.tempdir = self.temp_dir
+        atexit.register(shutil.rmtree, self.temp_dir, True)
+        if install_token_check():
+            logger.info("+++ Authentication on: bearer tokens verified with RS256")
         max_upload_mb = float(conf.get("max_upload_mb") or DEFAULT_MAX_UPLOAD_MB)
         if install_upload_limit(int(max_upload_mb * 2**20)):
             logger.info("+++ Upload limit: %g MB per request", max_upload_mb)
@@ -174,7 +186,7 @@ class MyApp(MONAILabelApp):
         roots = [sessions.store_path] if sessions is not None else []
         if any(os.path.commonpath([real, os.path.realpath(r)]) == os.path.realpath(r) for r in roots):
             return
-        # a file uploaded with the request, which MONAI Label keeps as tempfile.NamedTemporaryFile in the temp dir
-        if os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()) and os.path.basename(real).startswith("tmp"):
+        # a file uploaded with the request, which MONAI Label keeps as tempfile.NamedTemporaryFile in the app's folder
+        if os.path.dirname(real) == os.path.realpath(self.temp_dir):
             return
-        raise HTTPException(404, f"image {image!r} is not an image of the datastore, a session or an uploaded file")
+        raise HTTPException(404, "the image is not an image of the datastore, a session or an uploaded file")

@@ -3,20 +3,19 @@ and trains new ones with one train task.
 
 A family config only names its family; ``lib/configs/<family>.py`` subclasses :class:`SynthesisTaskConfig`.
 
-Checkpoints are searched in this order, a file name seen twice being taken from the first folder: the folders of
-``MEDSYNTH_WEIGHTS``, then the app's own ``model`` folder (where the app's trainers write), then the library's
-shipped ``apps/medsynth/model`` (the same folder when the app runs from the repository).
+Checkpoints come from the library's checkpoint store (``medsynth_app.weights``), searched in this order, a file name
+seen twice being taken from the first folder: the folders of ``MEDSYNTH_WEIGHTS``, the served versions of the user
+model folder (where the app's trainers write, :func:`user_models_dir`), the app's own ``model`` folder (the shipped
+weights), then the folders installed packages declare.
 
-The served set is re-read whenever a checkpoint file appears, disappears or changes (modification time, size or
-inode; ``save_checkpoint`` renames a new file over the old one): a trainer running in MONAI Label's training
-subprocess writes its checkpoint, and the next infer request or ``/info`` of the server serves it, without restart.
-A file that was served and is then replaced by one that does not load (damaged, truncated) is logged as an error and
-the weights loaded from it before keep being served.
+The served set is re-read whenever a checkpoint file appears, disappears or changes: a trainer running in MONAI
+Label's training subprocess promotes its checkpoint, and the next infer request or ``/info`` of the server serves
+it, without restart. A file that was served and is then replaced by one that does not load (damaged, truncated) is
+logged as an error and the weights loaded from it before keep being served.
 """
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -25,8 +24,10 @@ from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
 
-from medsynth_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from medsynth_app.weights import SHIPPED_DIR
+from medsynth_app.checkpoint import Checkpoint
+from medsynth_app.checkpoint_versions import CheckpointVersions
+from medsynth_app.weights import CheckpointStore
+from medsynth_server.resources import user_models
 
 from lib.infers.synthesis import SynthesisInferTask
 from lib.trainers.synthesis import SynthesisTrainTask
@@ -34,27 +35,11 @@ from lib.trainers.synthesis import SynthesisTrainTask
 logger = logging.getLogger(__name__)
 
 
-def checkpoint_folders(model_dir: Optional[str]) -> List[Path]:
-    """MEDSYNTH_WEIGHTS folders, the app's model folder, the shipped folder; each once."""
-    folders = [Path(p) for p in os.environ.get("MEDSYNTH_WEIGHTS", "").split(os.pathsep) if p]
-    if model_dir:
-        folders.append(Path(model_dir))
-    folders.append(SHIPPED_DIR)
-    unique, seen = [], set()
-    for folder in folders:
-        key = os.path.realpath(folder)
-        if key not in seen:
-            seen.add(key)
-            unique.append(folder)
-    return unique
-
-
-def _signature(path: Path) -> Optional[Tuple[int, int, int]]:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
+def user_models_dir(conf: Dict[str, str]) -> Path:
+    """The versioned folder of checkpoints trained through the server: ``--conf user_models DIR``, else
+    $MEDSYNTH_USER_MODELS, else $MEDSYNTH_HOME/models (MEDSYNTH_HOME defaulting to ~/.medsynth). Never the app's
+    ``model`` folder, which holds the shipped, version-controlled weights."""
+    return Path(conf.get("user_models") or user_models()).expanduser().resolve()
 
 
 class SynthesisTaskConfig(TaskConfig):
@@ -64,7 +49,8 @@ class SynthesisTaskConfig(TaskConfig):
     def init(self, name: str, model_dir: str, conf: Dict[str, str], planner: Any, **kwargs):
         super().init(name, model_dir, conf, planner, **kwargs)
         self._lock = threading.RLock()
-        self._cache: Dict[str, Tuple[Tuple[int, int, int], Optional[Checkpoint]]] = {}  # path -> (signature, ckpt)
+        self.user_models = CheckpointVersions(user_models_dir(conf))
+        self.store = CheckpointStore([self.user_models.served_dir, model_dir])
         self._tasks: List[SynthesisInferTask] = []
         self.checkpoints: List[Tuple[Path, Checkpoint]] = []
         self.refresh()
@@ -73,39 +59,16 @@ class SynthesisTaskConfig(TaskConfig):
 
     # ---- checkpoints --------------------------------------------------------------------------------------------
     def refresh(self) -> bool:
-        """Re-read the checkpoint folders; load only files that are new or changed. Returns True when the served
-        set changed, and then updates the infer tasks built by :meth:`infer`."""
+        """Re-read the checkpoint folders (the store loads only files that are new or changed). Returns True when
+        the served set changed, and then updates the infer tasks built by :meth:`infer`."""
         with self._lock:
-            found: List[Tuple[Path, Checkpoint]] = []
-            names = set()
-            cache = {}
-            for folder in checkpoint_folders(self.model_dir):
-                for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
-                    signature = _signature(path)
-                    if signature is None:
-                        continue
-                    key = str(path)
-                    cached = self._cache.get(key)
-                    if cached is not None and cached[0] == signature:
-                        ckpt = cached[1]
-                    else:
-                        try:
-                            ckpt = load_checkpoint(path)
-                        except CheckpointError as err:
-                            # A damaged file over a checkpoint already served: keep serving what was loaded.
-                            ckpt = cached[1] if cached is not None else None
-                            logger.error("%s%s", err, "; keeping the weights loaded before" if ckpt else "; skipped")
-                    cache[key] = (signature, ckpt)
-                    if ckpt is not None and ckpt.family == self.family and path.name not in names:
-                        names.add(path.name)
-                        found.append((path, ckpt))
+            found = self.store.checkpoints(self.family)
             old = [(str(p), id(c)) for p, c in self.checkpoints]
-            self._cache = cache
             self.checkpoints = found
             self.path = [str(p) for p, _ in found]
             changed = old != [(str(p), id(c)) for p, c in found]
             if changed and self._tasks:
-                logger.info("+++ %s: serving %s", self.family, ", ".join(f"{p} ({c.created})" for p, c in found))
+                logger.info("+++ %s: serving %s", self.family, ", ".join(f"{p.name} ({c.created})" for p, c in found))
                 for task in self._tasks:
                     _update_infer_task(task, found)
             return changed

@@ -33,14 +33,16 @@ import SimpleITK as sitk
 from fastapi import HTTPException
 from lib.error_bodies import without_server_paths
 from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.utils.others.generic import name_to_device
 
-from medsynth_app.checkpoint import Checkpoint
+from medsynth_app.checkpoint import Checkpoint, CheckpointError
 from medsynth_app.contrasts import BRAIN_MASK, CONTRASTS, canonical_contrast
 from medsynth_app.imageio import (WRITE_EXTENSIONS, ImageError, is_dicom_folder, is_image_path, read_image,
                                   sort_dicom_files, unpack_zip, write_image, zip_folder)
-from medsynth_app.models import create
+from medsynth_app.models.base import SynthesisModel
 from medsynth_app.pipeline import provenance_for, synthesize
 from medsynth_app.studies import find_studies, group_studies, name_contrast
+from medsynth_app.weights import UnknownCheckpointError, choose
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,9 @@ class SynthesisInferTask(BasicInferTask):
         self.checkpoints = [(Path(p), c) for p, c in checkpoints]
         self.targets = list(dict.fromkeys(t for _, c in self.checkpoints for t in c.targets))
         self.datastore = datastore  # set by the app once its datastore exists (MyApp.init_infers)
+        # (checkpoint file, the loaded Checkpoint object, device) -> built model: built once, rebuilt when the file
+        # changed (the store then holds a new Checkpoint object)
+        self._models: Dict[Tuple[str, int, str], SynthesisModel] = {}
         super().__init__(
             path=[str(p) for p, _ in self.checkpoints],
             network=None,
@@ -91,7 +96,7 @@ class SynthesisInferTask(BasicInferTask):
                     "required_inputs": required,
                     "optional_inputs": optional,
                     "validation": (ckpt.training.get("validation") or {}).get(target, {}),
-                    "validation_subjects": ckpt.training.get("validation_subjects", []),
+                    "validation_subjects": len(ckpt.training.get("validation_subjects", [])),
                     "training_subjects": len(ckpt.training.get("subjects", [])),
                     "training_datasets": sorted({str(s).split("/")[0] for s in ckpt.training.get("subjects", [])}),
                     "hparams": ckpt.hparams,
@@ -153,7 +158,11 @@ class SynthesisInferTask(BasicInferTask):
         for name, image_id in self._explicit_inputs(req.get("inputs")).items():
             files[name] = self._resolve_id(image_id)
 
-        path, ckpt, used = self._choose(target, files, study_id, req.get("checkpoint"))
+        device = name_to_device(req.get("device"))
+        loaded = time.time()
+        path, ckpt, used = self._choose(target, files, study_id, req.get("checkpoint"), device)
+        model = self._model(path, ckpt, device)
+        load_seconds = round(time.time() - loaded, 3)
         for c in used:  # only the series the synthesis uses are downloaded
             if c in series and files[c] == Path(series[c]):
                 files[c] = self.datastore.series_folder(series[c], study_id)
@@ -165,7 +174,7 @@ class SynthesisInferTask(BasicInferTask):
             images = {c: read_image(files[c]) for c in order}
             reference = read_image(image_path) if contrast not in used else images[contrast]
             brain = read_image(files[BRAIN_MASK], mask=True) if BRAIN_MASK in files else None
-            result = synthesize(ckpt, images, target, brain_mask=brain, intensity=intensity)
+            result = synthesize(ckpt, images, target, brain_mask=brain, intensity=intensity, model=model)
         except ValueError as err:  # ImageError, CheckpointError, ValueError: the message names the file/contrast
             raise SynthesisRequestError(str(err), 422) from None
         if not _same_grid(result, reference):
@@ -197,7 +206,8 @@ class SynthesisInferTask(BasicInferTask):
             "intensity": intensity,
             "dtype": "float32",
             "synthetic": True,
-            "latencies": {"total": seconds},
+            "device": device,
+            "latencies": {"total": seconds, "model": load_seconds},
         }
 
     def _target(self, value) -> str:
@@ -323,34 +333,32 @@ class SynthesisInferTask(BasicInferTask):
             files[contrast] = image_path
         return study_id, contrast, files
 
-    def _choose(self, target: str, files: Dict[str, Path], study_id: str, checkpoint: Any = None):
-        """The checkpoint for ``target`` usable with the available contrasts: the named one, else the one using the
-        most inputs, and of those the one trained for the fewest others (a model trained for exactly these inputs
-        before one trained to accept any subset)."""
-        candidates = self.checkpoints
-        if checkpoint:
-            candidates = [(p, c) for p, c in self.checkpoints if p.name == str(checkpoint)]
-            if not candidates:
-                raise SynthesisRequestError(f"unknown checkpoint {checkpoint!r} for model {self.family}; it has "
-                                            f"{', '.join(p.name for p, _ in self.checkpoints)}", 404)
-        available = [c for c in CONTRASTS if c in files and c != target]
-        best, reasons = None, []
-        for path, ckpt in candidates:
-            if target not in ckpt.targets:
-                reasons.append(f"{path.name} does not synthesise {target}")
-                continue
-            try:
-                used = create(ckpt.family, ckpt.inputs, ckpt.targets, **ckpt.hparams).usable_inputs(available)
-            except ValueError as err:
-                reasons.append(str(err))
-                continue
-            if best is None or (len(used), -len(ckpt.inputs)) > (len(best[2]), -len(best[1].inputs)):
-                best = (path, ckpt, used)
-        if best is None:
+    def _choose(self, target: str, files: Dict[str, Path], study_id: str, checkpoint: Any = None,
+                device: str = "cpu"):
+        """(path, checkpoint, inputs used): the library's rule (``medsynth_app.weights.choose``) over this family's
+        served checkpoints, asking the kept models which inputs they use."""
+        try:
+            return choose(self.checkpoints, target, list(files), checkpoint,
+                          model_for=lambda p, c: self._model(p, c, device))
+        except UnknownCheckpointError as err:
+            raise SynthesisRequestError(f"model {self.family}: {err}", 404) from None
+        except CheckpointError as err:
             raise SynthesisRequestError(
-                f"cannot synthesise {target} for study {study_id or '?'} (inputs besides the target: "
-                f"{'+'.join(available) or 'none'}): {'; '.join(reasons)}; pass the missing contrasts as params inputs {{\"<contrast>\": \"<image id>\"}}")
-        return best
+                f"cannot synthesise {target} for study {study_id or '?'}: {err}; pass the missing contrasts as "
+                'params inputs {"<contrast>": "<image id>"}') from None
+
+    def _model(self, path: Path, ckpt: Checkpoint, device: str) -> SynthesisModel:
+        """The model of ``ckpt`` on ``device``, built on first use and kept while the checkpoint is served."""
+        key = (str(path), id(ckpt), device)
+        model = self._models.get(key)
+        if model is None:
+            served = {(str(p), id(c)) for p, c in self.checkpoints}
+            self._models = {k: m for k, m in self._models.items() if k[:2] in served}
+            model = ckpt.build()
+            model.device = device
+            self._models[key] = model
+            logger.info("built %s for %s", path.name, device)
+        return model
 
 
 def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:

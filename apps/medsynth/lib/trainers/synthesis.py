@@ -2,8 +2,8 @@
 
 ``POST /train/<family>`` with params ``{"target": "FLAIR", "inputs": ["T1", "T2"], "epochs": 10}`` (optional
 ``val_split`` (0.2), ``seed``, ``batch_size``, ``learning_rate``, ``device``, ``hparams``, ``pretrained``,
-``multi_gpu``, ``gpus``) trains the family on the studies of the datastore that hold the target and every input
-(multimodal with the hparam ``incomplete_studies``: the target and any of the inputs):
+``multi_gpu``, ``gpus``, ``promote``) trains the family on the studies of the datastore that hold the target and
+every input (multimodal with the hparam ``incomplete_studies``: the target and any of the inputs):
 
 * studies are the datastore images grouped by file-name prefix (``sub01_T1``, ``sub01_T2``: the flat datastore,
   ``medsynth_app.studies.group_studies``, as the infer task does; on a PACS the studies and contrasts come from its
@@ -16,22 +16,29 @@
 * a share ``val_split`` of the studies (at least one when there are two or more) is held out for validation, by the
   library's one rule (``folds.validation_split``);
 * ``pipeline.train`` runs with ``TrainSettings(on_epoch=...)``: every epoch the progress (epoch, total_epochs,
-  best_metric, total_time) is written to ``model/train_stats_<family>.json``, which the server's ``/info``
-  ``train_stats`` reads (MONAI Label runs training in a subprocess: the file is how the two talk);
-* on success the checkpoint is saved atomically (``checkpoint.save_checkpoint``) into the app's ``model`` folder under
-  the name of the task it retrains (``linear_T1+T2_to_FLAIR.pt``): the infer task sees the file change and serves it
-  without restart. On failure or stop nothing is written and the previous weights stay served.
+  best_metric, total_time) is written to ``train_stats_<family>.json`` of the user model folder, which the server's
+  ``/info`` ``train_stats`` reads (MONAI Label runs training in a subprocess: the file is how the two talk); it holds
+  counts of studies, never their ids;
+* on success the checkpoint is saved atomically as a new version of the task it retrains
+  (``<user models>/versions/linear_T1+T2_to_FLAIR/v0003.pt``, ``medsynth_app.checkpoint_versions``), never into the
+  app's ``model`` folder (the shipped weights). It becomes the served default (``served/linear_T1+T2_to_FLAIR.pt``)
+  when ``promote`` is ``always``, or ``auto`` (the default) and it validates better than the served checkpoint on
+  this run's validation studies (or nothing serves that task yet); the infer task sees the change and serves it
+  without restart. ``medsynth model-versions --restore`` serves the previous one again. On failure or stop nothing
+  is written and the previous weights stay served.
 
 Stopping: ``DELETE /train/`` kills the training subprocess (SIGKILL, MONAI Label's own behaviour); the checkpoint is
 only ever replaced by an atomic rename, so a kill leaves the previous one intact, and ``stats()`` reports a run whose
 process is gone as STOPPED. A SIGTERM (or SIGINT) sent to the training process is honoured more gently: the family is
 asked to stop at the end of the current epoch (``on_epoch`` returns True) and nothing is saved.
 
-Multi-GPU: with ``multi_gpu`` true (the default, as in MONAI Label's BasicTrainTask) and two or more visible GPUs,
-the task re-launches MONAI Label's training entry point under ``torchrun --nproc_per_node=<GPUs>``; every rank joins
-the NCCL process group and trains on ``cuda:<LOCAL_RANK>`` with ``TrainSettings.extra["distributed"]`` set, and
-rank 0 alone writes the stats and the checkpoint. Families that do not use ``torch.distributed`` themselves train the
-same model on every rank. Without GPUs (or with one) training just runs in the subprocess.
+Multi-GPU: ``gpus`` ("all" or indices such as "0,1") chooses the GPUs, in synchronous and asynchronous runs alike.
+With ``multi_gpu`` true (the default, as in MONAI Label's BasicTrainTask), two or more GPUs and a family that trains
+one network data-parallel (synnet, multimodal, cae3d), the task re-launches MONAI Label's training entry point under
+``torchrun --nproc_per_node=<GPUs>`` with exactly those GPUs visible (CUDA_VISIBLE_DEVICES); in each rank the
+training engine's ``DistContext`` sets the device of its LOCAL_RANK and then joins the process group, and rank 0
+alone writes the stats and the checkpoint. Closed-form and voxel-wise families run once, on the first GPU asked for;
+so does every family with one GPU. Without GPUs training just runs in the subprocess.
 """
 from __future__ import annotations
 
@@ -49,13 +56,14 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.train import TrainTask
 
 from medsynth_app.atomic import atomic_write
-from medsynth_app.checkpoint import save_checkpoint
 from medsynth_app.contrasts import CONTRASTS, canonical_contrast
 from medsynth_app.folds import validation_split
 from medsynth_app.imageio import is_synthetic_file
-from medsynth_app.models import TrainSettings, fine_tunes
+from medsynth_app.models import TrainSettings, create, fine_tunes
+from medsynth_app.pipeline import evaluate, trainable_studies
 from medsynth_app.pipeline import train as pipeline_train
-from medsynth_app.pipeline import trainable_studies
+from medsynth_app.training.distributed import env_rank
+from medsynth_app.training.network_weights import NetworkWeights
 from medsynth_app.studies import Study, group_studies
 from medsynth_app.weights import checkpoint_name
 
@@ -119,8 +127,8 @@ class SynthesisTrainTask(TrainTask):
         self._owner = config  # lib.family_config.SynthesisTaskConfig: its served checkpoints give the defaults
         self.family = config.family
         self.name = config.name
-        self.model_dir = Path(config.model_dir)
-        self.stats_path = self.model_dir / f"train_stats_{self.name}.json"
+        self.versions = config.user_models  # medsynth_app.checkpoint_versions.CheckpointVersions
+        self.stats_path = self.versions.root / f"train_stats_{self.name}.json"
         self._stop_requested = False
         super().__init__(description or f"MedSynth {self.family}: retrain from the datastore's acquired studies")
 
@@ -141,6 +149,7 @@ class SynthesisTrainTask(TrainTask):
             "device": ["auto", "cpu", "cuda"],
             "multi_gpu": True,
             "gpus": "all",
+            "promote": ["auto", "always", "never"],
         }
 
     def info(self) -> Dict[str, Any]:
@@ -170,11 +179,15 @@ class SynthesisTrainTask(TrainTask):
                 "val_split": "share of studies held out for validation (at least one of two or more)",
                 "hparams": "optional family hyper-parameters; default: those of the served checkpoint",
                 "pretrained": "start from the served checkpoint's weights (network families; default true)",
-                "multi_gpu": "torchrun over every visible GPU when there are two or more",
+                "multi_gpu": "torchrun over the GPUs of `gpus` when there are two or more (network families only)",
+                "gpus": "GPU indices to use, e.g. '0,1' (default all)",
+                "promote": "auto: serve the new checkpoint only when it validates better than the served one on "
+                           "this run's validation studies; always; never (kept as a version only)",
             },
             data="studies of the datastore whose target and inputs were acquired (file names <study>_<contrast>); "
                  "lesion masks from <study>_lesion images or labels/final",
-            output=f"model/{checkpoint_name(self.family, ['<inputs>'], ['<target>'])}, replaced atomically",
+            output=f"a new version of {checkpoint_name(self.family, ['<inputs>'], ['<target>'])} in the user model "
+                   "folder; the shipped weights are never written",
         )
         return info
 
@@ -194,26 +207,25 @@ class SynthesisTrainTask(TrainTask):
         req.update(request or {})
         if "max_epochs" in (request or {}) and "epochs" not in request:  # MONAI Label's (and Slicer's) name
             req["epochs"] = request["max_epochs"]
-        multi_gpu = _as_bool(_scalar(req.get("multi_gpu", True)))
-        world_size = _world_size(str(_scalar(req.get("gpus")) or "all"))
-        if multi_gpu and world_size >= 2 and "WORLD_SIZE" not in os.environ:
-            return self._launch_distributed(req, world_size)
-        rank = int(os.environ.get("RANK", "0"))
-        distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
-        if distributed:
-            import torch.distributed as dist
+        gpus = _gpu_list(str(_scalar(req.get("gpus")) or "all"))
+        if "WORLD_SIZE" not in os.environ and _as_bool(_scalar(req.get("multi_gpu", True))) and len(gpus) >= 2 \
+                and self._data_parallel(req):
+            return self._launch_distributed(req, gpus)
+        if "WORLD_SIZE" not in os.environ and gpus and str(_scalar(req.get("device", "auto"))) in ("auto", "cuda"):
+            req["device"] = f"cuda:{gpus[0]}"  # one process: the first GPU asked for
+        return self._train(req, datastore)
 
-            dist.init_process_group(backend="nccl")
+    def _data_parallel(self, req: Dict[str, Any]) -> bool:
+        """Whether the family trains one network data-parallel over ranks; the others (closed-form fits, voxel
+        networks) would only run identical copies."""
         try:
-            return self._train(req, datastore, rank=rank,
-                               world_size=int(os.environ["WORLD_SIZE"]) if distributed else 1)
-        finally:
-            if distributed:
-                import torch.distributed as dist
+            target, inputs, hparams, _, _ = self._resolve(req)
+            return isinstance(create(self.family, inputs, [target], **hparams), NetworkWeights)
+        except (ValueError, TrainRequestError):
+            return False  # the single-process run reports the problem
 
-                dist.destroy_process_group()
-
-    def _train(self, req: Dict[str, Any], datastore, rank: int = 0, world_size: int = 1) -> Dict[str, Any]:
+    def _train(self, req: Dict[str, Any], datastore) -> Dict[str, Any]:
+        rank = env_rank()  # under torchrun the engine's DistContext joins the process group
         started = time.time()
         stats: Dict[str, Any] = {"status": RUNNING, "family": self.family, "pid": os.getpid(),
                                  "start_ts": time.strftime("%Y-%m-%d %H:%M:%S"), "epoch": 0, "total_epochs": 0,
@@ -259,13 +271,16 @@ class SynthesisTrainTask(TrainTask):
                 publish(stage="downloading")
                 for study in [*train_set, *val_set]:
                     datastore.fetch(study)
-            out = self.model_dir / out_name
-            publish(target=target, inputs=inputs, checkpoint=out.name, total_epochs=epochs,
-                    pretrained=out.name if init is not None else None,
-                    training_studies=[s.id for s in train_set], validation_studies=[s.id for s in val_set],
-                    skipped=skipped, stage="training")
-            logger.info("medsynth-train %s %s->%s: %d training, %d validation studies, %d epochs -> %s",
-                        self.family, "+".join(inputs), target, len(train_set), len(val_set), epochs, out)
+            promote = str(_scalar(req.get("promote", "auto")) or "auto").lower()
+            if promote not in ("auto", "always", "never"):
+                raise TrainRequestError(f"promote must be auto, always or never, not {promote!r}")
+            # counts only: /info answers without authentication and must not list subject ids
+            publish(target=target, inputs=inputs, checkpoint=out_name, total_epochs=epochs,
+                    pretrained=out_name if init is not None else None, training_studies=len(train_set),
+                    validation_studies=len(val_set), skipped=len(skipped), stage="training")
+            logger.info("medsynth-train %s %s->%s: %d training, %d validation studies, %d epochs -> %s (skipped: %s)",
+                        self.family, "+".join(inputs), target, len(train_set), len(val_set), epochs, out_name,
+                        skipped or "none")
 
             def on_epoch(progress: dict) -> bool:
                 metric = progress.get("best_metric")
@@ -278,13 +293,10 @@ class SynthesisTrainTask(TrainTask):
                 return self._stop_requested
 
             device = str(_scalar(req.get("device", "auto")) or "auto")
-            if world_size > 1:
-                device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
             settings = TrainSettings(
                 epochs=epochs, seed=seed, device=device, progress=False, on_epoch=on_epoch,
                 batch_size=int(_scalar(req.get("batch_size", TrainSettings.batch_size))),
                 learning_rate=None if req.get("learning_rate") in (None, "") else float(_scalar(req["learning_rate"])),
-                extra={"distributed": {"rank": rank, "world_size": world_size}} if world_size > 1 else {},
             )
             try:
                 checkpoint = pipeline_train(self.family, inputs, [target], train_set, val_set, hparams=hparams,
@@ -299,14 +311,16 @@ class SynthesisTrainTask(TrainTask):
             if validation.get("psnr") is not None:
                 best = float(validation["psnr"])  # the key metric shown for synthesis: validation PSNR (dB)
             epochs_run = int(checkpoint.training.get("epochs", stats["epoch"] or epochs))
+            promotion = {}
             if rank == 0:
-                save_checkpoint(checkpoint, out)
+                version = self.versions.add(checkpoint, out_name)
+                promotion = self._promote(promote, out_name, version, checkpoint, served, val_set, target, inputs)
             publish(status=DONE, stage="done", epoch=max(stats["epoch"], epochs_run),
                     total_epochs=max(stats["total_epochs"], epochs_run) if stats["epoch"] else epochs_run,
                     best_metric=best, best_metric_name="validation psnr" if validation else stats.get("best_metric_name"),
-                    validation=validation, training_subjects=checkpoint.training.get("subjects", []),
-                    created=checkpoint.created, message=f"saved {out.name}")
-            logger.info("medsynth-train done: %s (validation %s)", out, validation)
+                    validation=validation, training_subjects=len(checkpoint.training.get("subjects", [])),
+                    created=checkpoint.created, **promotion)
+            logger.info("medsynth-train done: %s (validation %s)", promotion.get("message"), validation)
             return dict(stats)
         except TrainRequestError as err:
             publish(status=FAILED, stage="failed", message=str(err))
@@ -318,6 +332,29 @@ class SynthesisTrainTask(TrainTask):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _promote(self, promote: str, name: str, version: Path, checkpoint, served, val_set, target: str,
+                 inputs: List[str]) -> Dict[str, Any]:
+        """Serve ``version`` as ``name`` when asked, or (``auto``) when nothing serves that task yet or it
+        validates better than the served checkpoint: mean PSNR of both on this run's validation studies."""
+        compared: Dict[str, Any] = {}
+        if promote == "auto" and served is not None:
+            if not val_set:
+                reason, better = "no validation study to compare it with the served checkpoint", False
+            else:
+                new, old = (_mean_psnr(evaluate(c, val_set, target, inputs, progress=False))
+                            for c in (checkpoint, served))
+                compared = {"validation_psnr": new, "served_validation_psnr": old}
+                better = new > old
+                reason = f"validation PSNR {new:.3f} dB against the served {old:.3f} dB"
+        else:
+            better = promote == "always" or served is None
+            reason = {"always": "promote: always", "never": "promote: never"}.get(promote, "nothing served for it")
+        if better and promote != "never":
+            self.versions.serve(name, version)
+        promoted = better and promote != "never"
+        message = f"saved version {version.name} of {name}; {'now served' if promoted else 'not served'} ({reason})"
+        return {"version": version.name, "promoted": promoted, "message": message, **compared}
 
     def _request_stop(self, signum, frame):
         logger.info("medsynth-train: signal %s, stopping after this epoch", signum)
@@ -368,12 +405,14 @@ class SynthesisTrainTask(TrainTask):
         inputs = [c for c in CONTRASTS if c in inputs]
         return target, inputs, hparams, checkpoint_name(self.family, inputs, [target]), None
 
-    def _launch_distributed(self, req: Dict[str, Any], world_size: int) -> Dict[str, Any]:
-        """Run this training under torchrun, one process per GPU; returns rank 0's stats."""
+    def _launch_distributed(self, req: Dict[str, Any], gpus: List[str]) -> Dict[str, Any]:
+        """Run this training under torchrun, one process per GPU of ``gpus`` (made the only visible devices);
+        returns rank 0's stats."""
         request = {k: v for k, v in req.items() if k != "local_rank"}
-        cmd = torchrun_command(request, world_size)
-        logger.info("medsynth-train: multi-GPU over %d GPUs: %s", world_size, " ".join(cmd))
-        done = subprocess.run(cmd, env=dict(os.environ), check=False)
+        request["device"] = "cuda"  # each rank's DistContext takes the GPU of its LOCAL_RANK
+        cmd = torchrun_command(request, len(gpus))
+        logger.info("medsynth-train: multi-GPU over GPUs %s: %s", ",".join(gpus), " ".join(cmd))
+        done = subprocess.run(cmd, env={**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(gpus)}, check=False)
         stats = self.stats()
         if done.returncode != 0:
             raise RuntimeError(f"torchrun ended with status {done.returncode}: {stats.get('message', '')}")
@@ -387,16 +426,20 @@ def torchrun_command(request: Dict[str, Any], world_size: int) -> List[str]:
             json.dumps(request, separators=(",", ":"))]
 
 
-def _world_size(gpus: str) -> int:
-    try:
-        import torch
+def _gpu_list(gpus: str) -> List[str]:
+    """The GPU indices a request asks for: its comma list, or every visible GPU for "all" (none without CUDA)."""
+    if gpus.strip() not in ("", "all"):
+        return [g.strip() for g in gpus.split(",") if g.strip()]
+    import torch
 
-        count = torch.cuda.device_count()
-    except Exception:  # pragma: no cover - torch always imports here
-        count = 0
-    if count and gpus not in ("", "all"):
-        return len([g for g in gpus.split(",") if g.strip()])
-    return count
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _mean_psnr(rows: List[Dict[str, Any]]) -> float:
+    scores = [r["psnr"] for r in rows if "psnr" in r]
+    if not scores:
+        raise TrainRequestError(f"no validation study could be scored: {[r.get('error') for r in rows]}")
+    return round(float(sum(scores) / len(scores)), 4)
 
 
 def _as_bool(value) -> bool:

@@ -1,8 +1,9 @@
 """`medsynth demo`: FLAIR from T1+T2 for one study through a local MONAI Label server and the Slicer module's client.
 
 Uses the first suitable study under $MEDSYNTH_DATA when set, else builds the simulated demo cohort; lays it out as a
-flat datastore, starts apps/medsynth on 127.0.0.1 with the shipped weights, uploads T1+T2 as a session and infers as
-the Slicer module does, then writes the synthetic NIfTI, a PNG montage and the metrics against the acquired FLAIR.
+flat datastore, starts the shipped MONAI Label app on 127.0.0.1 with the shipped weights, uploads T1+T2 as a session
+and infers as the Slicer module does, then writes the synthetic NIfTI, a PNG montage and the metrics against the
+acquired FLAIR.
 """
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import serving
-from .comparison import montage, prepare_comparison, score
-from .imageio import read_image
-from .metrics import json_ready
-from .simulation import simulate_cohort
+from medsynth_app.comparison import montage, prepare_comparison, score
+from medsynth_app.imageio import read_image
+from medsynth_app.metrics import json_ready
+from medsynth_app.simulation import simulate_cohort
+from medsynth_app.studies import Study, find_studies
+
+from . import launcher
 from .slicer_lib import import_medsynth_lib
-from .studies import Study, find_studies
 
 INPUTS, TARGET = ("T1", "T2"), "FLAIR"
 PREFERRED_MODELS = ("replica", "lsdn", "linear")  # best validation PSNR first (apps/medsynth/model/README.md)
@@ -132,7 +134,7 @@ def serve_and_synthesise(out: Path, files: dict[str, Path], seconds: dict[str, f
     """Start the server on 127.0.0.1 over ``out``/datastore, synthesise through it, stop it; (its URL, the job)."""
     with contextlib.ExitStack() as server:
         with step("starting the MONAI Label server with the shipped weights", seconds):
-            url = server.enter_context(serving.running_server(
+            url = server.enter_context(launcher.running_server(
                 out / "datastore", out / "server", conf_models=",".join(PREFERRED_MODELS), host="127.0.0.1",
                 progress=lambda message: print(f"    {message}", flush=True)))
         with step(f"synthesising {TARGET} from {'+'.join(INPUTS)} with the Slicer module's client", seconds):
@@ -151,9 +153,9 @@ def print_summary(report: dict[str, Any]) -> None:
 
 
 def run_demo(out: Path) -> dict[str, Any]:
-    if serving.launcher() is None:
-        raise DemoError("the `monailabel` launcher is not installed beside this Python or on PATH "
-                        "(install MedSynth with `make install` or `pip install -e .`)")
+    if launcher.launcher() is None:
+        raise DemoError("MONAI Label (the `monailabel` package) is not installed in this Python "
+                        "(install MedSynth with `make install` or `pip install .`)")
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
