@@ -1,5 +1,7 @@
+"""``python -m medsynth_app.cli``: the ``medsynth`` command."""
 import sys
 
 from . import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
