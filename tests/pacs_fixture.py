@@ -17,7 +17,7 @@ import requests
 import SimpleITK as sitk
 
 from medsynth_app.dicom_output import new_study, write_mr_series
-from medsynth_app.serving import free_port
+from medsynth_server.launcher import free_port
 
 ORTHANC = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")

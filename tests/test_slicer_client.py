@@ -16,7 +16,7 @@ from server_fixture import absolute_paths, import_medsynth_lib, running_server, 
 
 from medsynth_app.checkpoint import load_checkpoint
 from medsynth_app.pipeline import synthesize
-from medsynth_app.weights import SHIPPED_DIR
+from medsynth_server.resources import SHIPPED_WEIGHTS as SHIPPED_DIR
 
 import_medsynth_lib()
 from MedSynthLib.client import (Cancelled, ConnectionFailed, MedSynthClient, ServerError,  # noqa: E402
