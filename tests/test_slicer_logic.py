@@ -75,7 +75,7 @@ def test_prefill_stays_within_one_study_and_mixed_studies_are_refused():
 def test_model_summary_shows_validation_and_training_data():
     model = model_choices({"m": {"type": "synthesis", "targets": ["FLAIR"], "checkpoints": {"FLAIR": [{
         "checkpoint": "m.pt", "inputs": ["T1", "T2"], "validation": {"psnr": 21.0291, "ssim": 0.6401, "mae": 0.1},
-        "validation_subjects": ["x/s01", "y/p26"], "training_subjects": 30,
+        "validation_subjects": 2, "training_subjects": 30,
         "training_datasets": ["hinet_brats2018_slices"]}]}}})["m"]
     assert model.summary().splitlines()[1] == ("T1+T2 -> FLAIR: validation PSNR 21.03 dB, SSIM 0.640 (2 subjects); "
                                                "trained on 30 subjects (hinet_brats2018_slices)")

@@ -147,7 +147,7 @@ def local_models(family: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
                 "checkpoint": path.name, "path": str(path), "inputs": list(ckpt.inputs),
                 "required_inputs": required, "optional_inputs": optional,
                 "validation": (ckpt.training.get("validation") or {}).get(target, {}),
-                "validation_subjects": list(ckpt.training.get("validation_subjects") or []),
+                "validation_subjects": len(ckpt.training.get("validation_subjects") or []),
                 "training_subjects": len(ckpt.training.get("subjects") or []),
                 "training_datasets": sorted({str(s).split("/")[0] for s in ckpt.training.get("subjects") or []})})
     return models

@@ -99,7 +99,7 @@ def model_choices(models: Mapping[str, Mapping[str, Any]]) -> Dict[str, ModelCho
             variants[target] = [Variant(str(r.get("checkpoint", "")), list(r.get("inputs") or []),
                                         list(r["required_inputs"] if "required_inputs" in r else r.get("inputs") or []),
                                         list(r.get("optional_inputs") or []), dict(r.get("validation") or {}),
-                                        len(r.get("validation_subjects") or []), int(r.get("training_subjects") or 0),
+                                        int(r.get("validation_subjects") or 0), int(r.get("training_subjects") or 0),
                                         list(r.get("training_datasets") or [])) for r in rows]
         out[name] = ModelChoice(name, targets, variants, str(entry.get("description", "")))
     return out
