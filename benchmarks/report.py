@@ -13,6 +13,7 @@ import numpy as np
 from medsynth_app.folds import Folds
 from medsynth_app.metrics import paired_ttest, summarise
 from .figures import box_plots, montage
+from .lesions import LEGEND, lesion_table
 from medsynth_app.task import Task, join
 
 from .plan import Comparison, Entry
@@ -268,6 +269,9 @@ def render_report(out: Path, tasks: list[Task], entries: list[Entry], baselines:
             name: {k: v for k, v in r.items() if k not in ("rows", "training", "subsets")}
             for name, r in results.items()}}
         body += [f"## {task.name}", ""]
+        lesions = lesion_table(results)
+        if lesions:
+            body += [*lesions, "", LEGEND, ""]
         body += task_table(results, baseline, cohorts)
         retimed = [f"{name} ({r['timing']['weights']})" for name, r in results.items()
                    if r["timing"] and "weights" in r["timing"]]
