@@ -167,6 +167,12 @@ def tune_detection_z(cases, candidates=tuple(np.round(np.arange(1.0, 4.01, 0.1),
     return float(best), scores[best]
 
 
+def conspicuity_kept(predicted: float, acquired: float) -> float:
+    """The fraction of the acquired lesion's conspicuity a prediction keeps, (C_pred - 1) / (C_acquired - 1): 0 for a
+    constant, negative for a lesion drawn darker than its surroundings when it is brighter; NaN when undefined."""
+    return (predicted - 1) / (acquired - 1) if acquired != 1 and not math.isnan(acquired) else math.nan
+
+
 def _lesion_in(mask: np.ndarray, lesion: np.ndarray | None) -> np.ndarray | None:
     """The lesion voxels inside the brain mask, or None when there are fewer than two."""
     if lesion is None:
@@ -196,8 +202,8 @@ def region_metrics(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray,
         scores["lesion_ssim"] = float(ssim_map(p, t, data_range(truth, mask))[inside].mean())
         scores["lesion_conspicuity"] = conspicuity(prediction, mask, inside)
         scores["acquired_lesion_conspicuity"] = conspicuity(truth, mask, inside)
-        scores["lesion_conspicuity_kept"] = (scores["lesion_conspicuity"] - 1) / (
-            scores["acquired_lesion_conspicuity"] - 1) if scores["acquired_lesion_conspicuity"] != 1 else math.nan
+        scores["lesion_conspicuity_kept"] = conspicuity_kept(scores["lesion_conspicuity"],
+                                                             scores["acquired_lesion_conspicuity"])
         for prefix, volume in (("", prediction), ("acquired_", truth)):
             scores.update({f"{prefix}lesion_detection_{k}": v for k, v in detection(volume, mask, inside).items()})
     return scores
