@@ -21,7 +21,8 @@ from .runner import Benchmark
 
 def run_benchmark(studies_dir: str, out: str | Path, *, tasks: list[str] | None = None, secondary: bool = False,
                   models: list[str] | None = None, plan_path: str | None = None, folds_path: str | None = None,
-                  run_folds: list[str] | None = None, device: str = "auto", timing_repeats: int = 5,
+                  run_folds: list[str] | None = None, protocols: tuple[str, ...] = ("folds",),
+                  device: str = "auto", timing_repeats: int = 5,
                   timing_weights: dict[str, str] | None = None, report: str | Path | None = None,
                   report_only: bool = False, progress: bool = True) -> dict:
     plan = Plan.load(plan_path)
@@ -32,6 +33,6 @@ def run_benchmark(studies_dir: str, out: str | Path, *, tasks: list[str] | None 
     if not report_only:
         studies = find_studies(studies_dir)
         Benchmark(studies, folds, out, device, progress, timing_repeats, timing_weights).run(
-            chosen_tasks, entries, run_folds)
+            chosen_tasks, entries, run_folds, protocols)
     return write_report(out, chosen_tasks, entries, plan.baselines, folds, Path(report or out / "benchmarks.md"),
                         plan.comparisons)

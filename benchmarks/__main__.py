@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", help="folds file (default: the folds of the evaluation protocol, EVALUATION.md)")
     p.add_argument("--run-folds", help="comma list of the folds to train and score in this process (default: all), "
                    "e.g. to share the folds among machines writing to one results folder")
+    p.add_argument("--protocol", choices=("folds", "cohort-out", "both"), default="folds",
+                   help="the three folds, leave-one-cohort-out (train on every other cohort of the folds file's "
+                        "left_out_cohorts, test on the left-out one), or both (default: folds)")
     p.add_argument("--device", default="auto")
     p.add_argument("--timing-repeats", type=int, default=5, help="syntheses timed per model (0: no timing)")
     p.add_argument("--timing-weights", action="append", type=_model_checkpoint, default=[],
@@ -45,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                                 models=args.models.split(",") if args.models else None, plan_path=args.plan,
                                 folds_path=args.folds,
                                 run_folds=args.run_folds.split(",") if args.run_folds else None,
+                                protocols=("folds", "cohort-out") if args.protocol == "both" else (args.protocol,),
                                 device=args.device, timing_repeats=args.timing_repeats,
                                 timing_weights=dict(args.timing_weights), report=args.report,
                                 report_only=args.report_only, progress=not args.quiet)

@@ -3,10 +3,12 @@
 Layout of the output folder:
 
     runs/<task>/<model>/fold<k>.json      per-subject metrics, training summary and seconds of that fold
+    runs/<task>/<model>/cohort-out-<c>.json the same, trained without cohort c and tested on it (--protocol)
     runs/<task>/<model>/timing.json       end-to-end seconds per volume (median of N) and peak memory
     slices/<task>/<model>/<subject>.npz   one axial slice of inputs, acquired target, prediction and mask (figures)
     checkpoints/<task>/<model>/fold<k>.pt the fold's weights (timing uses fold 1's); an entry with several seeds
-                                          has fold<k>-seed<s>.pt, one per member of its ensemble (not timed)
+                                          has fold<k>-seed<s>.pt, one per member of its ensemble (not timed);
+                                          cohort-out-<c>.pt likewise
     partial/...                           partial-training files of the deep families while a fold trains
 
 A file that exists is a step already done: running the same command again resumes where it stopped (an
@@ -38,6 +40,11 @@ from .plan import Entry
 from .timing import measure_in_subprocess
 
 logger = logging.getLogger(__name__)
+
+
+def cohort_out_name(cohort: str) -> str:
+    """The name of a leave-one-cohort-out run's files: cohort-out-<cohort>.json beside fold<k>.json."""
+    return f"cohort-out-{cohort}"
 
 
 def write_json(path: Path, data) -> None:
@@ -124,9 +131,10 @@ class Benchmark:
     def _path(self, kind: str, task: Task, entry: Entry, name: str) -> Path:
         return self.out / kind / task.slug / entry.slug / name
 
-    def run(self, tasks: list[Task], entries: list[Entry], only_folds: list[str] | None = None) -> None:
+    def run(self, tasks: list[Task], entries: list[Entry], only_folds: list[str] | None = None,
+            protocols: tuple[str, ...] = ("folds",)) -> None:
         """Every fold (or ``only_folds``) of every entry on every task, then each entry's timing once its fold-1
-        weights exist."""
+        weights exist; with "cohort-out" in ``protocols`` also every left-out cohort of the folds file."""
         unknown = sorted(set(only_folds or ()) - set(self.folds.folds))
         if unknown:
             raise ValueError(f"no fold {', '.join(unknown)}; folds are {', '.join(self.folds.folds)}")
@@ -136,22 +144,41 @@ class Benchmark:
                 logger.warning("no study holds %s; task %s skipped", join(task.contrasts), task.name)
                 continue
             for entry in entries:
-                for fold in self.folds.folds:
-                    if not only_folds or fold in only_folds:
-                        self.run_fold(task, entry, fold)
-                if self.timing_repeats > 0:
-                    self.run_timing(task, entry)
+                if "folds" in protocols:
+                    for fold in self.folds.folds:
+                        if not only_folds or fold in only_folds:
+                            self.run_fold(task, entry, fold)
+                    if self.timing_repeats > 0:
+                        self.run_timing(task, entry)
+                if "cohort-out" in protocols:
+                    for cohort in self.folds.left_out_cohorts:
+                        self.run_cohort_out(task, entry, cohort)
 
     def run_fold(self, task: Task, entry: Entry, fold: str) -> dict:
-        result_path = self._path("runs", task, entry, f"fold{fold}.json")
+        train, test = self.folds.split([s for s in self.studies if s.has(task.contrasts)], fold)
+        return self._run_split(task, entry, f"fold{fold}", f"fold {fold}", train, test, {"fold": fold})
+
+    def run_cohort_out(self, task: Task, entry: Entry, cohort: str) -> dict | None:
+        """Leave ``cohort`` out: train on every other cohort, test on it (None when it has no study of the task)."""
+        train, test = self.folds.cohort_split([s for s in self.studies if s.has(task.contrasts)], cohort)
+        if not test or not train:
+            return None
+        return self._run_split(task, entry, cohort_out_name(cohort), f"without {cohort}", train, test,
+                               {"left_out_cohort": cohort})
+
+    def _run_split(self, task: Task, entry: Entry, name: str, label: str, train: list[Study], test: list[Study],
+                   split: dict) -> dict:
+        """Train ``entry`` on ``train`` (less a validation study when it validates), score it on ``test`` and keep
+        the result as runs/<task>/<model>/<name>.json."""
+        result_path = self._path("runs", task, entry, f"{name}.json")
         if result_path.exists():
             return json.loads(result_path.read_text())
-        train, test = self.folds.split([s for s in self.studies if s.has(task.contrasts)], fold)
         train, validation = validation_split(train, count=1 if entry.validation else 0)
-        self._say(f"{task.name} {entry.name} fold {fold}: training on {len(train)} studies"
+        self._say(f"{task.name} {entry.name} {label}: training on {len(train)} studies"
                   f"{f' (+1 validation: {validation[0].id})' if validation else ''}, testing on {len(test)}")
-        members = [self._member(task, entry, fold, seed, train, validation) for seed in entry.seeds]
-        figures = set(figure_subjects(self.studies, self.folds, task).values())
+        members = [self._member(task, entry, name, seed, train, validation) for seed in entry.seeds]
+        # the figures show fold test subjects; a left-out cohort's predictions must not replace their slices
+        figures = set(figure_subjects(self.studies, self.folds, task).values()) if "fold" in split else set()
 
         def keep_slices(subject: PreparedSubject, prediction: np.ndarray) -> None:
             if subject.id in figures:
@@ -163,10 +190,10 @@ class Benchmark:
         self._tag_cohorts(rows)
         subsets = {}
         for subset in task.input_subsets() if entry.subsets else []:
-            self._say(f"{task.name} {entry.name} fold {fold}: testing with {join(subset)} only")
+            self._say(f"{task.name} {entry.name} {label}: testing with {join(subset)} only")
             subsets[join(subset)] = self._tag_cohorts(
                 pipeline.evaluate(members, test, task.target, subset, progress=self.progress))
-        result = {"task": task.name, "model": entry.name, "family": entry.family, "fold": fold,
+        result = {"task": task.name, "model": entry.name, "family": entry.family, **split,
                   "epochs": entry.epochs, "lr": entry.lr, "batch_size": entry.batch_size, "hparams": entry.hparams,
                   "seeds": list(entry.seeds), "train_subjects": [s.id for s in train],
                   "validation_subjects": [s.id for s in validation],
@@ -178,18 +205,19 @@ class Benchmark:
         write_json(result_path, result)
         return result
 
-    def _member(self, task: Task, entry: Entry, fold: str, seed: int, train: list[Study],
+    def _member(self, task: Task, entry: Entry, split: str, seed: int, train: list[Study],
                 validation: list[Study]) -> Checkpoint:
-        """The entry's checkpoint of ``fold`` trained with ``seed``: the saved one when there is one, else trained."""
-        name = f"fold{fold}" if len(entry.seeds) == 1 else f"fold{fold}-seed{seed}"
+        """The entry's checkpoint of ``split`` ("fold1", "cohort-out-mni") trained with ``seed``: the saved one when
+        there is one, else trained."""
+        name = split if len(entry.seeds) == 1 else f"{split}-seed{seed}"
         path = self._path("checkpoints", task, entry, f"{name}.pt")
         if path.exists():
             checkpoint = load_checkpoint(path)
             _check_member(path, checkpoint, entry, task, seed, train, validation)
             return checkpoint
         if entry.finishes is not None:
-            base = self._member(task, entry.finishes, fold, seed, train, validation)
-            self._say(f"{task.name} {entry.name} fold {fold}: finishing {entry.finishes.name}'s checkpoint")
+            base = self._member(task, entry.finishes, split, seed, train, validation)
+            self._say(f"{task.name} {entry.name} {split}: finishing {entry.finishes.name}'s checkpoint")
             checkpoint = pipeline.finish(
                 base, train, validation,
                 hparams={k: v for k, v in entry.hparams.items() if k in finishing_hparams(entry.family)},
@@ -204,7 +232,7 @@ class Benchmark:
                                  resume_from=str(partial) if partial.exists() else None,
                                  extra={"partial_path": str(partial)})
         if len(entry.seeds) > 1:
-            self._say(f"{task.name} {entry.name} fold {fold}: training seed {seed}")
+            self._say(f"{task.name} {entry.name} {split}: training seed {seed}")
         checkpoint = pipeline.train(entry.family, task.inputs, [task.target], train, validation,
                                     hparams=entry.hparams, settings=settings)
         save_checkpoint(checkpoint, path)

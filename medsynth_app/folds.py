@@ -19,6 +19,7 @@ class Folds:
     folds: dict[str, list[str]]
     cohorts: dict[str, list[str]]
     left_out_cohorts: dict[str, list[str]] = field(default_factory=dict)
+    same_patients: list[list[str]] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Folds:
@@ -26,7 +27,7 @@ class Folds:
         try:
             data = json.loads(path.read_text())
             return cls({str(k): list(v) for k, v in data["folds"].items()}, dict(data.get("cohorts", {})),
-                       dict(data.get("left_out_cohorts", {})))
+                       dict(data.get("left_out_cohorts", {})), [list(g) for g in data.get("same_patients", [])])
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path}: not a folds file ({err})") from None
 
@@ -51,6 +52,20 @@ class Folds:
         train = [by_id[i] for i in self.train_ids(fold) if i in by_id]
         test = [by_id[i] for i in self.test_ids(fold) if i in by_id]
         return train, test
+
+    def cohort_split(self, studies: list[Study], cohort: str) -> tuple[list[Study], list[Study]]:
+        """(training studies, test studies) of leaving ``cohort`` out (``left_out_cohorts``): the test studies are
+        the cohort's, the training studies every other study of the folds except those of a test patient
+        (``same_patients``)."""
+        if cohort not in self.left_out_cohorts:
+            raise ValueError(f"no left-out cohort {cohort}; cohorts are {', '.join(self.left_out_cohorts)}")
+        inside = lambda sid: any(sid.startswith(p) for p in self.left_out_cohorts[cohort])  # noqa: E731
+        by_id = {s.id: s for s in studies}
+        in_folds = [by_id[sid] for ids in self.folds.values() for sid in ids if sid in by_id]  # fold order
+        test = [s for s in in_folds if inside(s.id)]
+        tested = {s.id for s in test}
+        shared = {sid for group in self.same_patients if tested & set(group) for sid in group}
+        return [s for s in in_folds if not inside(s.id) and s.id not in shared], test
 
 
 def validation_split(studies: Sequence[Study], share: float = 0.0, count: int | None = None,

@@ -1,5 +1,5 @@
 """Image-quality metrics exactly as EVALUATION.md defines them (inside a mask, on normalised volumes), the BraSyn
-challenge's metrics beside them, and lesion conspicuity."""
+challenge's metrics beside them, lesion conspicuity and lesion detection."""
 from __future__ import annotations
 
 import math
@@ -116,6 +116,63 @@ def conspicuity(volume: np.ndarray, mask: np.ndarray, lesion: np.ndarray, margin
     return float(volume[inside].astype(np.float64).mean() / background)
 
 
+# The z-score (within the brain) above which a FLAIR voxel counts as a lesion candidate: the threshold with the best
+# mean Dice against the lesion masks on acquired FLAIRs, written by `python -m benchmarks.detection_threshold
+# --studies ../shared/data` (docs/lesions.md).
+DETECTION_Z = 1.2
+DETECTED_LESION_VOXELS = 10  # lesions of at most this many voxels are left out of lesion-wise sensitivity
+
+
+def hyperintensities(volume: np.ndarray, mask: np.ndarray, z: float = DETECTION_Z) -> np.ndarray:
+    """The detection rule: brain voxels whose z-score within the brain mask exceeds ``z`` (none for a constant)."""
+    values = volume[mask].astype(np.float64)
+    found = np.zeros(volume.shape, dtype=bool)
+    if values.std() > 0:
+        found[mask] = (values - values.mean()) / values.std() > z
+    return found
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return math.nan if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def lesion_sensitivity(found: np.ndarray, lesion: np.ndarray, min_voxels: int = DETECTED_LESION_VOXELS) -> float:
+    """The fraction of the lesions (26-connected components of more than ``min_voxels`` voxels) that hold at least
+    one found voxel; NaN when there is no such lesion."""
+    labels, count = ndimage.label(lesion, ndimage.generate_binary_structure(3, 3))
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    large = np.flatnonzero(sizes > min_voxels)
+    large = large[large > 0]
+    if not len(large):
+        return math.nan
+    hit = np.unique(labels[found & (labels > 0)])
+    return float(np.isin(large, hit).mean())
+
+
+def detection(volume: np.ndarray, mask: np.ndarray, lesion: np.ndarray, z: float = DETECTION_Z) -> dict[str, float]:
+    """Dice against the lesion mask and lesion-wise sensitivity of the `hyperintensities` of ``volume``."""
+    found, inside = hyperintensities(volume, mask, z), lesion & mask
+    return {"dice": dice(found, inside), "sensitivity": lesion_sensitivity(found, inside)}
+
+
+def tune_detection_z(cases, candidates=tuple(np.round(np.arange(1.0, 4.01, 0.1), 2))) -> tuple[float, float]:
+    """(z, mean Dice): the candidate threshold of `hyperintensities` with the best mean Dice over ``cases``, each an
+    acquired FLAIR with its brain mask and lesion mask (volume, mask, lesion)."""
+    cases = list(cases)
+    if not cases:
+        raise ValueError("no acquired FLAIR with a lesion mask to tune the detection threshold on")
+    scores = {z: float(np.mean([dice(hyperintensities(v, m, z), les & m) for v, m, les in cases])) for z in candidates}
+    best = max(scores, key=scores.get)
+    return float(best), scores[best]
+
+
+def conspicuity_kept(predicted: float, acquired: float) -> float:
+    """The fraction of the acquired lesion's conspicuity a prediction keeps, (C_pred - 1) / (C_acquired - 1): 0 for a
+    constant, negative for a lesion drawn darker than its surroundings when it is brighter; NaN when undefined."""
+    return (predicted - 1) / (acquired - 1) if acquired != 1 and not math.isnan(acquired) else math.nan
+
+
 def _lesion_in(mask: np.ndarray, lesion: np.ndarray | None) -> np.ndarray | None:
     """The lesion voxels inside the brain mask, or None when there are fewer than two."""
     if lesion is None:
@@ -128,7 +185,9 @@ def region_metrics(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray,
                    lesion: np.ndarray | None) -> dict[str, float]:
     """Metrics in the brain mask and the BraSyn metrics; with a lesion mask (at least two voxels in the brain) also
     ``lesion_*`` inside it and the conspicuity of the lesion in the prediction (``lesion_conspicuity``) and in the
-    truth (``acquired_lesion_conspicuity``).
+    truth (``acquired_lesion_conspicuity``), the fraction of it kept (``lesion_conspicuity_kept``), and the `detection`
+    Dice and lesion-wise sensitivity of the prediction (``lesion_detection_*``) and of the truth
+    (``acquired_lesion_detection_*``).
 
     ``lesion_ssim`` is the brain's SSIM map (the one ``ssim`` averages) averaged inside the lesion: the map of the
     lesion alone, zero around it, is dominated by the lesion's own edge, which any prediction reproduces, so that a
@@ -143,6 +202,10 @@ def region_metrics(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray,
         scores["lesion_ssim"] = float(ssim_map(p, t, data_range(truth, mask))[inside].mean())
         scores["lesion_conspicuity"] = conspicuity(prediction, mask, inside)
         scores["acquired_lesion_conspicuity"] = conspicuity(truth, mask, inside)
+        scores["lesion_conspicuity_kept"] = conspicuity_kept(scores["lesion_conspicuity"],
+                                                             scores["acquired_lesion_conspicuity"])
+        for prefix, volume in (("", prediction), ("acquired_", truth)):
+            scores.update({f"{prefix}lesion_detection_{k}": v for k, v in detection(volume, mask, inside).items()})
     return scores
 
 
@@ -168,11 +231,18 @@ def paired_ttest(a: list[float], b: list[float]) -> dict[str, float]:
 
 
 def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Mean and sample standard deviation (ddof=1) of every metric over subjects."""
+    """Mean and sample standard deviation (ddof=1) of every metric over the subjects where it is defined (not NaN:
+    e.g. lesion-wise sensitivity of a subject without a lesion over 10 voxels)."""
     keys = sorted({k for row in rows for k, v in row.items() if isinstance(v, (int, float))})
     out = {}
     for key in keys:
-        values = np.array([row[key] for row in rows if key in row], dtype=np.float64)
+        values = np.array([row[key] for row in rows if key in row and not _is_nan(row[key])], dtype=np.float64)
+        if not len(values):
+            continue
         out[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
                     "n": int(len(values))}
     return out
+
+
+def _is_nan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)

@@ -124,8 +124,8 @@ def write_outputs(study: Study, job: Any, out: Path) -> dict[str, Any]:
     subject = prepare_comparison(study, read_image(nifti), TARGET, INPUTS)
     metrics = {k: round(v, 4) for k, v in score(subject, TARGET).items()}
     figure = montage(subject, TARGET, INPUTS, out / "demo_montage.png",
-                     f"{study.id}: {job.model} on the server, PSNR {metrics['psnr']:.2f} dB, SSIM "
-                     f"{metrics['ssim']:.3f} (normalised, in brain)")
+                     f"{study.id}: {job.model} on the server, {lesion_summary(metrics)}PSNR "
+                     f"{metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} (normalised, in brain)")
     return {"study": study.id, "model": job.model, "checkpoint": job.params.get("checkpoint"),
             "inputs": job.params.get("inputs"), "synthetic": str(nifti), "montage": str(figure), "metrics": metrics}
 
@@ -144,10 +144,18 @@ def serve_and_synthesise(out: Path, files: dict[str, Path], seconds: dict[str, f
     return url, job
 
 
+def lesion_summary(metrics: dict[str, float]) -> str:
+    """"lesion conspicuity 1.05 (acquired 2.84, 3 % kept), " first in every line that gives PSNR; "" without a lesion."""
+    if "lesion_conspicuity" not in metrics:
+        return ""
+    return (f"lesion conspicuity {metrics['lesion_conspicuity']:.2f} (acquired "
+            f"{metrics['acquired_lesion_conspicuity']:.2f}, {100 * metrics['lesion_conspicuity_kept']:.0f} % kept), ")
+
+
 def print_summary(report: dict[str, Any]) -> None:
     metrics, seconds = report["metrics"], report["seconds"]
-    print(f"\n{report['study']}: PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} with {report['model']} "
-          f"({sum(seconds.values()):.0f} s in all)")
+    print(f"\n{report['study']}: {lesion_summary(metrics)}PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} "
+          f"with {report['model']} ({sum(seconds.values()):.0f} s in all)")
     for name in ("synthetic", "montage", "metrics_file", "datastore", "server_log"):
         print(f"  {name.replace('_', ' '):13s} {report[name]}", flush=True)
 

@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from medsynth_app.metrics import region_metrics
+from medsynth_app.metrics import conspicuity_kept, region_metrics
 from medsynth_app.preprocessing import PreparedSubject
 
 
@@ -34,7 +34,7 @@ def trivial_scores(subject: PreparedSubject, target: str, inputs: Sequence[str])
 def kept_conspicuity(scores: Mapping[str, float]) -> float:
     """The fraction of the acquired lesions' conspicuity a prediction keeps: (C_pred - 1) / (C_acquired - 1); NaN
     (which fails every gate) when the prediction's is undefined."""
-    return (float(scores["lesion_conspicuity"]) - 1) / (float(scores["acquired_lesion_conspicuity"]) - 1)
+    return conspicuity_kept(float(scores["lesion_conspicuity"]), float(scores["acquired_lesion_conspicuity"]))
 
 
 def assert_beats_trivial(scores: Mapping[str, float], subject: PreparedSubject, target: str, inputs: Sequence[str], *,

@@ -138,7 +138,12 @@ def test_report_numbers_are_the_means_of_the_result_files(bench):
     assert task["models"][best]["summary"]["pooled"]["psnr"]["mean"] == max(
         task["models"][b]["summary"]["pooled"]["psnr"]["mean"] for b in ("linear", "replica"))
     report = (root / "docs" / "benchmarks.md").read_text()
-    lsdn = [line for line in report.splitlines() if line.startswith("| LSDN-1 |")][0]
+    # lesions first: each task's section opens with the lesion table, then the whole-brain table
+    lesion_row, lsdn = [line for line in report.splitlines() if line.startswith("| LSDN-1 |")][:2]
+    assert report.index("| model | lesion subjects |") < report.index("| model | n | PSNR (dB) |")
+    kept = [json.loads((runs / "LSDN-1" / f"fold{f}.json").read_text())["subjects"][0]["lesion_conspicuity_kept"]
+            for f in "123"]
+    assert lesion_row.startswith("| LSDN-1 | 3 | ") and f"| {np.median(kept):.2f} |" in lesion_row
     psnr = [json.loads((runs / "LSDN-1" / f"fold{f}.json").read_text())["subjects"][0]["psnr"] for f in "123"]
     other = [json.loads((runs / best / f"fold{f}.json").read_text())["subjects"][0]["psnr"] for f in "123"]
     test = paired_ttest(psnr, other)

@@ -56,12 +56,17 @@ def test_synthesize_writes_a_marked_float_volume_on_the_input_grid(trained, mni_
     assert 0.5 < values[inside].mean() / acquired[inside].mean() < 2.0
 
 
-def test_evaluate_on_a_held_out_fold(trained, mni_crops, crop_folds, tmp_path):
+def test_evaluate_on_a_held_out_fold(trained, mni_crops, crop_folds, tmp_path, capsys):
     report = tmp_path / "eval.json"
     assert main(["evaluate", "--weights", str(trained), "--inputs", "T1,T2", "--target", "FLAIR", "--studies",
                  str(mni_crops), "--fold", "1", "--folds", str(crop_folds), "--quiet", "--json", str(report)]) == 0
     result = json.loads(report.read_text())
     [row] = result["subjects"]
+    lesion_keys = ("lesion_conspicuity", "acquired_lesion_conspicuity", "lesion_conspicuity_kept", "lesion_mae",
+                   "lesion_detection_dice", "acquired_lesion_detection_dice", "lesion_detection_sensitivity",
+                   "acquired_lesion_detection_sensitivity", "brasyn_ssim_lesion", "brasyn_ssim_healthy", "brasyn_psnr")
+    assert all(k in row and k in result["summary"]["pooled"] for k in lesion_keys), sorted(row)
+    assert capsys.readouterr().out.split("\n")[0].startswith("pooled   n= 1  lesion conspicuity ")
     assert row["id"] == "patient07" and row["cohort"] == "MS" and "warning" not in result
     assert result["summary"]["pooled"]["psnr"]["n"] == 1
     [study] = [s for s in find_studies(mni_crops) if s.id == "patient07"]

@@ -75,6 +75,10 @@ def test_demo_synthesises_flair_through_the_server(demo_run):
     subject = prepare_comparison(demo.demo_study(out), synthetic, "FLAIR", demo.INPUTS)
     assert_beats_trivial(saved["metrics"], subject, "FLAIR", demo.INPUTS, psnr=0.5, ssim=0.07, conspicuity=0.03,
                          label=f"the demo's {report['model']} on {report['study']}")
+    assert {"lesion_conspicuity_kept", "lesion_detection_dice", "acquired_lesion_detection_dice",
+            "brasyn_ssim_lesion"} <= set(saved["metrics"])
+    assert demo.lesion_summary(saved["metrics"]).startswith(
+        f"lesion conspicuity {saved['metrics']['lesion_conspicuity']:.2f} (acquired ")
     assert set(saved["seconds"]) >= {"starting the MONAI Label server with the shipped weights", "stopping the server"}
 
 

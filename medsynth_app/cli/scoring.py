@@ -79,8 +79,22 @@ def cmd_evaluate(args) -> int:
     for cohort, metrics in result["summary"].items():
         line = ", ".join(f"{m} {metrics[m]['mean']:.3f}±{metrics[m]['sd']:.3f}" for m in ("psnr", "ssim", "mae")
                          if m in metrics)
-        print(f"{cohort:8s} n={metrics['psnr']['n']:2d}  {line}")
+        lesion = lesion_line(metrics)
+        print(f"{cohort:8s} n={metrics['psnr']['n']:2d}  " + (f"{lesion}\n{'':15s}{line}" if lesion else line))
     return 0
+
+
+def lesion_line(summary: dict) -> str:
+    """The lesion numbers of a summary, first in every report: conspicuity (synthetic / acquired, fraction kept),
+    lesion MAE, detection Dice and sensitivity (synthetic / acquired), BraSyn SSIM in the lesion; "" without a lesion."""
+    if "lesion_conspicuity" not in summary:
+        return ""
+    mean = lambda key, digits=2: f"{summary[key]['mean']:.{digits}f}" if key in summary else "–"  # noqa: E731
+    return (f"lesion conspicuity {mean('lesion_conspicuity')} / {mean('acquired_lesion_conspicuity')} acquired "
+            f"(kept {mean('lesion_conspicuity_kept')}), lesion MAE {mean('lesion_mae', 3)}, detection Dice "
+            f"{mean('lesion_detection_dice')} / {mean('acquired_lesion_detection_dice')} acquired, sensitivity "
+            f"{mean('lesion_detection_sensitivity')} / {mean('acquired_lesion_detection_sensitivity')}, "
+            f"BraSyn SSIM lesion {mean('brasyn_ssim_lesion', 3)}")
 
 
 def register(subparsers) -> None:

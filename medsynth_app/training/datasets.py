@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..metrics import hyperintensities
 from ..preprocessing import PreparedSubject
 from ..task import join
 
@@ -64,6 +65,26 @@ def study_balanced_weights(index: Sequence[tuple]) -> torch.Tensor:
     return 1.0 / torch.bincount(studies)[studies].double()
 
 
+def lesion_candidates(subject: PreparedSubject) -> np.ndarray | None:
+    """The voxels lesion-aware sampling aims at: the study's lesion mask in the brain, or where it has none (or an
+    empty one), the hyperintensities of its acquired FLAIR (the detection rule of `metrics`); None without either."""
+    if subject.lesion is not None and (subject.lesion & subject.mask).any():
+        return subject.lesion & subject.mask
+    if "FLAIR" in subject.images:
+        return hyperintensities(subject.images["FLAIR"], subject.mask)
+    return None
+
+
+def lesion_weighted(weights: torch.Tensor, lesion: torch.Tensor, share: float) -> torch.Tensor:
+    """``weights`` with the rows where ``lesion`` is True scaled up so that they hold ``share`` of the total (left
+    as they are when they already hold more, or when no row or every row holds a lesion)."""
+    weights = weights.double()
+    inside, outside = float(weights[lesion].sum()), float(weights[~lesion].sum())
+    if inside == 0 or outside == 0 or inside / (inside + outside) >= share:
+        return weights
+    return torch.where(lesion, weights * share * outside / ((1 - share) * inside), weights)
+
+
 def round_up(value: int, divisor: int) -> int:
     return -(-int(value) // divisor) * divisor
 
@@ -113,6 +134,13 @@ class SliceDataset(Dataset):
         if not self.index:
             raise ValueError("no slice holds enough brain")
         self.size = (self.crop, self.crop) if self.crop else (round_up(height, divisor), round_up(width, divisor))
+        self.subjects = subjects
+
+    def lesion_rows(self) -> torch.Tensor:
+        """Per row of ``index``: does its slice hold a `lesion_candidates` voxel (a crop of it may miss it)."""
+        lesions = [lesion_candidates(s) for s in self.subjects]
+        return torch.tensor([lesions[n] is not None and bool(np.take(lesions[n], k, axis=axis).any())
+                             for n, axis, k in self.index])
 
     def __len__(self) -> int:
         return len(self.index)
@@ -180,6 +208,13 @@ class PatchDataset(Dataset):
                             self.index.append((n, i, j, k))
         if not self.index:
             raise ValueError("no patch centre falls in a brain mask")
+        self.subjects = subjects
+
+    def lesion_rows(self) -> torch.Tensor:
+        """Per row of ``index``: does its output patch (before jitter) hold a `lesion_candidates` voxel."""
+        lesions, b = [lesion_candidates(s) for s in self.subjects], self.output_size
+        return torch.tensor([lesions[n] is not None and bool(lesions[n][i:i + b, j:j + b, k:k + b].any())
+                             for n, i, j, k in self.index])
 
     def __len__(self) -> int:
         return len(self.index)

@@ -19,7 +19,9 @@ CPU, "bf16" bfloat16 autocast where the device computes it natively (float32 els
 from its value to 0 along half a cosine over every step of the run's ``epochs``, set before each step from the global
 step, so a resumed run continues the same curve (SGDR without restarts, Loshchilov & Hutter, ICLR 2017).
 ``sampling`` "per_study": every study equally likely, then a sample of it, as nnU-Net draws cases before patches
-(`study_balanced_weights`). Convolutional networks train in channels-last layout. Under torchrun with WORLD_SIZE > 1
+(`study_balanced_weights`). ``lesion_share`` > 0: samples holding lesion voxels (the lesion mask, else the
+hyperintensities of the acquired FLAIR: `datasets.lesion_candidates`) make at least that share of the draws
+(`datasets.lesion_weighted`). Convolutional networks train in channels-last layout. Under torchrun with WORLD_SIZE > 1
 the network is wrapped in DistributedDataParallel (gloo on CPU, nccl on CUDA), each rank gets its share of every epoch
 through the sampler, and only rank 0 validates, writes and reports (`distributed`). The partial-training file goes to
 ``partial_path`` (``TrainSettings.extra``), else to ``resume_from`` (updated in place), else to a temporary file
@@ -46,7 +48,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from .allocator import keep_freed_memory
-from .datasets import study_balanced_weights
+from .datasets import lesion_weighted, study_balanced_weights
 from .devices import autocast_dtype, channels_last_format, resolve_device
 from .distributed import DistContext
 from .partial import cpu_state, default_partial_path, load_partial, write_partial
@@ -126,11 +128,17 @@ def _resume(path: str, identity: dict, network: nn.Module, optim, scaler, use_sc
                      best_state=state.get("best"), resumed_from=int(state["epoch"]))
 
 
-def _sampler(dataset: Dataset, sampling: str, ctx: DistContext, seed: int):
-    if sampling == "per_study":
+def _sampler(dataset: Dataset, schedule: Schedule, ctx: DistContext, seed: int):
+    if schedule.sampling == "per_study" or schedule.lesion_share > 0:
+        weights = study_balanced_weights(dataset.index) if schedule.sampling == "per_study" else \
+            torch.ones(len(dataset), dtype=torch.float64)
+        if schedule.lesion_share > 0:
+            if not hasattr(dataset, "lesion_rows"):
+                raise ValueError("lesion_share needs a slice or patch dataset (multimodal, synnet, cae3d)")
+            weights = lesion_weighted(weights, dataset.lesion_rows(), schedule.lesion_share)
         # Draws from torch's global generator, re-seeded every epoch: resume stays exact.
-        return DistributedWeightedRandomSampler(dataset, study_balanced_weights(dataset.index),
-                                                num_replicas=ctx.world_size, rank=ctx.rank, seed=seed)
+        return DistributedWeightedRandomSampler(dataset, weights, num_replicas=ctx.world_size, rank=ctx.rank,
+                                                seed=seed)
     return DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
 
 
@@ -282,7 +290,7 @@ def train_network(
         model = nn.parallel.DistributedDataParallel(
             network, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=find_unused_parameters)
-    sampler = _sampler(dataset, schedule.sampling, ctx, seed)
+    sampler = _sampler(dataset, schedule, ctx, seed)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=schedule.workers,
                         pin_memory=device.type == "cuda")
     steps = len(loader) if schedule.max_steps_per_epoch is None else min(len(loader), schedule.max_steps_per_epoch)
@@ -338,6 +346,7 @@ def train_network(
         "learning_rate": lr,
         "lr_schedule": schedule.lr_schedule,
         "sampling": schedule.sampling,
+        "lesion_share": schedule.lesion_share,
         "optimizer": optimizer,
         "device": str(device),
         "mixed_precision": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,

@@ -71,6 +71,7 @@ class Schedule:
     amp: str = "auto"
     lr_schedule: str = "constant"
     sampling: str = "uniform"
+    lesion_share: float = 0.0
     workers: int = 0
 
     def __post_init__(self):
@@ -79,6 +80,8 @@ class Schedule:
         amp_mode(self.amp)
         lr_schedule_name(self.lr_schedule)
         sampling_name(self.sampling)
+        if not 0 <= self.lesion_share < 1:
+            raise ValueError(f"lesion_share must be in [0, 1), got {self.lesion_share}")
 
     @classmethod
     def from_hparams(cls, values: dict) -> Schedule:
@@ -103,4 +106,4 @@ class Schedule:
 
 SCHEDULE_SETTINGS = tuple(f.name for f in fields(Schedule) if f.name != "workers")
 CHECKS = {"patience": int, "min_delta": float, "validate_every": int, "max_steps_per_epoch": int, "amp": amp_mode,
-          "lr_schedule": lr_schedule_name, "sampling": sampling_name, "workers": int}
+          "lr_schedule": lr_schedule_name, "sampling": sampling_name, "lesion_share": float, "workers": int}
