@@ -53,7 +53,7 @@ def synthetic_marks(provenance: Provenance) -> dict:
         "SeriesDescription": provenance.description[:64],
         "Manufacturer": "MedSynth",
         "SoftwareVersions": provenance.library_version,
-        "ImageType": ["DERIVED", "SECONDARY", SYNTHETIC_TAG],
+        "ImageType": ["DERIVED", "SECONDARY", SYNTHETIC_TAG, *([provenance.map] if provenance.map else [])],
         "DerivationDescription": (f"{provenance.description}; model {provenance.model}; inputs "
                                   f"{', '.join(provenance.inputs)}; medsynth {provenance.library_version}"),
         # MR Image module: "RM" (research mode) is the honest scanning sequence of a synthetic image.

@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - depends on how the server was started
 import lib.configs  # noqa: E402  (MONAI Label puts the app folder on sys.path only while it loads this file)
 import lib.trainers  # noqa: E402,F401  (imported now for the same reason: trainers are built after loading)
 from lib.dicomweb import datastore_for  # noqa: E402
+from lib.extra_images import install as install_extra_images  # noqa: E402
 from lib.infers.synthesis import TASK_TYPE  # noqa: E402
 from lib.upload_limit import install as install_upload_limit  # noqa: E402
 from lib.uploads import local_datastore, sessions  # noqa: E402
@@ -69,6 +70,7 @@ class MyApp(MONAILabelApp):
         max_upload_mb = float(conf.get("max_upload_mb") or DEFAULT_MAX_UPLOAD_MB)
         if install_upload_limit(int(max_upload_mb * 2**20)):
             logger.info("+++ Upload limit: %g MB per request", max_upload_mb)
+        install_extra_images()  # the uncertainty map as a further field of the multipart infer answer
         configs = discover_configs()
         requested = [m.strip().lower() for m in (conf.get("models") or "all").split(",") if m.strip()]
         invalid = [m for m in requested if m != "all" and m not in configs]
