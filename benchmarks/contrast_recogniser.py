@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsynth_app.contrast_recognition import MODEL_PATH, ContrastRecogniser, image_features
+from medsynth_app.contrast_recognition import DOUBTED, MODEL_PATH, ContrastRecogniser, image_features
 from medsynth_app.contrasts import parse_name
 
 CLASSES = ("T1", "T1C", "T2", "PD", "FLAIR")
@@ -87,6 +87,7 @@ def main(argv=None) -> int:
     cohorts = [k for _, _, k in volumes]
     print(f"{len(volumes)} volumes: {dict(Counter(labels))}")
     right_by_contrast, total_by_contrast = Counter(), Counter()
+    alarms = Counter()  # (claimed right / wrong, mismatch reported)
     print("| left-out cohort | volumes | correct | mistakes |\n|---|---:|---:|---|")
     for cohort in sorted(set(cohorts)):
         test = np.array([k == cohort for k in cohorts])
@@ -96,6 +97,8 @@ def main(argv=None) -> int:
             p = model.probabilities(f)
             guess = max(p, key=p.get)
             total_by_contrast[label] += 1
+            for claimed in model.classes:
+                alarms[(claimed == label, claimed != guess and p[claimed] < DOUBTED)] += 1
             if guess == label:
                 right_by_contrast[label] += 1
             else:
@@ -105,6 +108,9 @@ def main(argv=None) -> int:
     for c in CLASSES:
         print(f"| {c} | {total_by_contrast[c]} | {right_by_contrast[c]} |")
     print(f"overall: {sum(right_by_contrast.values())}/{sum(total_by_contrast.values())}")
+    print(f"mismatch warnings (p(claimed) < {DOUBTED}): false alarms {alarms[(True, True)]}/"
+          f"{alarms[(True, True)] + alarms[(True, False)]} volumes given as their own contrast; wrong claims caught "
+          f"{alarms[(False, True)]}/{alarms[(False, True)] + alarms[(False, False)]}")
     print(f"wrote {fit(features, labels).save(args.out)}")
     return 0
 

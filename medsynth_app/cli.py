@@ -50,7 +50,10 @@ def _model_checkpoint(text: str) -> tuple[str, str]:
 
 
 def cmd_studies(args) -> int:
-    rows = [s.describe() for s in find_studies(args.dir)]
+    ignored: dict[Path, str] = {}
+    rows = [s.describe() for s in find_studies(args.dir, ignored)]
+    for path, reason in sorted(ignored.items()):
+        print(f"ignored {path}: {reason}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

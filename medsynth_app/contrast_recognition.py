@@ -24,7 +24,8 @@ from .masks import background_value, foreground
 MODEL_PATH = Path(__file__).parent / "data" / "contrast_recogniser.json"
 QUANTILES = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
 DEPTHS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)  # fractions of the deepest voxel's depth
-MISMATCH_PROBABILITY = 0.8  # a claimed contrast is doubted only when another is at least this likely
+SURE = 0.8  # the recogniser names the contrast of an image whose name is silent only when this sure
+DOUBTED = 0.1  # a claimed contrast below this probability, with another one more likely, is a mismatch
 
 
 def image_features(volume: np.ndarray) -> np.ndarray:
@@ -106,7 +107,7 @@ class InputCheck:
 
     @property
     def mismatch(self) -> bool:
-        return self.looks_like != self.claimed and self.probability >= MISMATCH_PROBABILITY
+        return self.looks_like != self.claimed and self.claimed_probability < DOUBTED
 
     @property
     def out_of_distribution(self) -> bool:
