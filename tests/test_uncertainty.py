@@ -83,7 +83,9 @@ def replica_server(tmp_path_factory):
 
 
 def test_server_answers_the_uncertainty_map_beside_the_image_and_the_client_keeps_it(replica_server, tmp_path):
-    client_module = import_medsynth_lib("client")
+    import_medsynth_lib()
+    from MedSynthLib import client as client_module
+
     answer = requests.post(f"{replica_server}/infer/replica", params={"image": "sub01_T1"},
                            files={"params": (None, json.dumps({"target": "T2", "uncertainty": True,
                                                                "checkpoint": "replica_T1_to_T2.pt"}))}, timeout=600)
