@@ -38,6 +38,8 @@ def image_features(volume: np.ndarray) -> np.ndarray:
     volume = np.asarray(volume, np.float32)[::2, ::2, ::2]
     constant = background_value(volume)
     mask = foreground(volume)
+    if mask.sum() < 1000:
+        raise ValueError("the image has almost no foreground to recognise a contrast from")
     values = np.clip(volume - (constant if constant is not None else 0.0), 0, None)
     inside = values[mask]
     mean = float(inside.mean()) if inside.size and inside.mean() > 0 else 1.0
@@ -150,7 +152,10 @@ def check_inputs(images: Mapping[str, sitk.Image]) -> dict[str, InputCheck]:
     for claimed, image in images.items():
         if claimed not in model.classes:
             continue
-        features = image_features(sitk.GetArrayViewFromImage(image))
+        try:
+            features = image_features(sitk.GetArrayViewFromImage(image))
+        except ValueError:  # an empty image: nothing to compare; its synthesis fails with its own message
+            continue
         p = model.probabilities(features)
         best = max(p, key=p.get)
         checks[claimed] = InputCheck(claimed, best, round(p[best], 3), round(p[claimed], 3),

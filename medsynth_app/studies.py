@@ -156,7 +156,7 @@ def _recognise_silent(studies: list[Study], silent: dict[Path, str], study_id: s
     """Add the silent images the contrast recogniser is sure of (and whose contrast the study lacks) to the study;
     the others stay in ``silent`` with the recogniser's verdict."""
     from .contrast_recognition import SURE, recognise
-    from .imageio import ImageError, read_image
+    from .imageio import read_image
 
     study = studies[0] if studies else Study(study_id)
     for path, reason in list(silent.items()):
@@ -164,8 +164,8 @@ def _recognise_silent(studies: list[Study], silent: dict[Path, str], study_id: s
             continue
         try:
             p = recognise(read_image(path))
-        except ImageError as err:
-            silent[path] = f"its name says no contrast and it cannot be read ({err})"
+        except ValueError as err:  # ImageError included
+            silent[path] = f"its name says no contrast and it cannot be recognised ({err})"
             continue
         best = max(p, key=p.get)
         if p[best] >= SURE and best not in study.images:
