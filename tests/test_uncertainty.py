@@ -105,8 +105,9 @@ def test_server_answers_the_uncertainty_map_beside_the_image_and_the_client_keep
     assert sitk.GetArrayFromImage(uncertainty).max() > 0
     # the module's client lib turns the further field into a file beside the result
     client = client_module.MedSynthClient(replica_server)
-    result = client.synthesize_result("replica", "T2", image="sub01_T1", out_dir=str(tmp_path / "client"))
-    assert result.params.get("warnings") is not None
+    result = client.synthesize_result("replica", "T2", image="sub01_T1", out_dir=str(tmp_path / "client"),
+                                      uncertainty=True)
+    assert result.params["uncertainty"]["field"] == "uncertainty" and result.params["warnings"] is not None
     json_only = requests.post(f"{replica_server}/infer/replica", params={"image": "sub01_T1", "output": "json"},
                               files={"params": (None, json.dumps({"target": "T2", "uncertainty": True}))},
                               timeout=600)
