@@ -1,6 +1,8 @@
 """Calibration of the uncertainty maps, measured on the evaluation folds and left-out cohorts (EVALUATION.md).
 
-    python -m benchmarks.uncertainty_calibration --studies ../shared/data --out docs/uncertainty_results.json
+    python -m benchmarks.uncertainty_calibration --studies ../shared/data --tasks "T1+T2->FLAIR" --out flair.json
+    python -m benchmarks.uncertainty_calibration --studies ../shared/data --splits cohorts --out flair.json ...
+    python -m benchmarks.uncertainty_calibration --report --out flair.json,t2.json --figure docs/figures/x.png
     python -m benchmarks.uncertainty_calibration --fit apps/medsynth/model/replica_T1_to_T2.pt --studies ../shared/data
 
 Measurement: per split, the default family is trained on the training subjects minus one validation subject per
@@ -149,6 +151,19 @@ def report(results: dict, figure: Path | None) -> str:
         s = summary(rows)
         lines.append(f"| {task} | {kind} | {s['subjects']} | {s['spearman_mean']:.3f} | "
                      f"{s['top_to_bottom_decile']:.2f}x | {s['within_25_percent']}/{s['subjects']} |")
+    lines += ["", "| task | split | subject | Spearman | predicted MAE | measured MAE | ratio | lesion predicted / "
+              "measured |", "|---|---|---|---:|---:|---:|---:|---|"]
+    for value in results.values():
+        for r in value["rows"]:
+            lesion = (f"{r['lesion_predicted_mae']:.3f} / {r['lesion_measured_mae']:.3f}"
+                      if "lesion_measured_mae" in r else "-")
+            lines.append(f"| {value['task']} | {value['split']} | {r['id']} | {r['spearman']:.3f} | "
+                         f"{r['predicted_mae']:.3f} | {r['measured_mae']:.3f} | "
+                         f"{r['predicted_mae'] / r['measured_mae']:.2f} | {lesion} |")
+    lines += ["", "| task | splits | decile | predicted | measured |", "|---|---|---:|---:|---:|"]
+    for (task, kind), rows in groups.items():
+        lines += [f"| {task} | {kind} | {d['decile']} | {d['predicted']:.3f} | {d['measured']:.3f} |"
+                  for d in deciles(rows)]
     if figure is not None:
         import matplotlib
 
@@ -177,8 +192,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--splits", choices=("folds", "cohorts"), default="folds")
     parser.add_argument("--out", default="docs/uncertainty_results.json",
-                        help="results file (a run resumes from it); with --figure, a comma list to report together")
-    parser.add_argument("--figure", help="reliability plot (PNG) of the results in --out")
+                        help="results file (a run resumes from it); with --report, a comma list to report together")
+    parser.add_argument("--report", action="store_true", help="only report the results in --out (a comma list)")
+    parser.add_argument("--figure", help="with --report: also draw the reliability plot (PNG) there")
     parser.add_argument("--fit", metavar="CHECKPOINT", help="write the calibration beside this checkpoint")
     args = parser.parse_args(argv)
     from medsynth_app.studies import find_studies
@@ -198,7 +214,7 @@ def main(argv=None) -> int:
                                       checkpoint.inputs, validation)
         print(f"wrote {calibration.save(calibration_path(args.fit))}")
         return 0
-    if not args.figure:
+    if not args.report:
         measure(find_studies(args.studies), [t.strip() for t in args.tasks.split(",")], args.family,
                 Path(args.out), args.splits)
     results = {key: value for name in args.out.split(",") for key, value in json.loads(Path(name).read_text()).items()}
