@@ -1,7 +1,6 @@
 """Studies as scanners and PACS name their series: one patient's folder of series is one study, on real data."""
 import shutil
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 

@@ -26,7 +26,7 @@ def test_calibration_is_monotone_and_maps_spread_to_the_mean_error():
     assert np.allclose(calibration.apply(np.array([0.2, 0.5, 0.8])), expected, rtol=0.15)
 
 
-def test_a_checkpoint_without_calibration_is_refused_naming_the_file(tmp_path, capsys):
+def test_a_checkpoint_without_calibration_is_refused_naming_the_file():
     with pytest.raises(ValueError, match=r"linear_T1_to_T2.uncertainty.json is missing"):
         calibration_for(APP / "model" / "linear_T1_to_T2.pt", "T2")
 
@@ -62,7 +62,7 @@ def test_cli_writes_the_uncertainty_map_on_the_synthetic_grid_marked_and_calibra
 
 
 @needs_shared
-def test_a_real_flair_given_as_t2_is_flagged(tmp_path, capsys):
+def test_a_real_flair_given_as_t2_is_flagged():
     from medsynth_app.contrast_recognition import check_inputs
 
     flair = sitk.ReadImage(str(SHARED / "open_ms_data" / "mni" / "patient19" / "FLAIR.nii.gz"))
