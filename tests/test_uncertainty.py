@@ -62,15 +62,13 @@ def test_cli_writes_the_uncertainty_map_on_the_synthetic_grid_marked_and_calibra
 
 
 @needs_shared
-def test_a_real_flair_given_as_t2_is_flagged():
-    from medsynth_app.contrast_recognition import check_inputs
-
-    flair = sitk.ReadImage(str(SHARED / "open_ms_data" / "mni" / "patient19" / "FLAIR.nii.gz"))
-    t1 = sitk.ReadImage(str(SHARED / "open_ms_data" / "mni" / "patient19" / "T1.nii.gz"))
-    checks = check_inputs({"T1": t1, "T2": flair})
-    assert checks["T2"].mismatch and checks["T2"].looks_like == "FLAIR"
-    assert "the volume given as T2 looks like FLAIR (p = " in checks["T2"].warning()
-    assert not checks["T1"].mismatch
+def test_a_real_flair_given_as_t2_is_flagged_by_the_cli(tmp_path, capsys):
+    patient = SHARED / "open_ms_data" / "mni" / "patient19"
+    assert main(["synthesize", "--model", "linear", "--input", f"T1={patient / 'T1.nii.gz'}", "--input",
+                 f"T2={patient / 'FLAIR.nii.gz'}", "--target", "FLAIR", "--out", str(tmp_path / "f.nii.gz")]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING: the volume given as T2 looks like FLAIR (p = " in err
+    assert "given as T1" not in err and "input T1: looks like T1" in err
 
 
 @pytest.fixture(scope="module")
