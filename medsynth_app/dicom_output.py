@@ -43,7 +43,7 @@ def write_dicom_series(image: sitk.Image, folder: Path, provenance: Provenance,
     folder = Path(folder)
     _refuse_to_replace(folder)
     study = _patient_and_study(reference)
-    series_number = study.pop("SeriesNumber")
+    series_number = study.pop("SeriesNumber") + (SERIES_NUMBER_OFFSET if provenance.map else 0)  # its map: 2005
     return write_mr_series(image, folder, study, {**synthetic_marks(provenance), "SeriesNumber": series_number})
 
 

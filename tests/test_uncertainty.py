@@ -110,3 +110,18 @@ def test_server_answers_the_uncertainty_map_beside_the_image_and_the_client_keep
                               files={"params": (None, json.dumps({"target": "T2", "uncertainty": True}))},
                               timeout=600)
     assert json_only.status_code == 200 and "extra_images" not in json_only.json()
+
+
+@needs_shared
+def test_a_dicom_uncertainty_map_is_a_marked_series_of_its_own(mni_crops, tmp_path):
+    import pydicom
+
+    t1 = mni_crops / "patient19" / "T1.nii.gz"
+    assert main(["synthesize", "--weights", str(REPLICA_T2), "--input", f"T1={t1}", "--out", f"{tmp_path}/syn/",
+                 "--uncertainty", f"{tmp_path}/unc/"]) == 0
+    synthetic = pydicom.dcmread(next((tmp_path / "syn").glob("*.dcm")))
+    uncertainty = pydicom.dcmread(next((tmp_path / "unc").glob("*.dcm")))
+    assert list(uncertainty.ImageType) == ["DERIVED", "SECONDARY", "SYNTHETIC", "UNCERTAINTY"]
+    assert uncertainty.SeriesDescription.startswith("SYNTHETIC T2 UNCERTAINTY by replica")
+    assert uncertainty.SeriesNumber == synthetic.SeriesNumber + 1000
+    assert uncertainty.SeriesInstanceUID != synthetic.SeriesInstanceUID
