@@ -21,7 +21,7 @@ _TOKENS: dict[str, str] = {
     **dict.fromkeys(["t1c", "t1ce", "t1post", "t1gado", "t1gd", "t1wce", "t1contrast", "t1cgd"], "T1C"),
     **dict.fromkeys(["t2", "t2w"], "T2"),
     **dict.fromkeys(["pd", "pdw", "dp"], "PD"),
-    **dict.fromkeys(["flair", "fla", "t2f", "t2flair"], "FLAIR"),
+    **dict.fromkeys(["flair", "fla", "t2f", "t2flair", "flair3d", "3dflair", "darkfluid", "fl"], "FLAIR"),
     **dict.fromkeys(["dwi", "trace"], "DWI"),
     **dict.fromkeys(["brainmask", "brain-mask", "skullstrip", "mask"], BRAIN_MASK),
     **dict.fromkeys(
@@ -40,14 +40,28 @@ _PAIRS: dict[tuple[str, str], str] = {
     ("t1", "ce"): "T1C",
     ("t1", "c"): "T1C",
     ("t1w", "ce"): "T1C",
+    ("dark", "fluid"): "FLAIR",
 }
+# Sequence names that say a contrast only when no contrast word does: "t1_tse" is a T1, "AX_FSE" a T2. A SPACE,
+# CUBE or VISTA series without a contrast word may be T2 or FLAIR: the name is silent on it.
+_WEAK_TOKENS: dict[str, str] = {
+    **dict.fromkeys(["fse", "tse", "frfse", "haste"], "T2"),
+    **dict.fromkeys(["spgr", "fspgr", "bravo", "mp2rage", "tfe", "vibe"], "T1"),
+}
+# Words after which a T1 is post-contrast (unless "pre" says otherwise): "MPRAGE_POST", "AX_T1_+C", "T1 Gad".
+_POST_CONTRAST = {"post", "gd", "gad", "gado", "gadolinium", "contrast", "postcontrast", "postgd", "+c", "c+", "pc"}
+# Words of scanners' series names that carry no study identity: orientation, acquisition, series numbers.
+_SERIES_WORDS = {"sag", "sagittal", "ax", "axial", "tra", "transverse", "cor", "coronal", "obl", "iso", "2d", "3d",
+                 "space", "cube", "vista", "dark", "fluid", "fs", "fatsat", "se", "ir", "gre", "pre", "thin", "hr",
+                 "nd", "mpr", "mip", "sense", "grappa", *_POST_CONTRAST}
+_SERIES_WORD = re.compile(r"^(\d+|p\d|\d+(\.\d+)?mm|iso\d*|[xyz])$")
 # Name decorations that carry no contrast: deepmedic's z-scoring suffix, resampling notes such as
 # "T2W_in_FLAIR_space" or "consensus_on_3DFLAIR_grid".
 _DECORATIONS = re.compile(r"(_subtrmeandivstd|_in_[a-z0-9]+_space|_on_[a-z0-9]+_grid)$")
 _SPLIT = re.compile(r"[_\-. ]+")
 _BIDS_CE = re.compile(r"(?<=[_\-])ce-[A-Za-z0-9]+_|^ce-[A-Za-z0-9]+_", re.IGNORECASE)
 # Suffix fallback for glued names such as "avg152T1"; longest first so "t1ce" wins over "t1".
-_SUFFIXES = sorted((k for k in _TOKENS if k not in {"mask", "seg", "trace", "dp", "fla"}), key=len, reverse=True)
+_SUFFIXES = sorted((k for k in _TOKENS if k not in {"mask", "seg", "trace", "dp", "fla", "fl"}), key=len, reverse=True)
 
 
 class ParsedName(NamedTuple):
@@ -92,6 +106,14 @@ def parse_name(name: str) -> ParsedName | None:
             return ParsedName(_prefix(stem, tokens, i), _TOKENS[token])
         if i + 1 < len(tokens) and _PAIRS.get((token, tokens[i + 1])) in MASKS:
             return ParsedName(_prefix(stem, tokens, i), _PAIRS[(token, tokens[i + 1])])
+    parsed = _contrast_word(stem, tokens)
+    if parsed is not None and parsed.contrast == "T1" and "pre" not in tokens \
+            and any(t in _POST_CONTRAST for t in tokens):
+        return ParsedName(parsed.prefix, "T1C")
+    return parsed
+
+
+def _contrast_word(stem: str, tokens: list[str]) -> ParsedName | None:
     for i in range(len(tokens) - 1, -1, -1):
         if i >= 1 and (tokens[i - 1], tokens[i]) in _PAIRS:
             return ParsedName(_prefix(stem, tokens, i - 1), _PAIRS[(tokens[i - 1], tokens[i])])
@@ -101,7 +123,17 @@ def parse_name(name: str) -> ParsedName | None:
     for suffix in _SUFFIXES:
         if last.endswith(suffix):
             return ParsedName(_prefix(stem, tokens, len(tokens) - 1), _TOKENS[suffix])
+    for i in range(len(tokens) - 1, -1, -1):
+        if tokens[i] in _WEAK_TOKENS:
+            return ParsedName(_prefix(stem, tokens, i), _WEAK_TOKENS[tokens[i]])
     return None
+
+
+def is_series_prefix(prefix: str) -> bool:
+    """True when a name's prefix is made of scanner series words only (``101_SAG``, ``t2``, ``t1_mprage``): it
+    numbers or describes a series, it does not name a study."""
+    tokens = [t for t in _SPLIT.split(prefix.lower()) if t]
+    return all(t in _TOKENS or t in _WEAK_TOKENS or t in _SERIES_WORDS or _SERIES_WORD.match(t) for t in tokens)
 
 
 def _prefix(stem: str, tokens: list[str], index: int) -> str:

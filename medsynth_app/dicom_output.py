@@ -43,7 +43,7 @@ def write_dicom_series(image: sitk.Image, folder: Path, provenance: Provenance,
     folder = Path(folder)
     _refuse_to_replace(folder)
     study = _patient_and_study(reference)
-    series_number = study.pop("SeriesNumber")
+    series_number = study.pop("SeriesNumber") + (SERIES_NUMBER_OFFSET if provenance.map else 0)  # its map: 2005
     return write_mr_series(image, folder, study, {**synthetic_marks(provenance), "SeriesNumber": series_number})
 
 
@@ -53,7 +53,7 @@ def synthetic_marks(provenance: Provenance) -> dict:
         "SeriesDescription": provenance.description[:64],
         "Manufacturer": "MedSynth",
         "SoftwareVersions": provenance.library_version,
-        "ImageType": ["DERIVED", "SECONDARY", SYNTHETIC_TAG],
+        "ImageType": ["DERIVED", "SECONDARY", SYNTHETIC_TAG, *([provenance.map] if provenance.map else [])],
         "DerivationDescription": (f"{provenance.description}; model {provenance.model}; inputs "
                                   f"{', '.join(provenance.inputs)}; medsynth {provenance.library_version}"),
         # MR Image module: "RM" (research mode) is the honest scanning sequence of a synthetic image.

@@ -40,10 +40,12 @@ class Provenance:
     inputs: tuple[str, ...]
     target: str
     library_version: str
+    map: str = ""  # "" for the synthetic image itself; "UNCERTAINTY" for its expected-absolute-error map
 
     @property
     def description(self) -> str:
-        return f"{SYNTHETIC_TAG} {self.target} by {self.model} from {'+'.join(self.inputs)}"
+        what = f"{self.target} {self.map}" if self.map else self.target
+        return f"{SYNTHETIC_TAG} {what} by {self.model} from {'+'.join(self.inputs)}"
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -299,6 +301,9 @@ def write_image(image: sitk.Image, path: str | Path, provenance: Provenance,
         image.SetMetaData("medsynth_inputs", ",".join(provenance.inputs))
         image.SetMetaData("medsynth_target", provenance.target)
         image.SetMetaData("medsynth_version", provenance.library_version)
+        if provenance.map:
+            image.SetMetaData("medsynth_map", provenance.map.lower())
+            image.SetMetaData("medsynth_units", "expected absolute error, intensity units of the synthetic image")
     if path.name.lower().endswith((".nii", ".nii.gz")):
         suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
         return atomic_write(path, lambda tmp: _write_nifti(image, tmp, provenance), suffix)
@@ -319,7 +324,7 @@ def _write_nifti(image: sitk.Image, path: str, provenance: Provenance) -> None:
     data = np.ascontiguousarray(sitk.GetArrayViewFromImage(image).transpose(2, 1, 0), dtype=np.float32)
     nifti = nib.Nifti1Image(data, voxel_to_ras(image))
     nifti.header["descrip"] = provenance.description[:79].encode()
-    nifti.header["intent_name"] = SYNTHETIC_TAG.encode()
+    nifti.header["intent_name"] = (provenance.map or SYNTHETIC_TAG).encode()
     nifti.header.set_xyzt_units("mm")
     nifti.set_qform(nifti.affine, code=1)
     nifti.set_sform(nifti.affine, code=1)

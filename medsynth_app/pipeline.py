@@ -21,6 +21,7 @@ from .preprocessing import PreparedSubject, prepare, restore
 from .studies import Study
 from .task import Task, join
 from .training.schedule import SCHEDULE_SETTINGS
+from .uncertainty import Calibration, prediction_and_spread
 
 logger = logging.getLogger(__name__)
 
@@ -268,12 +269,15 @@ def synthesize(
     lesion_mask: sitk.Image | None = None,
     intensity: str = "scaled",
     model: SynthesisModel | None = None,
-) -> sitk.Image:
+    uncertainty: Calibration | None = None,
+) -> sitk.Image | tuple[sitk.Image, sitk.Image]:
     """Synthesize ``target`` from ``images`` (contrast -> image; the first input used gives the output grid).
 
     intensity "scaled" returns the target on the typical intensity scale of the training data; "normalised" keeps
     the model's normalised units (mean 1 inside the brain for mean normalisation). ``model``: the checkpoint's model
-    already built (a server keeps it between requests); built from ``checkpoint`` when None.
+    already built (a server keeps it between requests); built from ``checkpoint`` when None. With ``uncertainty`` (the
+    checkpoint's calibration, `uncertainty.calibration_for`) the answer is (image, uncertainty map): the expected
+    absolute error per voxel, on the same grid and intensity scale.
     """
     target = target or checkpoint.targets[0]
     if target not in checkpoint.targets:
@@ -291,8 +295,12 @@ def synthesize(
     )
     if intensity not in ("scaled", "normalised"):
         raise ValueError(f"intensity must be 'scaled' or 'normalised', not {intensity!r}")
-    prediction = np.clip(model.predict(subject, target), 0, None)
-    return restore(prediction, subject, checkpoint.target_norm(target) if intensity == "scaled" else None)
+    norm = checkpoint.target_norm(target) if intensity == "scaled" else None
+    if uncertainty is None:
+        return restore(np.clip(model.predict(subject, target), 0, None), subject, norm)
+    prediction, spread = prediction_and_spread(model, subject, target)
+    expected_error = uncertainty.apply(spread) * (norm.scale if norm is not None else 1.0)
+    return restore(np.clip(prediction, 0, None), subject, norm), restore(expected_error, subject, None)
 
 
 def evaluate(checkpoint: Checkpoint | Sequence[Checkpoint], studies: Sequence[Study], target: str,

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .contrasts import BRAIN_MASK, CONTRASTS, LESION_MASK, canonical_contrast, has_image_extension, ParsedName, parse_name
+from .contrasts import (BRAIN_MASK, CONTRASTS, LESION_MASK, ParsedName, canonical_contrast, has_image_extension,
+                        is_series_prefix, parse_name)
 from .dicom_series import is_derived, series_contrast
 from .imageio import dicom_series_attributes, is_dicom_folder, read_header
 
@@ -96,20 +97,27 @@ def name_contrast(name: str, path: Path) -> ParsedName | None:
     return parsed
 
 
-def group_studies(files: Iterable[tuple[str, Path]], folder_id: str = "",
-                  default_id: str = "study") -> tuple[list[Study], dict[str, str]]:
+def group_studies(files: Iterable[tuple[str, Path]], folder_id: str = "", default_id: str = "study",
+                  ignored: dict[Path, str] | None = None) -> tuple[list[Study], dict[str, str]]:
     """The studies of one folder's images, given as (name, path), with the study ids refused and why.
 
     Names say the contrast and, before it, the study (``sub01_T1``, ``sub01_T2``: MONAI Label's flat datastore);
     when one study prefix (or none) is found, every image, masks named without the prefix included, belongs to one
-    study: ``folder_id``, else the prefix, else ``default_id``. Two images claiming one contrast of a study refuse
-    that study (the reason names both)."""
+    study: ``folder_id``, else the prefix, else ``default_id``. Prefixes that are scanner series words only
+    (``101_SAG_T1``, ``201_AX_T2_FSE``; ``t1_mprage_sag_p2_iso_2``, ``t2_tse_tra_4``), each claiming other contrasts,
+    are the series of one study. Two images claiming one contrast of a study refuse that study (the reason names
+    both). Images whose name says no contrast are left out, and recorded with why in ``ignored``."""
     groups: dict[str, list[tuple[str, Path]]] = defaultdict(list)
     for name, path in files:
         parsed = name_contrast(name, path)
         if parsed is not None:
             groups[parsed.prefix].append((parsed.contrast, path))
+        elif ignored is not None:
+            ignored[path] = ("a derived or synthetic DICOM series" if path.is_dir() else "its name says no contrast")
     imaging = sorted(prefix for prefix, items in groups.items() if any(c in CONTRASTS for c, _ in items))
+    if len(imaging) > 1 and _series_of_one_study(groups):
+        groups = {"": [item for items in groups.values() for item in items]}
+        imaging = [""]
     if len(imaging) == 1:
         ids = {prefix: folder_id or imaging[0] or default_id for prefix in groups}
     else:
@@ -126,13 +134,49 @@ def group_studies(files: Iterable[tuple[str, Path]], folder_id: str = "",
     return [s for sid, s in sorted(studies.items()) if sid not in refused and s.images], refused
 
 
-def _folder_studies(folder: Path, root: Path, entries: list[Path]) -> list[Study]:
+def _series_of_one_study(groups: dict[str, list[tuple[str, Path]]]) -> bool:
+    claimed = [contrast for items in groups.values() for contrast, _ in items]
+    return all(is_series_prefix(prefix) for prefix in groups) and len(claimed) == len(set(claimed))
+
+
+def _folder_studies(folder: Path, root: Path, entries: list[Path], ignored: dict[Path, str]) -> list[Study]:
     relative = folder.relative_to(root).as_posix()
+    silent: dict[Path, str] = {}
     studies, refused = group_studies(((p.name, p) for p in entries), "" if relative == "." else relative,
-                                     default_id=folder.name)
+                                     default_id=folder.name, ignored=silent)
     if refused:
         raise StudyError(next(iter(refused.values())))
+    if len(studies) <= 1:  # one patient's folder: the image recogniser names the series its name is silent on
+        studies = _recognise_silent(studies, silent, relative if relative != "." else folder.name)
+    ignored.update(silent)
     return studies
+
+
+def _recognise_silent(studies: list[Study], silent: dict[Path, str], study_id: str) -> list[Study]:
+    """Add the silent images the contrast recogniser is sure of (and whose contrast the study lacks) to the study;
+    the others stay in ``silent`` with the recogniser's verdict."""
+    from .contrast_recognition import SURE, recognise
+    from .imageio import read_image
+
+    study = studies[0] if studies else Study(study_id)
+    for path, reason in list(silent.items()):
+        if reason != "its name says no contrast":
+            continue
+        try:
+            p = recognise(read_image(path))
+        except ValueError as err:  # ImageError included
+            silent[path] = f"its name says no contrast and it cannot be recognised ({err})"
+            continue
+        best = max(p, key=p.get)
+        if p[best] >= SURE and best not in study.images:
+            study.images[best] = path
+            del silent[path]
+        else:
+            silent[path] = (f"its name says no contrast and the image recogniser is unsure (looks like {best}, "
+                            f"p = {p[best]:.2f})" if p[best] < SURE else
+                            f"its name says no contrast and it looks like {best} (p = {p[best]:.2f}), which the "
+                            "study already has")
+    return [study] if study.images else []
 
 
 def _from_manifest(manifest: Path) -> list[Study]:
@@ -168,8 +212,10 @@ def _from_manifest(manifest: Path) -> list[Study]:
     return list(studies.values())
 
 
-def find_studies(root: str | Path) -> list[Study]:
-    """Every study under ``root`` (recursively), sorted by id; a manifest in ``root`` replaces the name rules."""
+def find_studies(root: str | Path, ignored: dict[Path, str] | None = None) -> list[Study]:
+    """Every study under ``root`` (recursively), sorted by id; a manifest in ``root`` replaces the name rules.
+    Every file left out is recorded with why in ``ignored``."""
+    ignored = {} if ignored is None else ignored
     root = Path(root)
     if not root.is_dir():
         raise StudyError(f"{root}: not a folder")
@@ -183,8 +229,10 @@ def find_studies(root: str | Path) -> list[Study]:
         dicom_dirs = [folder_path / d for d in dirs if is_dicom_folder(folder_path / d)]
         dirs[:] = [d for d in dirs if folder_path / d not in dicom_dirs and not d.startswith(".")]
         entries = [folder_path / f for f in sorted(files) if has_image_extension(f) and not f.startswith(".")]
+        ignored.update({folder_path / f: "hidden file" if f.startswith(".") else "not an image file"
+                        for f in sorted(files) if folder_path / f not in entries and f not in MANIFEST_NAMES})
         entries += dicom_dirs
-        studies.extend(_folder_studies(folder_path, root, entries))
+        studies.extend(_folder_studies(folder_path, root, entries, ignored))
     return sorted(studies, key=lambda s: s.id)
 
 

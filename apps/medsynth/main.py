@@ -35,6 +35,7 @@ except ImportError:  # pragma: no cover - depends on how the server was started
 import lib.configs  # noqa: E402  (MONAI Label puts the app folder on sys.path only while it loads this file)
 import lib.trainers  # noqa: E402,F401  (imported now for the same reason: trainers are built after loading)
 from lib.dicomweb import datastore_for  # noqa: E402
+from lib.extra_images import install as install_extra_images  # noqa: E402
 from lib.infers.synthesis import TASK_TYPE  # noqa: E402
 from lib.error_bodies import install as install_error_bodies  # noqa: E402
 from lib.token_check import install as install_token_check  # noqa: E402
@@ -83,6 +84,7 @@ class MyApp(MONAILabelApp):
         if install_upload_limit(int(max_upload_mb * 2**20)):
             logger.info("+++ Upload limit: %g MB per request", max_upload_mb)
         install_error_bodies()
+        install_extra_images()  # the uncertainty map as a further field of the multipart infer answer
         configs = discover_configs()
         requested = [m.strip().lower() for m in (conf.get("models") or "all").split(",") if m.strip()]
         invalid = [m for m in requested if m != "all" and m not in configs]

@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 
 def cmd_studies(args) -> int:
     from ..studies import find_studies
     from ..task import join
 
-    rows = [s.describe() for s in find_studies(args.dir)]
+    ignored: dict[Path, str] = {}
+    rows = [s.describe() for s in find_studies(args.dir, ignored)]
+    for path, reason in sorted(ignored.items()):
+        print(f"ignored {path}: {reason}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

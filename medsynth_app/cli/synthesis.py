@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -45,7 +47,9 @@ def installed_choice(family: str, inputs: list[str], target: str | None):
 def cmd_synthesize(args) -> int:
     from .. import pipeline
     from ..checkpoint import load_checkpoint
+    from ..contrast_recognition import check_inputs, describe as describe_inputs
     from ..imageio import is_dicom_folder, opened_image, read_image, write_image
+    from ..uncertainty import calibration_for
     from ..task import join
 
     pairs = _input_pairs(args.input)
@@ -62,15 +66,24 @@ def cmd_synthesize(args) -> int:
     with contextlib.ExitStack() as unpacked:  # a zip of a DICOM series is read from a temporary folder
         pairs = [(c, unpacked.enter_context(opened_image(p))) for c, p in pairs]
         images = {c: read_image(p) for c, p in pairs}
+        for line in describe_inputs(check_inputs(images)):
+            print(line, file=sys.stderr)
+        calibration = calibration_for(path, target) if args.uncertainty else None
         image = pipeline.synthesize(
             checkpoint, images, target,
             brain_mask=read_image(args.brain_mask, mask=True) if args.brain_mask else None,
-            intensity=args.intensity,
+            intensity=args.intensity, uncertainty=calibration,
         )
+        image, uncertainty_map = image if calibration else (image, None)
         used = checkpoint.build().usable_inputs(inputs)
         dicom_reference = args.dicom_reference and unpacked.enter_context(opened_image(args.dicom_reference))
         dicom_reference = dicom_reference or next((p for _, p in pairs if is_dicom_folder(p)), None)
-        write_image(image, args.out, pipeline.provenance_for(checkpoint, used, target), dicom_reference=dicom_reference)
+        provenance = pipeline.provenance_for(checkpoint, used, target)
+        write_image(image, args.out, provenance, dicom_reference=dicom_reference)
+        if uncertainty_map is not None:
+            write_image(uncertainty_map, args.uncertainty, dataclasses.replace(provenance, map="UNCERTAINTY"),
+                        dicom_reference=dicom_reference)
+            print(f"wrote {args.uncertainty} (expected absolute error of the synthetic {target})")
     print(f"wrote {args.out} (SYNTHETIC {target} by {checkpoint.family} from {join(used)}, "
           f"weights {path}, {time.time() - started:.1f} s)")
     return 0
@@ -110,6 +123,8 @@ def register(subparsers) -> None:
     p.add_argument("--dicom-reference", metavar="DIR",
                    help="DICOM series folder (or zip) whose patient and study a DICOM output joins (default: the "
                         "first DICOM input; without one, a new study of a placeholder patient)")
+    p.add_argument("--uncertainty", metavar="PATH", help="also write the uncertainty map (expected absolute error "
+                                                         "per voxel, same grid and units) there")
     p.set_defaults(func=cmd_synthesize)
 
     p = subparsers.add_parser("models", help="list installed checkpoints")

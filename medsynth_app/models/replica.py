@@ -112,6 +112,23 @@ class ReplicaModel(SynthesisModel):
         out[subject.mask] = self.forests[target].predict(self._features(subject))
         return out
 
+    def predict_spread(self, subject: PreparedSubject, target: str,
+                       chunk: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
+        """(prediction, standard deviation of the trees' predictions): the forest's mean and its spread."""
+        if target not in self.forests:
+            raise ValueError(f"replica: not trained for {target} (trained: {', '.join(self.forests) or 'none'})")
+        features = self._features(subject)
+        trees = self.forests[target].model.estimators_
+        mean, std = np.zeros(subject.shape, np.float32), np.zeros(subject.shape, np.float32)
+        means, stds = [], []
+        for start in range(0, len(features), chunk):
+            votes = np.stack([tree.predict(features[start:start + chunk]) for tree in trees])
+            means.append(votes.mean(axis=0))
+            stds.append(votes.std(axis=0))
+        mean[subject.mask] = np.concatenate(means)
+        std[subject.mask] = np.concatenate(stds)
+        return mean, std
+
     def state_dict(self) -> dict:
         return {f"forest.{t}": forest_to_tensor(f.model) for t, f in self.forests.items()}
 

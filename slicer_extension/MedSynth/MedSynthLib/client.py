@@ -244,7 +244,7 @@ class MedSynthClient:
                           image: Optional[str] = None, inputs: Optional[Mapping[str, str]] = None,
                           cancel_event: Optional[threading.Event] = None, out_dir: Optional[str] = None,
                           intensity: Optional[str] = None, extension: str = ".nii.gz",
-                          output: str = "multipart") -> SynthesisResult:
+                          output: str = "multipart", uncertainty: bool = False) -> SynthesisResult:
         """One inference. The study is an uploaded session (``session_id``) or a datastore image id (``image``);
         ``inputs`` ({contrast: datastore image id}) adds or replaces contrasts. ``output`` "multipart" returns the
         server's params too (inputs and checkpoint used); "image" only the file. The result is written into
@@ -261,6 +261,8 @@ class MedSynthClient:
             params["inputs"] = dict(inputs)
         if intensity:
             params["intensity"] = intensity
+        if uncertainty:  # the map comes back as a further field of the multipart answer
+            params["uncertainty"] = True
         query = {"session_id": session_id} if session_id else {"image": image}
         if output == "image":
             query["output"] = "image"

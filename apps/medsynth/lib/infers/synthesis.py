@@ -20,6 +20,7 @@ registers no exception handler of its own, so any other exception leaves the ser
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -36,12 +37,14 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.generic import name_to_device
 
 from medsynth_app.checkpoint import Checkpoint, CheckpointError
+from medsynth_app.contrast_recognition import check_inputs
 from medsynth_app.contrasts import BRAIN_MASK, CONTRASTS, canonical_contrast
 from medsynth_app.imageio import (WRITE_EXTENSIONS, ImageError, is_dicom_folder, is_image_path, read_image,
                                   sort_dicom_files, unpack_zip, write_image, zip_folder)
 from medsynth_app.models.base import SynthesisModel
 from medsynth_app.pipeline import provenance_for, synthesize
 from medsynth_app.studies import find_studies, group_studies, name_contrast
+from medsynth_app.uncertainty import calibration_for
 from medsynth_app.weights import UnknownCheckpointError, choose
 
 logger = logging.getLogger(__name__)
@@ -80,7 +83,7 @@ class SynthesisInferTask(BasicInferTask):
             dimension=3,
             description=description or f"MedSynth {family}: synthesise {', '.join(self.targets) or 'nothing yet'}",
             # A list value is shown by the Slicer module as a drop-down; the first item is the default.
-            config={"target": list(self.targets), "intensity": ["scaled", "normalised"]},
+            config={"target": list(self.targets), "intensity": ["scaled", "normalised"], "uncertainty": False},
         )
 
     # ---- /info --------------------------------------------------------------------------------------------------
@@ -114,7 +117,9 @@ class SynthesisInferTask(BasicInferTask):
                     "contrast": "optional contrast of `image` when its name does not say it",
                     "checkpoint": "optional file name of one of `checkpoints` (default: the one using the most "
                                   "inputs of the study, then the one trained for the fewest other inputs)",
-                    "intensity": "scaled (training data's typical target scale, default) or normalised"},
+                    "intensity": "scaled (training data's typical target scale, default) or normalised",
+                    "uncertainty": "true: also answer the uncertainty map (expected absolute error per voxel) as the "
+                                   "multipart field `uncertainty`, for checkpoints calibrated for it"},
         )
         return info
 
@@ -170,29 +175,36 @@ class SynthesisInferTask(BasicInferTask):
             contrast = next(c for c in CONTRASTS if c in used)
             image_path = str(files[contrast])
         order = ([contrast] if contrast in used else []) + [c for c in used if c != contrast]
+        with_uncertainty = str(req.get("uncertainty", False)).lower() in ("true", "1", "yes")
         try:
             images = {c: read_image(files[c]) for c in order}
             reference = read_image(image_path) if contrast not in used else images[contrast]
             brain = read_image(files[BRAIN_MASK], mask=True) if BRAIN_MASK in files else None
-            result = synthesize(ckpt, images, target, brain_mask=brain, intensity=intensity, model=model)
+            calibration = calibration_for(path, target) if with_uncertainty else None
+            checks = check_inputs(images)
+            result = synthesize(ckpt, images, target, brain_mask=brain, intensity=intensity, model=model,
+                                uncertainty=calibration)
         except ValueError as err:  # ImageError, CheckpointError, ValueError: the message names the file/contrast
             raise SynthesisRequestError(str(err), 422) from None
-        if not _same_grid(result, reference):
-            result = sitk.Resample(result, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        result, uncertainty_map = result if calibration else (result, None)
 
         extension = str(req.get("result_extension") or ".nii.gz").lower()
         extension = extension if extension in (*WRITE_EXTENSIONS, ".zip") else ".nii.gz"
-        out = Path(tempfile.gettempdir()) / f"medsynth_{study_id or 'image'}_{target}_{uuid.uuid4().hex[:8]}{extension}"
         provenance = provenance_for(ckpt, order, target)
+        dicom_study = None
         if extension == ".zip":  # a DICOM series, in the study of the DICOM image giving the grid when there is one
             candidates = [Path(image_path), files.get(contrast)]
             if self._on_pacs(req.get("datastore_image")):  # the requested series, downloaded by MONAI Label
                 candidates.append(self.datastore.series_folder(req["datastore_image"]))
-            study = next((p for p in candidates if p and is_dicom_folder(p)), None)
-            with tempfile.TemporaryDirectory(prefix="medsynth_dicom_") as tmp:
-                zip_folder(write_image(result, f"{tmp}/synthetic_{target}/", provenance, study), out)
-        else:
-            write_image(result, out, provenance)
+            dicom_study = next((p for p in candidates if p and is_dicom_folder(p)), None)
+        out = _write_result(result, reference, provenance, extension, study_id, dicom_study)
+        extra = {}
+        if uncertainty_map is not None:
+            extra["extra_images"] = {"uncertainty": str(_write_result(
+                uncertainty_map, reference, dataclasses.replace(provenance, map="UNCERTAINTY"), extension, study_id,
+                dicom_study))}
+            extra["uncertainty"] = {"field": "uncertainty", "units": "expected absolute error, intensity units of "
+                                    "the synthetic image", "calibrated_on": calibration.fitted_on}
         seconds = round(time.time() - begin, 2)
         logger.info("synthesised %s of %s from %s with %s in %.1f s -> %s", target, study_id, "+".join(order),
                     path.name, seconds, out)
@@ -207,7 +219,10 @@ class SynthesisInferTask(BasicInferTask):
             "dtype": "float32",
             "synthetic": True,
             "device": device,
+            "input_check": {c: check.to_dict() for c, check in checks.items()},
+            "warnings": [w for w in (check.warning() for check in checks.values()) if w],
             "latencies": {"total": seconds, "model": load_seconds},
+            **extra,
         }
 
     def _target(self, value) -> str:
@@ -359,6 +374,22 @@ class SynthesisInferTask(BasicInferTask):
             self._models[key] = model
             logger.info("built %s for %s", path.name, device)
         return model
+
+
+def _write_result(image: sitk.Image, reference: sitk.Image, provenance, extension: str, study_id: str,
+                  dicom_study: Optional[Path]) -> Path:
+    """The image on the grid of ``reference``, written to a new temporary file: NIfTI/NRRD, or for ".zip" a zipped
+    DICOM series in the study of ``dicom_study`` when there is one."""
+    if not _same_grid(image, reference):
+        image = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    what = provenance.target + (f"_{provenance.map.lower()}" if provenance.map else "")
+    out = Path(tempfile.gettempdir()) / f"medsynth_{study_id or 'image'}_{what}_{uuid.uuid4().hex[:8]}{extension}"
+    if extension == ".zip":
+        with tempfile.TemporaryDirectory(prefix="medsynth_dicom_") as tmp:
+            zip_folder(write_image(image, f"{tmp}/synthetic_{what}/", provenance, dicom_study), out)
+    else:
+        write_image(image, out, provenance)
+    return out
 
 
 def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
