@@ -19,6 +19,7 @@ REQUIRED = {
     "monailabel": "monailabel (pip install -e . installs it)",
     "requests": "requests (installed with monailabel)",
     "requests_toolbelt": "requests-toolbelt (installed with monailabel)",
+    "jwt": "PyJWT (installed with monailabel)",
     "slicer": "slicer-core, Slicer's MRML classes without Qt (pip install -e '.[test]')",
     "PySide6.QtUiTools": "PySide6-Essentials, real Qt for the module's .ui (pip install -e '.[test]')",
 }

@@ -107,7 +107,7 @@ def test_a_named_checkpoint_is_the_one_used(server):
 
 
 @pytest.mark.parametrize("checkpoint, named, status", [
-    ("nobody.pt", "unknown checkpoint 'nobody.pt' for model linear", 404),
+    ("nobody.pt", "model linear: unknown checkpoint 'nobody.pt'", 404),
     ("linear_T1_to_T2.pt", "linear_T1_to_T2.pt does not synthesise FLAIR", 400)])
 def test_a_checkpoint_that_cannot_serve_the_request_is_a_4xx_naming_it(server, checkpoint, named, status):
     response = _infer(server, "sub01_T1", {"target": "FLAIR", "checkpoint": checkpoint})

@@ -23,7 +23,7 @@ from server_fixture import free_port, write_crops
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")]
-requests = pytest.importorskip("requests")
+import requests  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL_SECONDS = 1800

@@ -16,9 +16,8 @@ from conftest import SHARED
 from server_fixture import free_port, running_server, write_crops
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
-requests = pytest.importorskip("requests")
-jwt = pytest.importorskip("jwt")
-pytest.importorskip("monailabel")
+import requests  # noqa: E402
+import jwt  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 

@@ -170,7 +170,6 @@ def crops(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(crops, tmp_path_factory):
-    pytest.importorskip("monailabel")
     with running_server(crops, tmp_path_factory.mktemp("server")) as url:
         yield url
 

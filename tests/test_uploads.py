@@ -17,8 +17,7 @@ from pacs_fixture import write_study
 from server_fixture import running_server, write_crops
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
-requests = pytest.importorskip("requests")
-pytest.importorskip("monailabel")
+import requests  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -191,4 +191,4 @@ class MyApp(MONAILabelApp):
         # a file uploaded with the request, which MONAI Label keeps as tempfile.NamedTemporaryFile in the app's folder
         if os.path.dirname(real) == os.path.realpath(self.temp_dir):
             return
-        raise HTTPException(404, "the image is not an image of the datastore, a session or an uploaded file")
+        raise HTTPException(404, f"image {image!r} is not an image of the datastore, a session or an uploaded file")

@@ -122,9 +122,9 @@ def local_models(family: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
     validation figures and training data). With ``family``, only the files named ``<family>_*.pt`` are read when
     there are any (reading every checkpoint is what makes listing slow)."""
     from medsynth_app.checkpoint import CheckpointError, load_checkpoint
-    from medsynth_app.weights import weight_dirs
+    from medsynth_app.weights import weight_folders
 
-    paths = [p for folder in weight_dirs() if folder.is_dir() for p in sorted(folder.glob("*.pt"))]
+    paths = [p for folder in weight_folders() if folder.is_dir() for p in sorted(folder.glob("*.pt"))]
     if family:
         paths = [p for p in paths if p.name.startswith(f"{family}_")] or paths
     models: Dict[str, Dict[str, Any]] = {}
@@ -156,32 +156,22 @@ def local_models(family: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
 def synthesize_local(model: str, target: str, files: Mapping[str, str], out_dir: Optional[str] = None,
                      intensity: str = "scaled"):
     """Synthesise ``target`` from contrast -> file with the installed ``model`` checkpoint that uses the most of
-    them; the first file (canonical contrast order) gives the output grid. Returns (path, params)."""
-    from medsynth_app.checkpoint import load_checkpoint
-    from medsynth_app.contrasts import CONTRASTS
+    them (the library's one rule, ``medsynth_app.weights.choose``); the first file (canonical contrast order) gives
+    the output grid. Returns (path, params)."""
+    from medsynth_app.checkpoint import CheckpointError
     from medsynth_app.imageio import read_image, write_image
     from medsynth_app.pipeline import provenance_for, synthesize
+    from medsynth_app.weights import CheckpointStore, choose
 
     begin = time.time()
-    entry = local_models(model).get(model)
-    if entry is None or target not in entry["targets"]:
-        raise ValueError(f"no installed {model} checkpoint synthesises {target}")
-    best = None
-    for row in entry["checkpoints"][target]:
-        if all(c in files for c in row["required_inputs"]):
-            used = [c for c in CONTRASTS if c in row["required_inputs"]
-                    or (c in row["optional_inputs"] and c in files)]
-            if best is None or len(used) > len(best[1]):
-                best = (row, used)
-    if best is None:
-        needs = " or ".join("+".join(r["required_inputs"]) for r in entry["checkpoints"][target])
-        raise ValueError(f"{model} cannot synthesise {target} from {'+'.join(files) or 'nothing'}: it needs {needs}")
-    row, used = best
-    checkpoint = load_checkpoint(row["path"])
+    try:
+        chosen, checkpoint, used = choose(CheckpointStore().checkpoints(model), target, list(files))
+    except CheckpointError as err:
+        raise ValueError(f"{model} cannot synthesise {target} from {'+'.join(files) or 'nothing'}: {err}") from None
     images = {c: read_image(files[c]) for c in used}
     result = synthesize(checkpoint, images, target, intensity=intensity)
     folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="medsynth_result_"))
     path = folder / f"{target}_synthetic_{model}_{int(time.time() * 1000)}.nii.gz"
     write_image(result, path, provenance_for(checkpoint, used, target))
     return str(path), {"target": target, "inputs": {c: Path(files[c]).name for c in used}, "model": model,
-                       "checkpoint": row["checkpoint"], "latencies": {"total": round(time.time() - begin, 2)}}
+                       "checkpoint": chosen.name, "latencies": {"total": round(time.time() - begin, 2)}}
