@@ -242,9 +242,9 @@ def write_report(out: Path, tasks: list[Task], entries: list[Entry], baselines: 
     text, summary = render_report(out, tasks, entries, baselines, folds, report, comparisons, draw=True)
     report = Path(report)
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(text)
+    report.write_text(text, encoding="utf-8")
     # beside the report it describes: a run of a few tasks or models reporting elsewhere leaves the full summary alone
-    report.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=float))
+    report.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=float), encoding="utf-8")
     return summary
 
 

@@ -44,7 +44,7 @@ def test_cohort_out_protocol_trains_on_the_other_cohorts_and_reports_beside_the_
         assert sorted(run["train_subjects"] + run["validation_subjects"]) == trained, cohort
         assert [r["id"] for r in run["subjects"]] == tested and "lesion_conspicuity_kept" in run["subjects"][0]
     assert sorted(p.name for p in runs.glob("fold*.json")) == ["fold1.json", "fold2.json", "fold3.json"]
-    text = report.read_text()
+    text = report.read_text(encoding="utf-8")
     assert "Left-out cohorts:" in text
     for cohort, (trained, tested) in expected.items():
         left_out = json.loads((runs / f"cohort-out-{cohort}.json").read_text())["subjects"][0]

@@ -22,13 +22,13 @@ def rebuilt():
 
 def test_the_benchmark_report_is_what_the_committed_run_files_give(rebuilt):
     text, _ = rebuilt
-    assert (ROOT / "docs" / "benchmarks.md").read_text() == text, \
+    assert (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8") == text, \
         "docs/benchmarks.md differs from the run files: rebuild it with `python -m benchmarks --report-only ...`"
 
 
 def test_the_readme_table_is_what_the_committed_run_files_give(rebuilt):
     _, summary = rebuilt
-    readme = (ROOT / "README.md").read_text().splitlines()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     table = readme_table(summary)
     start = readme.index(table[0]) if table[0] in readme else None
     assert start is not None, "the README lacks the benchmark table's header row"
