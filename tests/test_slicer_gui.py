@@ -56,17 +56,6 @@ def server(crops, tmp_path_factory):
         yield url
 
 
-def _study(scene, patient_id, study_uid, nodes):
-    shn = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-    patient = shn.CreateSubjectItem(shn.GetSceneItemID(), f"Patient {patient_id}")
-    shn.SetItemUID(patient, "DICOM", patient_id)
-    study = shn.CreateStudyItem(patient, f"MR brain {study_uid}")
-    shn.SetItemUID(study, "DICOM", study_uid)
-    for node in nodes:
-        shn.SetItemParent(hierarchy.item_of(node), study)
-    return study
-
-
 @pytest.fixture
 def panel(app, crops, tmp_path, monkeypatch):
     """Two patients loaded (A: T1, T2; B: T1, T2, FLAIR, loaded last), Slicer's views, and the module's panel."""
@@ -81,7 +70,8 @@ def panel(app, crops, tmp_path, monkeypatch):
     nodes = {}
     for patient, contrasts in (("A", ("T1", "T2")), ("B", ("T1", "T2", "FLAIR"))):
         nodes[patient] = {c: mrml_io.load_volume_file(str(crops / f"sub01_{c}.nii.gz"), scene, c) for c in contrasts}
-    studies = {p: _study(scene, f"PAT-{p}", f"1.2.826.{n}", nodes[p].values()) for n, p in enumerate("AB")}
+    studies = {p: hierarchy.place_in_study(scene, f"PAT-{p}", f"1.2.826.{n}", nodes[p].values())
+               for n, p in enumerate("AB")}
     dialogs = harness.Dialogs()
     module = harness.install(slicer, SLICER_MODULE_DIR, tmp_path / "settings.ini", dialogs, monkeypatch)
     widget = module.MedSynthWidget()

@@ -187,18 +187,6 @@ def _fingerprint(node):
             json.dumps(mrml_io.attributes(node), sort_keys=True), storage.GetFileName() if storage else None)
 
 
-def _in_study(scene, patient_id, study_uid, nodes):
-    """A patient and study item with DICOM identifiers holding ``nodes``, as Slicer's DICOM import makes them."""
-    shn = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-    patient = shn.CreateSubjectItem(shn.GetSceneItemID(), f"Patient {patient_id}")
-    shn.SetItemUID(patient, "DICOM", patient_id)
-    study = shn.CreateStudyItem(patient, f"MR brain {study_uid}")
-    shn.SetItemUID(study, "DICOM", study_uid)
-    for node in nodes:
-        shn.SetItemParent(hierarchy.item_of(node), study)
-    return study
-
-
 def test_volumes_outside_any_patient_are_told_apart_only_by_subject_names():
     scene = slicer.vtkMRMLScene()
 
@@ -241,7 +229,7 @@ def _check_result(result, nodes, model, server_text):
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
 def test_workflow_against_the_server_makes_a_new_synthetic_node(server, crops, tmp_path):
     scene, nodes = _scene_with_inputs(crops)
-    study = _in_study(scene, "PAT-07", "1.2.826.7", nodes.values())
+    study = hierarchy.place_in_study(scene, "PAT-07", "1.2.826.7", nodes.values())
     before = {c: _fingerprint(n) for c, n in nodes.items()}
     client = MedSynthClient(server)
     model = model_choices(client.synthesis_models())["linear"]
@@ -368,8 +356,8 @@ def test_cancel_kills_the_local_process(crops, tmp_path):
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent")
 def test_two_patients_are_refused_unless_a_research_override_is_recorded(server, crops, tmp_path):
     scene, nodes = _scene_with_inputs(crops)
-    _in_study(scene, "PAT-A", "1.2.1", [nodes["T1"]])
-    study_b = _in_study(scene, "PAT-B", "1.2.2", [nodes["T2"], nodes["FLAIR"]])
+    hierarchy.place_in_study(scene, "PAT-A", "1.2.1", [nodes["T1"]])
+    study_b = hierarchy.place_in_study(scene, "PAT-B", "1.2.2", [nodes["T2"], nodes["FLAIR"]])
     client = MedSynthClient(server)
     model = model_choices(client.synthesis_models())["linear"]
     workflow = SynthesisWorkflow(scene, client, temp_root=str(tmp_path))
@@ -389,7 +377,7 @@ def test_a_second_image_of_the_answer_becomes_a_marked_node_in_the_study(crops, 
     from MedSynthLib.workflow import SynthesisJob
 
     scene, nodes = _scene_with_inputs(crops)
-    study = _in_study(scene, "PAT-07", "1.2.826.7", nodes.values())
+    study = hierarchy.place_in_study(scene, "PAT-07", "1.2.826.7", nodes.values())
     folder = tmp_path / "job"
     folder.mkdir()
     for name in ("result", "uncertainty"):

@@ -644,17 +644,6 @@ class MedSynthTest(ScriptedLoadableModuleTest):
         node.SetOrigin(*origin)
         return node
 
-    def _patient(self, patient_id, study_uid, nodes):
-        """Put ``nodes`` under a patient and study item carrying DICOM identifiers, as the DICOM import does."""
-        shn = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
-        patient = shn.CreateSubjectItem(shn.GetSceneItemID(), f"Patient {patient_id}")
-        shn.SetItemUID(patient, "DICOM", patient_id)
-        study = shn.CreateStudyItem(patient, f"Study {study_uid[-4:]}")
-        shn.SetItemUID(study, "DICOM", study_uid)
-        for node in nodes:
-            shn.SetItemParent(hierarchy.item_of(node), study)
-        return study
-
     def test_one_patient_per_synthesis(self):
         self.delayDisplay("One patient per synthesis")
         import numpy as np
@@ -663,8 +652,8 @@ class MedSynthTest(ScriptedLoadableModuleTest):
         array = np.ones((4, 5, 6), np.float32)
         a = {c: self._volume(c, array) for c in ("T1", "T2")}
         b = {c: self._volume(c, array) for c in ("T1", "T2", "FLAIR")}
-        self._patient("PAT-A", "1.2.3.1", a.values())
-        self._patient("PAT-B", "1.2.3.2", b.values())
+        hierarchy.place_in_study(slicer.mrmlScene, "PAT-A", "1.2.3.1", a.values())
+        hierarchy.place_in_study(slicer.mrmlScene, "PAT-B", "1.2.3.2", b.values())
         logic = MedSynthLogic()
         chosen = logic.prefillNodes(slicer.mrmlScene, within=a["T1"])  # only the first pick's study
         self.assertEqual({c: n.GetID() for c, n in chosen.items()}, {c: n.GetID() for c, n in a.items()})

@@ -33,6 +33,19 @@ def item_of(node) -> int:
     return item or shn.CreateItem(shn.GetSceneItemID(), node)
 
 
+def place_in_study(scene, patient_id: str, study_uid: str, nodes, study_name: str = "") -> int:
+    """A patient and a study item carrying DICOM identifiers, holding ``nodes``, as Slicer's DICOM import makes them
+    (for scripted scenes and the module's tests). Returns the study item."""
+    shn = _shn(scene)
+    patient = shn.CreateSubjectItem(shn.GetSceneItemID(), f"Patient {patient_id}")
+    shn.SetItemUID(patient, DICOM_UID, patient_id)
+    study = shn.CreateStudyItem(patient, study_name or f"MR brain {study_uid}")
+    shn.SetItemUID(study, DICOM_UID, study_uid)
+    for node in nodes:
+        shn.SetItemParent(item_of(node), study)
+    return study
+
+
 def _key(shn, item: int, attribute: str) -> Tuple[Optional[str], str]:
     """(identity, label) of a patient or study item: its DICOM identifier when it has one, else the item itself."""
     if not item:
