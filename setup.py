@@ -22,7 +22,7 @@ REQUIREMENTS = [
 
 # The MONAI Label app and the Slicer module are developed in apps/medsynth and slicer_extension and shipped as package
 # data of the deployment package (medsynth_server/app, medsynth_server/slicer), with the app's shipped weights.
-APP_FILES = ["*.py", "lib/*.py", "lib/*/*.py", "model/*.pt", "model/*.md"]
+APP_FILES = ["*.py", "lib/*.py", "lib/*/*.py", "model/*.pt", "model/*.json", "model/*.md"]
 SLICER_FILES = ["CMakeLists.txt", "MedSynth.json", "MedSynth/*.py", "MedSynth/CMakeLists.txt",
                 "MedSynth/MedSynthLib/*.py",
                 "MedSynth/Resources/*/*", "MedSynth/Testing/CMakeLists.txt", "MedSynth/Testing/Python/*"]

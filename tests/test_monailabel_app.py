@@ -183,5 +183,6 @@ def test_the_device_param_is_honoured_and_the_model_is_built_once(server):
 
     first, again = infer(), infer()
     assert first["device"] == again["device"] == "cpu"
-    # the first request builds the network (tens of milliseconds at least), the next one takes the kept model
-    assert first["latencies"]["model"] > 0.01 and again["latencies"]["model"] < 0.005, (first, again)
+    # the first request builds the network (10 ms on an idle 2-core machine, more under load), the next one takes
+    # the kept model (under a millisecond)
+    assert first["latencies"]["model"] >= 0.005 > again["latencies"]["model"], (first, again)

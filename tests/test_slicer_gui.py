@@ -272,7 +272,7 @@ def test_training_panel_follows_the_servers_progress(panel, server):
     harness.wait_until(finished, seconds=180)
     assert {"Training RUNNING", "Training SUBMITTED"} & seen, seen  # followed while it ran, not only at the end
     assert "epoch 1/1, best validation" in ui.trainingProgressLabel.text and ui.trainingProgressBar.value == 100
-    assert "saved linear_T1+T2_to_FLAIR.pt" in ui.trainingProgressLabel.text and not dialogs.shown
+    assert "saved version v0001.pt of linear_T1+T2_to_FLAIR.pt" in ui.trainingProgressLabel.text and not dialogs.shown
 
 
 def test_install_local_mode_asks_first_and_keeps_slicers_packages(panel, monkeypatch):

@@ -37,7 +37,7 @@ import lib.trainers  # noqa: E402,F401  (imported now for the same reason: train
 from lib.dicomweb import datastore_for  # noqa: E402
 from lib.extra_images import install as install_extra_images  # noqa: E402
 from lib.infers.synthesis import TASK_TYPE  # noqa: E402
-from lib.error_bodies import install as install_error_bodies  # noqa: E402
+from lib.error_bodies import install as install_error_bodies, without_server_paths  # noqa: E402
 from lib.token_check import install as install_token_check  # noqa: E402
 from lib.upload_limit import install as install_upload_limit  # noqa: E402
 from lib.uploads import local_datastore, sessions  # noqa: E402
@@ -191,4 +191,5 @@ class MyApp(MONAILabelApp):
         # a file uploaded with the request, which MONAI Label keeps as tempfile.NamedTemporaryFile in the app's folder
         if os.path.dirname(real) == os.path.realpath(self.temp_dir):
             return
-        raise HTTPException(404, f"image {image!r} is not an image of the datastore, a session or an uploaded file")
+        raise HTTPException(404, without_server_paths(
+            f"image {image!r} is not an image of the datastore, a session or an uploaded file"))
